@@ -1,0 +1,188 @@
+"""The one wire converter: result and failure models to proto and back, and gRPC errors
+to the same `Failure` model. Both the server and the client use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from ._models import (
+    Backend,
+    ExecutionResult,
+    Failure,
+    FailureKind,
+    Frame,
+    SuggestedAction,
+    Usage,
+)
+from ._proto import rpc_status_pb2, sandbox_pb2
+
+ERROR_DOMAIN = "sandbox.v1"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
+_RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
+
+_BACKEND_TO_PROTO = {
+    Backend.AUTO: sandbox_pb2.AUTO,
+    Backend.MONTY: sandbox_pb2.MONTY,
+    Backend.CONTAINER: sandbox_pb2.CONTAINER,
+}
+_BACKEND_FROM_PROTO = {v: k for k, v in _BACKEND_TO_PROTO.items()}
+
+
+def backend_to_proto(backend: Backend | None) -> sandbox_pb2.Backend.ValueType:
+    return sandbox_pb2.BACKEND_UNSPECIFIED if backend is None else _BACKEND_TO_PROTO[backend]
+
+
+def backend_from_proto(value: int) -> Backend | None:
+    """None for BACKEND_UNSPECIFIED; raises ValueError for a number no Backend has."""
+    if value == sandbox_pb2.BACKEND_UNSPECIFIED:
+        return None
+    try:
+        return _BACKEND_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError:
+        raise ValueError(f"unknown backend {value}") from None
+
+
+def failure_to_proto(failure: Failure) -> sandbox_pb2.Failure:
+    return sandbox_pb2.Failure(
+        kind=sandbox_pb2.FailureKind.Value(failure.kind.value),
+        retryable=failure.retryable,
+        suggested_action=sandbox_pb2.SuggestedAction.Value(failure.suggested_action.value),
+        retry_after_ms=failure.retry_after_ms,
+        message=failure.message,
+        exception_type=failure.exception_type,
+        frames=[sandbox_pb2.Frame(**frame.model_dump()) for frame in failure.frames],
+        details=failure.details,
+    )
+
+
+def failure_from_proto(msg: sandbox_pb2.Failure) -> Failure:
+    return Failure(
+        kind=FailureKind(sandbox_pb2.FailureKind.Name(msg.kind)),
+        retryable=msg.retryable,
+        suggested_action=SuggestedAction(sandbox_pb2.SuggestedAction.Name(msg.suggested_action)),
+        retry_after_ms=msg.retry_after_ms,
+        message=msg.message,
+        exception_type=msg.exception_type,
+        frames=tuple(
+            Frame(
+                filename=f.filename,
+                line=f.line,
+                column=f.column,
+                end_line=f.end_line,
+                end_column=f.end_column,
+                function_name=f.function_name,
+                source_line=f.source_line,
+            )
+            for f in msg.frames
+        ),
+        details=dict(msg.details),
+    )
+
+
+def result_to_proto(result: ExecutionResult) -> sandbox_pb2.ExecutionResult:
+    usage = sandbox_pb2.Usage(wall_ms=result.usage.wall_ms)
+    if result.usage.cpu_ms is not None:
+        usage.cpu_ms = result.usage.cpu_ms
+    if result.usage.peak_memory_bytes is not None:
+        usage.peak_memory_bytes = result.usage.peak_memory_bytes
+    msg = sandbox_pb2.ExecutionResult(
+        ok=result.ok,
+        execution_id=result.execution_id,
+        backend=backend_to_proto(result.backend),
+        fallback_from=backend_to_proto(result.fallback_from),
+        stdout=result.stdout,
+        stdout_truncated=result.stdout_truncated,
+        stderr=result.stderr,
+        stderr_truncated=result.stderr_truncated,
+        exit_code=result.exit_code,
+        usage=usage,
+        policy_name=result.policy_name,
+        policy_digest=result.policy_digest,
+        session_id=result.session_id,
+        replayed=result.replayed,
+    )
+    if result.result_json is not None:
+        msg.result_json = result.result_json
+    if result.failure is not None:
+        msg.failure.CopyFrom(failure_to_proto(result.failure))
+    return msg
+
+
+def result_from_proto(msg: sandbox_pb2.ExecutionResult) -> ExecutionResult:
+    usage = msg.usage
+    return ExecutionResult(
+        ok=msg.ok,
+        execution_id=msg.execution_id,
+        backend=_BACKEND_FROM_PROTO.get(msg.backend),  # type: ignore[call-overload]
+        fallback_from=_BACKEND_FROM_PROTO.get(msg.fallback_from),  # type: ignore[call-overload]
+        stdout=msg.stdout,
+        stdout_truncated=msg.stdout_truncated,
+        stderr=msg.stderr,
+        stderr_truncated=msg.stderr_truncated,
+        result_json=msg.result_json if msg.HasField("result_json") else None,
+        exit_code=msg.exit_code,
+        failure=failure_from_proto(msg.failure) if msg.HasField("failure") else None,
+        usage=Usage(
+            wall_ms=usage.wall_ms,
+            cpu_ms=usage.cpu_ms if usage.HasField("cpu_ms") else None,
+            peak_memory_bytes=(
+                usage.peak_memory_bytes if usage.HasField("peak_memory_bytes") else None
+            ),
+        ),
+        policy_name=msg.policy_name,
+        policy_digest=msg.policy_digest,
+        session_id=msg.session_id,
+        replayed=msg.replayed,
+    )
+
+
+# A request error without our ErrorInfo (a proxy, the transport, grpc itself) is mapped
+# from its status code alone.
+_KIND_BY_STATUS: dict[grpc.StatusCode, FailureKind] = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: FailureKind.CANCELLED,
+    grpc.StatusCode.CANCELLED: FailureKind.CANCELLED,
+    grpc.StatusCode.UNAVAILABLE: FailureKind.INFRA_UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: FailureKind.THROTTLED,
+    grpc.StatusCode.PERMISSION_DENIED: FailureKind.POLICY_VIOLATION,
+    grpc.StatusCode.DATA_LOSS: FailureKind.CORRUPT_STATE,
+    grpc.StatusCode.INTERNAL: FailureKind.INFRA_UNAVAILABLE,
+    grpc.StatusCode.UNKNOWN: FailureKind.INFRA_UNAVAILABLE,
+}
+
+
+def failure_from_rpc_error(
+    code: grpc.StatusCode, details: str | None, trailing_metadata: Any
+) -> Failure:
+    """Maps a gRPC error to a Failure: by its ErrorInfo reason when the server attached
+    one, else by status code (anything unlisted is INVALID_REQUEST)."""
+    reason = ""
+    retry_after_ms = 0
+    metadata: dict[str, str] = {}
+    for key, value in trailing_metadata or ():
+        if key != STATUS_DETAILS_KEY:
+            continue
+        status = rpc_status_pb2.RpcStatus.FromString(value)
+        for any_msg in status.details:
+            if any_msg.type_url == _ERROR_INFO_TYPE:
+                info = rpc_status_pb2.RpcErrorInfo.FromString(any_msg.value)
+                if info.domain == ERROR_DOMAIN:
+                    reason = info.reason
+                    metadata = dict(info.metadata)
+            elif any_msg.type_url == _RETRY_INFO_TYPE:
+                delay = rpc_status_pb2.RpcRetryInfo.FromString(any_msg.value).retry_delay
+                retry_after_ms = delay.seconds * 1000 + delay.nanos // 1_000_000
+    try:
+        kind = FailureKind(reason)
+    except ValueError:
+        kind = _KIND_BY_STATUS.get(code, FailureKind.INVALID_REQUEST)
+    message = details or code.name
+    return Failure.of(
+        kind,
+        message,
+        retry_after_ms=retry_after_ms,
+        details=metadata,
+        grpc_code=code.name,
+    )

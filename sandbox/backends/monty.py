@@ -1,0 +1,198 @@
+"""The Monty backend: a pool of Monty worker processes (pydantic-monty's AsyncMonty)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic_monty as pm
+
+from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Usage
+
+from ..limits import Limits
+from ..output import OutputCapture
+from .base import BackendSession, RunSpec
+from .monty_outcome import RunSignals, map_monty_outcome
+from .values import value_to_json
+
+# Our wall-clock backstop fires this long after the policy's budget, so Monty's own
+# in-worker limit (which keeps the worker alive) normally wins the race.
+HOST_GRACE_S = 0.5
+
+
+@dataclass(eq=False)
+class MontySessionHandle:
+    session: pm.AsyncMontySession
+    limits: Limits
+    alive: bool = True
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class _OsCallRecorder:
+    """The `os=` handler: records every OS call Monty could not serve (all of them, with
+    no mounts) so a denial is classified POLICY_VIOLATION, then lets Monty deny it."""
+
+    def __init__(self) -> None:
+        self.denied: list[str] = []
+
+    def __call__(self, *, name: str, args: tuple[Any, ...], **_: Any) -> Any:
+        shown = ", ".join(repr(str(a)) for a in args[:2])
+        self.denied.append(f"{name}({shown})")
+        return pm.NOT_HANDLED
+
+
+class _StdinReader:
+    """Backs `input()`: Monty has no stdin, so the request's stdin is served line by line."""
+
+    def __init__(self, stdin: str) -> None:
+        self._lines: Iterator[str] = iter(stdin.splitlines())
+
+    def __call__(self, prompt: str = "") -> str:
+        try:
+            return next(self._lines)
+        except StopIteration:
+            raise EOFError("EOF when reading a line") from None
+
+
+class MontyBackend:
+    kind = Backend.MONTY
+
+    def __init__(
+        self,
+        *,
+        min_workers: int = 1,
+        max_workers: int | None = None,
+        checkout_timeout_s: float = 10.0,
+        request_timeout_s: float = 120.0,
+    ) -> None:
+        self._pool_args: dict[str, Any] = {
+            "min_processes": min_workers,
+            "max_processes": max_workers,
+            "checkout_timeout": checkout_timeout_s,
+            "request_timeout": request_timeout_s,
+        }
+        self._pool: pm.AsyncMonty | None = None
+
+    async def start(self) -> None:
+        if self._pool is None:
+            pool = pm.AsyncMonty(**self._pool_args)
+            await pool.__aenter__()
+            self._pool = pool
+
+    async def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.__aexit__(None, None, None)
+            del pool
+            # pydantic-monty aborts the interpreter if a pool that lost a worker is
+            # finalized during interpreter shutdown; collect it while the runtime is whole.
+            gc.collect()
+
+    def _checkout(self, limits: Limits) -> pm.AsyncMontySession:
+        if self._pool is None:
+            raise RuntimeError("MontyBackend.start() was not awaited")
+        return self._pool.checkout(
+            limits={
+                "max_feed_duration_secs": limits.wall_time_s,
+                "max_total_sleep_secs": limits.wall_time_s,
+                "max_memory": limits.memory_bytes,
+                "max_recursion_depth": limits.max_recursion_depth,
+            },
+            os_policy={"sleep_system_max": limits.wall_time_s},
+        )
+
+    async def open_session(self, limits: Limits) -> MontySessionHandle:
+        session = self._checkout(limits)
+        await session.__aenter__()
+        return MontySessionHandle(session=session, limits=limits)
+
+    async def close_session(self, session: BackendSession) -> None:
+        assert isinstance(session, MontySessionHandle)
+        session.alive = False
+        try:
+            await session.session.__aexit__(None, None, None)
+        except (pm.MontyError, RuntimeError):
+            pass  # its worker is already gone; the pool replaced it
+
+    async def run(self, spec: RunSpec, session: BackendSession | None = None) -> ExecutionResult:
+        if session is not None:
+            assert isinstance(session, MontySessionHandle)
+            async with session.lock:
+                if not session.alive:
+                    return ExecutionResult.failed(
+                        Failure.of(FailureKind.CORRUPT_STATE, "the session's sandbox was lost")
+                    )
+                result = await self._feed(session.session, spec)
+                failure = result.failure
+                if failure is not None and failure.kind in _SESSION_ENDING:
+                    await self.close_session(session)
+                return result
+        try:
+            async with self._checkout(spec.limits) as checked_out:
+                return await self._feed(checked_out, spec)
+        except TimeoutError:
+            return ExecutionResult.failed(
+                Failure.of(
+                    FailureKind.INFRA_UNAVAILABLE,
+                    "every Monty worker is busy",
+                    retry_after_ms=1000,
+                ),
+                backend=Backend.MONTY,
+            )
+
+    async def _feed(self, session: pm.AsyncMontySession, spec: RunSpec) -> ExecutionResult:
+        capture = OutputCapture(spec.limits.output_bytes, spec.on_output)
+        recorder = _OsCallRecorder()
+        signals = RunSignals(limits=spec.limits)
+        started = time.monotonic()
+        error: pm.MontyError | None = None
+        value: Any = None
+        try:
+            async with asyncio.timeout(spec.limits.wall_time_s + HOST_GRACE_S):
+                value = await session.feed_run(
+                    spec.code,
+                    inputs=dict(spec.inputs) or None,
+                    external_lookup={"input": _StdinReader(spec.stdin)},
+                    print_callback=capture,
+                    os=recorder,
+                )
+        except pm.MontyError as exc:
+            error = exc
+        except TimeoutError:
+            signals.host_timed_out = True
+        signals.elapsed_s = time.monotonic() - started
+        signals.output_exceeded = capture.exceeded
+        signals.denied_os_calls = recorder.denied
+        failure = map_monty_outcome(error, signals)
+
+        result_json = None
+        if failure is None and value is not None:
+            result_json = value_to_json(value)
+            if len(result_json.encode()) > spec.limits.output_bytes:
+                result_json = None
+                failure = Failure.of(
+                    FailureKind.OUTPUT_LIMIT,
+                    f"the result exceeded the {spec.limits.output_bytes}-byte output cap",
+                    details={"limit": "output_bytes", "part": "result"},
+                )
+        return ExecutionResult(
+            ok=failure is None,
+            backend=Backend.MONTY,
+            stdout=capture.text("stdout"),
+            stdout_truncated=capture.truncated["stdout"],
+            stderr=capture.text("stderr"),
+            stderr_truncated=capture.truncated["stderr"],
+            result_json=result_json,
+            exit_code=0 if failure is None else 1,
+            failure=failure,
+            usage=Usage(wall_ms=round(signals.elapsed_s * 1000)),
+        )
+
+
+# After these a session's interpreter cannot be trusted (Monty: "discard the session
+# rather than feeding it again" after a time limit) or is gone.
+_SESSION_ENDING = frozenset({FailureKind.TIMEOUT, FailureKind.SANDBOX_CRASH})

@@ -1,0 +1,171 @@
+"""Runs one validated request: policy -> session -> backend (with AUTO's fallback) ->
+a result stamped with its id and policy. Knows nothing of gRPC."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from sandbox_client import Backend, ExecutionResult, FailureKind
+
+from .backends.base import ExecutionBackend, RunSpec
+from .errors import RequestError, invalid
+from .limits import RequestedLimits
+from .output import OutputSink
+from .policy import Policy, PolicyRegistry
+from .sessions import SessionEntry, SessionRegistry
+
+log = structlog.get_logger("sandbox.executor")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecuteCall:
+    """A request that passed wire validation."""
+
+    code: str
+    backend: Backend | None = None
+    policy: str = ""
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    stdin: str = ""
+    limits: RequestedLimits = field(default_factory=RequestedLimits)
+    session_id: str = ""
+    idempotency_key: str = ""
+    inputs_size: int = 0  # bytes of inputs as sent, checked against the policy
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        policies: PolicyRegistry,
+        backends: Mapping[Backend, ExecutionBackend],
+        sessions: SessionRegistry,
+    ) -> None:
+        self.policies = policies
+        self.backends = dict(backends)
+        self.sessions = sessions
+
+    async def execute(self, call: ExecuteCall, on_output: OutputSink | None = None) -> ExecutionResult:
+        session = self.sessions.get(call.session_id) if call.session_id else None
+        policy = self._policy_for(call, session)
+        self._check_size(call, policy)
+        limits = session.limits if session is not None else policy.limits(call.limits)
+        if session is not None and call.limits != RequestedLimits():
+            # A session's sandbox was set up with its limits; lower ones cannot apply now.
+            raise invalid("limits are fixed when a session is created", field="limits")
+        spec = RunSpec(
+            code=call.code, limits=limits, inputs=call.inputs, stdin=call.stdin, on_output=on_output
+        )
+
+        if session is not None:
+            result = await session.backend.run(spec, session.handle)
+            self.sessions.discard_if_dead(session)
+        else:
+            requested = call.backend or Backend.AUTO
+            if requested not in policy.backends:
+                raise RequestError(
+                    FailureKind.POLICY_VIOLATION,
+                    f"policy '{policy.name}' does not allow backend {requested.value}",
+                    field="backend",
+                )
+            result = await self._run(requested, spec, policy)
+
+        result = result.model_copy(
+            update={
+                "execution_id": "exe_" + uuid.uuid4().hex,
+                "policy_name": policy.name,
+                "policy_digest": policy.digest,
+                "session_id": call.session_id,
+            }
+        )
+        log.info(
+            "executed",
+            execution_id=result.execution_id,
+            backend=result.backend,
+            kind=result.failure.kind if result.failure else None,
+            wall_ms=result.usage.wall_ms,
+            session_id=call.session_id or None,
+        )
+        return result
+
+    async def _run(self, requested: Backend, spec: RunSpec, policy: Policy) -> ExecutionResult:
+        first = Backend.MONTY if requested is Backend.AUTO else requested
+        result = await self._backend(first).run(spec)
+        failure = result.failure
+        if (
+            requested is Backend.AUTO
+            and failure is not None
+            and failure.kind is FailureKind.UNSUPPORTED
+            and policy.allow_fallback
+            and Backend.CONTAINER in self.backends
+            and Backend.CONTAINER in policy.backends
+        ):
+            log.info("fallback", reason=failure.message)
+            fallback = await self._backend(Backend.CONTAINER).run(spec)
+            return fallback.model_copy(update={"fallback_from": first})
+        return result
+
+    def _backend(self, kind: Backend) -> ExecutionBackend:
+        backend = self.backends.get(kind)
+        if backend is None:
+            raise RequestError(
+                FailureKind.INFRA_UNAVAILABLE,
+                f"the {kind.value} backend is not enabled on this server",
+                field="backend",
+                retry_after_ms=0,
+            )
+        return backend
+
+    def _policy_for(self, call: ExecuteCall, session: SessionEntry | None) -> Policy:
+        if session is None:
+            return self.policies.get(call.policy)
+        if call.policy and call.policy != session.policy.name:
+            raise invalid(
+                f"session {session.id!r} runs under policy '{session.policy.name}', "
+                f"not '{call.policy}'",
+                field="policy",
+            )
+        if call.backend not in (None, Backend.AUTO, session.backend.kind):
+            raise invalid(
+                f"session {session.id!r} runs on {session.backend.kind.value}", field="backend"
+            )
+        return session.policy
+
+    @staticmethod
+    def _check_size(call: ExecuteCall, policy: Policy) -> None:
+        if not call.code.strip():
+            raise invalid("code is empty", field="code")
+        size = len(call.code.encode("utf-8", "surrogatepass"))
+        if size > policy.code_bytes:
+            raise invalid(
+                f"code is {size} bytes; policy '{policy.name}' accepts at most {policy.code_bytes}",
+                field="code",
+            )
+        extra = call.inputs_size + len(call.stdin.encode("utf-8", "surrogatepass"))
+        if extra > policy.inputs_bytes:
+            raise invalid(
+                f"inputs and stdin are {extra} bytes; policy '{policy.name}' accepts at most "
+                f"{policy.inputs_bytes}",
+                field="inputs_json",
+            )
+
+    async def create_session(
+        self, backend: Backend | None, policy_name: str, requested: RequestedLimits
+    ) -> SessionEntry:
+        policy = self.policies.get(policy_name)
+        kind = Backend.MONTY if backend in (None, Backend.AUTO) else backend
+        assert kind is not None
+        if kind not in policy.backends:
+            raise RequestError(
+                FailureKind.POLICY_VIOLATION,
+                f"policy '{policy.name}' does not allow backend {kind.value}",
+                field="backend",
+            )
+        return await self.sessions.create(self._backend(kind), policy, policy.limits(requested))
+
+    async def close_session(self, session_id: str) -> None:
+        await self.sessions.close(session_id)

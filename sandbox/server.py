@@ -1,0 +1,107 @@
+"""Assembles and runs the server: backends, executor, gRPC service, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sandbox_client import Backend
+from sandbox_client._proto import sandbox_pb2
+
+from .backends.base import ExecutionBackend
+from .backends.monty import MontyBackend
+from .config import Settings
+from .executor import Executor
+from .policy import PolicyRegistry
+from .service import SandboxService, generic_handler
+from .sessions import SessionRegistry
+
+log = structlog.get_logger("sandbox.server")
+
+SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
+
+
+def build_executor(settings: Settings) -> Executor:
+    backends: dict[Backend, ExecutionBackend] = {
+        Backend.MONTY: MontyBackend(
+            min_workers=settings.monty_min_workers,
+            max_workers=settings.monty_max_workers,
+            checkout_timeout_s=settings.monty_checkout_timeout_s,
+            request_timeout_s=settings.monty_request_timeout_s,
+        )
+    }
+    return Executor(
+        policies=PolicyRegistry.builtin(),
+        backends=backends,
+        sessions=SessionRegistry(
+            max_sessions=settings.max_sessions, idle_timeout_s=settings.session_idle_timeout_s
+        ),
+    )
+
+
+class SandboxServer:
+    """One server instance. `start()` returns the bound port (useful with port 0)."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.check_bind()
+        self.settings = settings
+        self.executor = build_executor(settings)
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._expiry: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        for backend in self.executor.backends.values():
+            await backend.start()
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+        )
+        server.add_generic_rpc_handlers((generic_handler(SandboxService(self.executor)),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        host = self.settings.host
+        address = f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
+        self.port = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._expiry = asyncio.create_task(self.executor.sessions.run_expiry())
+        log.info("serving", address=f"{host}:{self.port}", backends=sorted(b.value for b in self.executor.backends))
+        return self.port
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        await self.executor.sessions.close_all()
+        for backend in self.executor.backends.values():
+            await backend.stop()
+        log.info("stopped")
+
+    async def serve_forever(self) -> None:
+        """Runs until SIGINT or SIGTERM, then drains in-flight calls and stops."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()

@@ -1,0 +1,210 @@
+"""The gRPC edge: proto in, Executor, proto out. Request errors become statuses carrying
+google.rpc.ErrorInfo (reason = the failure kind) and RetryInfo."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from sandbox_client import ExecutionResult, FailureKind
+from sandbox_client._convert import ERROR_DOMAIN, STATUS_DETAILS_KEY, result_to_proto
+from sandbox_client._proto import sandbox_pb2
+
+from . import wire
+from .errors import RequestError, invalid
+from .executor import Executor
+from .output import StreamName
+
+_STATUS_BY_KIND: dict[FailureKind, grpc.StatusCode] = {
+    FailureKind.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    FailureKind.POLICY_VIOLATION: grpc.StatusCode.PERMISSION_DENIED,
+    FailureKind.THROTTLED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailureKind.INFRA_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    FailureKind.CORRUPT_STATE: grpc.StatusCode.DATA_LOSS,
+    FailureKind.CANCELLED: grpc.StatusCode.CANCELLED,
+}
+
+_STREAMS: dict[StreamName, sandbox_pb2.Stream.ValueType] = {
+    "stdout": sandbox_pb2.STDOUT,
+    "stderr": sandbox_pb2.STDERR,
+}
+
+
+class Undecodable:
+    """Stands in for a request whose bytes did not parse (bad UTF-8, garbage)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def status_details(error: RequestError, code: grpc.StatusCode) -> bytes:
+    metadata = {"field": error.field} if error.field else {}
+    info = error_details_pb2.ErrorInfo(
+        reason=error.kind.value, domain=ERROR_DOMAIN, metadata=metadata
+    )
+    details = [_pack(info)]
+    if error.retry_after_ms:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(error.retry_after_ms)
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=error.message, details=details
+    )
+    return status.SerializeToString()
+
+
+def _pack(msg: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(msg)
+    return packed
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: RequestError) -> None:
+    code = _STATUS_BY_KIND.get(error.kind, grpc.StatusCode.FAILED_PRECONDITION)
+    if error.not_found:
+        code = grpc.StatusCode.NOT_FOUND
+    await context.abort(
+        code, error.message, trailing_metadata=((STATUS_DETAILS_KEY, status_details(error, code)),)
+    )
+
+
+def _checked(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[Any, Req | Undecodable, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    """Turns undecodable requests and RequestErrors into rich gRPC errors."""
+
+    async def wrapper(
+        self: Any, request: Req | Undecodable, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Resp:
+        try:
+            if isinstance(request, Undecodable):
+                raise invalid(f"the request could not be decoded: {request.error}")
+            return await method(self, request, context)
+        except RequestError as error:
+            await _abort(context, error)
+            raise AssertionError("abort returned") from error
+
+    return wrapper
+
+
+class SandboxService:
+    """sandbox.v1.SandboxService."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+
+    @_checked
+    async def Execute(
+        self, request: sandbox_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> sandbox_pb2.ExecuteResponse:
+        result = await self._executor.execute(wire.execute_call(request))
+        return sandbox_pb2.ExecuteResponse(result=result_to_proto(result))
+
+    async def ExecuteStream(
+        self,
+        request: sandbox_pb2.ExecuteStreamRequest | Undecodable,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[sandbox_pb2.ExecuteStreamResponse]:
+        try:
+            if isinstance(request, Undecodable):
+                raise invalid(f"the request could not be decoded: {request.error}")
+            call = wire.execute_call(request.request)
+            loop = asyncio.get_running_loop()
+            chunks: asyncio.Queue[tuple[StreamName, str] | None] = asyncio.Queue()
+
+            def forward(stream: StreamName, text: str) -> None:
+                loop.call_soon_threadsafe(chunks.put_nowait, (stream, text))
+
+            async def run() -> ExecutionResult:
+                try:
+                    return await self._executor.execute(call, on_output=forward)
+                finally:
+                    # After every chunk the backend forwarded (call_soon_threadsafe is FIFO).
+                    loop.call_soon_threadsafe(chunks.put_nowait, None)
+
+            task = asyncio.create_task(run())
+            try:
+                while (chunk := await chunks.get()) is not None:
+                    stream, text = chunk
+                    yield sandbox_pb2.ExecuteStreamResponse(
+                        output=sandbox_pb2.OutputChunk(stream=_STREAMS[stream], text=text)
+                    )
+                result = await task
+            finally:
+                if not task.done():
+                    task.cancel()
+            yield sandbox_pb2.ExecuteStreamResponse(result=result_to_proto(result))
+        except RequestError as error:
+            await _abort(context, error)
+
+    @_checked
+    async def CreateSession(
+        self,
+        request: sandbox_pb2.CreateSessionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> sandbox_pb2.CreateSessionResponse:
+        entry = await self._executor.create_session(
+            wire.backend_field(request.backend),
+            request.policy,
+            wire.requested_limits(request.limits),
+        )
+        return sandbox_pb2.CreateSessionResponse(
+            session_id=entry.id,
+            backend=sandbox_pb2.Backend.Value(entry.backend.kind.name),
+            policy_name=entry.policy.name,
+            idle_timeout_ms=int(self._executor.sessions.idle_timeout_s * 1000),
+        )
+
+    @_checked
+    async def CloseSession(
+        self,
+        request: sandbox_pb2.CloseSessionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> sandbox_pb2.CloseSessionResponse:
+        await self._executor.close_session(request.session_id)
+        return sandbox_pb2.CloseSessionResponse()
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError, and whatever else garbage provokes
+            return Undecodable(exc)
+
+    return deserialize
+
+
+def generic_handler(service: SandboxService) -> grpc.GenericRpcHandler:
+    """Like the generated add_..._to_server, but a request that does not decode reaches
+    the handler (as Undecodable) and gets INVALID_REQUEST instead of grpc's INTERNAL."""
+    pb = sandbox_pb2
+
+    def unary(method: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            method, _lenient(req.FromString), resp.SerializeToString
+        )
+
+    handlers = {
+        "Execute": unary(service.Execute, pb.ExecuteRequest, pb.ExecuteResponse),
+        "ExecuteStream": grpc.unary_stream_rpc_method_handler(
+            service.ExecuteStream,
+            _lenient(pb.ExecuteStreamRequest.FromString),
+            pb.ExecuteStreamResponse.SerializeToString,
+        ),
+        "CreateSession": unary(
+            service.CreateSession, pb.CreateSessionRequest, pb.CreateSessionResponse
+        ),
+        "CloseSession": unary(service.CloseSession, pb.CloseSessionRequest, pb.CloseSessionResponse),
+    }
+    name = pb.DESCRIPTOR.services_by_name["SandboxService"].full_name
+    return grpc.method_handlers_generic_handler(name, handlers)

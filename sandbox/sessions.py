@@ -1,0 +1,111 @@
+"""Live sessions: interpreter state kept across executions, bounded in count and idle time."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from sandbox_client import FailureKind
+
+from .backends.base import BackendSession, ExecutionBackend
+from .errors import RequestError, invalid
+from .limits import Limits
+from .policy import Policy
+
+# How many lost session ids we remember, to answer CORRUPT_STATE rather than "unknown".
+_LOST_MEMORY = 4096
+
+
+@dataclass(eq=False, kw_only=True)
+class SessionEntry:
+    id: str
+    backend: ExecutionBackend
+    handle: BackendSession
+    policy: Policy
+    limits: Limits
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class SessionRegistry:
+    def __init__(self, *, max_sessions: int, idle_timeout_s: float) -> None:
+        self.max_sessions = max_sessions
+        self.idle_timeout_s = idle_timeout_s
+        self._entries: dict[str, SessionEntry] = {}
+        self._lost: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def create(self, backend: ExecutionBackend, policy: Policy, limits: Limits) -> SessionEntry:
+        if len(self._entries) >= self.max_sessions:
+            raise RequestError(
+                FailureKind.THROTTLED,
+                f"the server holds its maximum of {self.max_sessions} sessions; "
+                "close one or wait for an idle one to expire",
+                retry_after_ms=int(self.idle_timeout_s * 1000),
+            )
+        handle = await backend.open_session(limits)
+        entry = SessionEntry(
+            id="ses_" + secrets.token_urlsafe(16),
+            backend=backend,
+            handle=handle,
+            policy=policy,
+            limits=limits,
+        )
+        self._entries[entry.id] = entry
+        return entry
+
+    def get(self, session_id: str) -> SessionEntry:
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            if entry.handle.alive:
+                entry.last_used = time.monotonic()
+                return entry
+            self._forget(session_id)
+        if session_id in self._lost:
+            raise RequestError(
+                FailureKind.CORRUPT_STATE,
+                f"session {session_id!r} was lost (its sandbox crashed, timed out or expired); "
+                "start a new session",
+                field="session_id",
+            )
+        raise invalid(f"unknown session {session_id!r}", field="session_id", not_found=True)
+
+    def discard_if_dead(self, entry: SessionEntry) -> None:
+        if not entry.handle.alive:
+            self._forget(entry.id)
+
+    async def close(self, session_id: str) -> None:
+        entry = self._entries.pop(session_id, None)
+        if entry is None:
+            raise invalid(f"unknown session {session_id!r}", field="session_id", not_found=True)
+        await entry.backend.close_session(entry.handle)
+
+    async def expire_idle(self) -> int:
+        cutoff = time.monotonic() - self.idle_timeout_s
+        stale = [e for e in self._entries.values() if e.last_used < cutoff]
+        for entry in stale:
+            self._forget(entry.id)
+            await entry.backend.close_session(entry.handle)
+        return len(stale)
+
+    async def run_expiry(self) -> None:
+        """Closes idle sessions until cancelled."""
+        interval = max(0.05, min(self.idle_timeout_s / 4, 5.0))
+        while True:
+            await asyncio.sleep(interval)
+            await self.expire_idle()
+
+    async def close_all(self) -> None:
+        entries, self._entries = list(self._entries.values()), {}
+        for entry in entries:
+            await entry.backend.close_session(entry.handle)
+
+    def _forget(self, session_id: str) -> None:
+        self._entries.pop(session_id, None)
+        self._lost[session_id] = None
+        while len(self._lost) > _LOST_MEMORY:
+            self._lost.popitem(last=False)
