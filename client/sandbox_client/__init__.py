@@ -1,5 +1,6 @@
-"""Client SDK for the sandbox service."""
+"""Client SDK for the sandbox service: run agent code, get classified outcomes."""
 
+from ._client import AsyncSandboxClient, SandboxClient
 from ._models import (
     KIND_DEFAULTS,
     Backend,
@@ -10,14 +11,21 @@ from ._models import (
     SuggestedAction,
     Usage,
 )
+from ._request import Limits, OutputChunk, SandboxError, Session
 
 __all__ = [
     "KIND_DEFAULTS",
+    "AsyncSandboxClient",
     "Backend",
     "ExecutionResult",
     "Failure",
     "FailureKind",
     "Frame",
+    "Limits",
+    "OutputChunk",
+    "SandboxClient",
+    "SandboxError",
+    "Session",
     "SuggestedAction",
     "Usage",
 ]

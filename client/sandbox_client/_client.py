@@ -1,0 +1,248 @@
+"""SandboxClient and AsyncSandboxClient: identical signatures, thin I/O over _request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import grpc.aio
+
+from ._convert import result_from_proto
+from ._models import Backend, ExecutionResult
+from ._proto import sandbox_pb2, sandbox_pb2_grpc
+from ._request import (
+    DEFAULT_TARGET,
+    BackendName,
+    Limits,
+    OutputChunk,
+    SandboxError,
+    Session,
+    execute_request,
+    failed_result,
+    failure_of,
+    session_from_proto,
+    session_request,
+    stream_event,
+)
+
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
+class SandboxClient:
+    """Blocking client. A failure of the code, or a refused request, comes back as an
+    ExecutionResult with `ok=False` and a classified `failure`; it is never raised."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout_s: float | None = 120.0,
+        channel_options: ChannelOptions = (),
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(target, options=list(channel_options))
+        self._stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def execute(
+        self,
+        code: str,
+        *,
+        backend: BackendName = Backend.AUTO,
+        policy: str = "",
+        inputs: Mapping[str, Any] | None = None,
+        stdin: str = "",
+        limits: Limits | None = None,
+        session_id: str = "",
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ExecutionResult:
+        request = execute_request(
+            code,
+            backend=backend,
+            policy=policy,
+            inputs=inputs,
+            stdin=stdin,
+            limits=limits,
+            session_id=session_id,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            response = self._stub.Execute(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as error:
+            return failed_result(error)
+        return result_from_proto(response.result)
+
+    def execute_stream(
+        self,
+        code: str,
+        *,
+        backend: BackendName = Backend.AUTO,
+        policy: str = "",
+        inputs: Mapping[str, Any] | None = None,
+        stdin: str = "",
+        limits: Limits | None = None,
+        session_id: str = "",
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[OutputChunk | ExecutionResult]:
+        """Yields output chunks as the code prints, then exactly one ExecutionResult."""
+        request = execute_request(
+            code,
+            backend=backend,
+            policy=policy,
+            inputs=inputs,
+            stdin=stdin,
+            limits=limits,
+            session_id=session_id,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            for msg in self._stub.ExecuteStream(
+                sandbox_pb2.ExecuteStreamRequest(request=request),
+                timeout=timeout_s or self.timeout_s,
+            ):
+                yield stream_event(msg)
+        except grpc.RpcError as error:
+            yield failed_result(error)
+
+    def create_session(
+        self, *, backend: BackendName = Backend.MONTY, policy: str = "", limits: Limits | None = None
+    ) -> Session:
+        """Raises SandboxError when the server refuses."""
+        try:
+            response = self._stub.CreateSession(
+                session_request(backend, policy, limits), timeout=self.timeout_s
+            )
+        except grpc.RpcError as error:
+            raise SandboxError(failure_of(error)) from None
+        return session_from_proto(response)
+
+    def close_session(self, session_id: str) -> None:
+        """Raises SandboxError when the server refuses (e.g. an unknown session)."""
+        try:
+            self._stub.CloseSession(
+                sandbox_pb2.CloseSessionRequest(session_id=session_id), timeout=self.timeout_s
+            )
+        except grpc.RpcError as error:
+            raise SandboxError(failure_of(error)) from None
+
+
+class AsyncSandboxClient:
+    """asyncio twin of SandboxClient, with the same methods awaited."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout_s: float | None = 120.0,
+        channel_options: ChannelOptions = (),
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(target, options=list(channel_options))
+        self._stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        backend: BackendName = Backend.AUTO,
+        policy: str = "",
+        inputs: Mapping[str, Any] | None = None,
+        stdin: str = "",
+        limits: Limits | None = None,
+        session_id: str = "",
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ExecutionResult:
+        request = execute_request(
+            code,
+            backend=backend,
+            policy=policy,
+            inputs=inputs,
+            stdin=stdin,
+            limits=limits,
+            session_id=session_id,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            response = await self._stub.Execute(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as error:
+            return failed_result(error)
+        return result_from_proto(response.result)
+
+    async def execute_stream(
+        self,
+        code: str,
+        *,
+        backend: BackendName = Backend.AUTO,
+        policy: str = "",
+        inputs: Mapping[str, Any] | None = None,
+        stdin: str = "",
+        limits: Limits | None = None,
+        session_id: str = "",
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        request = execute_request(
+            code,
+            backend=backend,
+            policy=policy,
+            inputs=inputs,
+            stdin=stdin,
+            limits=limits,
+            session_id=session_id,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            async for msg in self._stub.ExecuteStream(
+                sandbox_pb2.ExecuteStreamRequest(request=request),
+                timeout=timeout_s or self.timeout_s,
+            ):
+                yield stream_event(msg)
+        except grpc.RpcError as error:
+            yield failed_result(error)
+
+    async def create_session(
+        self, *, backend: BackendName = Backend.MONTY, policy: str = "", limits: Limits | None = None
+    ) -> Session:
+        try:
+            response = await self._stub.CreateSession(
+                session_request(backend, policy, limits), timeout=self.timeout_s
+            )
+        except grpc.RpcError as error:
+            raise SandboxError(failure_of(error)) from None
+        return session_from_proto(response)
+
+    async def close_session(self, session_id: str) -> None:
+        try:
+            await self._stub.CloseSession(
+                sandbox_pb2.CloseSessionRequest(session_id=session_id), timeout=self.timeout_s
+            )
+        except grpc.RpcError as error:
+            raise SandboxError(failure_of(error)) from None

@@ -1,0 +1,108 @@
+"""Shared fixtures: a real server (real Monty workers) on a loopback port, in a thread of
+its own so blocking clients and asyncio tests can both talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.config import Settings
+from sandbox.server import SandboxServer
+from sandbox_client import SandboxClient
+
+REPO = Path(__file__).resolve().parent.parent
+CORPORA = REPO.parent / "shared" / "corpora"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+class ServerThread:
+    """A SandboxServer running on its own event loop in a daemon thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.server = SandboxServer(settings)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        port = self.call(self.server.start())
+        self.address = f"127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self.server.stop(grace_s=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+        gc.collect()
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+def test_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"port": 0, "monty_min_workers": 2, "monty_max_workers": 4}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextmanager
+def running_server(**overrides: Any) -> Iterator[ServerThread]:
+    with ServerThread(test_settings(**overrides)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerThread]:
+    with running_server() as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: ServerThread) -> Iterator[SandboxClient]:
+    with SandboxClient(server.address, timeout_s=60) as c:
+        yield c
+
+
+def monty_worker_pids() -> list[int]:
+    """Monty worker processes that are children of this test process."""
+    me = str(os.getpid())
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = stat.rsplit(")", 1)[1].split()[1]
+        if ppid == me and b"monty" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_monty_workers() -> int:
+    killed = 0
+    for pid in monty_worker_pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Finalizing Monty pools during interpreter shutdown can abort the process (and turn
+    # a green run into exit status 134); collect them while the runtime is whole.
+    gc.collect()
