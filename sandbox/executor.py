@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from sandbox_client import Backend, ExecutionResult, FailureKind
+from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Frame
 
 from .backends.base import ExecutionBackend, RunSpec
 from .errors import RequestError, invalid
@@ -18,6 +18,7 @@ from .limits import RequestedLimits
 from .output import OutputSink
 from .policy import Policy, PolicyRegistry
 from .sessions import SessionEntry, SessionRegistry
+from .static_check import find_violation
 
 log = structlog.get_logger("sandbox.executor")
 
@@ -62,8 +63,12 @@ class Executor:
         )
 
         if session is not None:
-            result = await session.backend.run(spec, session.handle)
-            self.sessions.discard_if_dead(session)
+            violation = self._violation(call.code, policy, session.backend.kind)
+            if violation is not None:
+                result = violation
+            else:
+                result = await session.backend.run(spec, session.handle)
+                self.sessions.discard_if_dead(session)
         else:
             requested = call.backend or Backend.AUTO
             if requested not in policy.backends:
@@ -93,21 +98,49 @@ class Executor:
         return result
 
     async def _run(self, requested: Backend, spec: RunSpec, policy: Policy) -> ExecutionResult:
-        first = Backend.MONTY if requested is Backend.AUTO else requested
-        result = await self._backend(first).run(spec)
-        failure = result.failure
-        if (
-            requested is Backend.AUTO
-            and failure is not None
-            and failure.kind is FailureKind.UNSUPPORTED
-            and policy.allow_fallback
+        if requested is not Backend.AUTO:
+            violation = self._violation(spec.code, policy, requested)
+            return violation or await self._backend(requested).run(spec)
+
+        can_fall_back = (
+            policy.allow_fallback
             and Backend.CONTAINER in self.backends
             and Backend.CONTAINER in policy.backends
-        ):
+        )
+        container_violation = self._violation(spec.code, policy, Backend.CONTAINER)
+        if container_violation is not None:
+            return container_violation
+        monty_violation = self._violation(spec.code, policy, Backend.MONTY)
+        if monty_violation is not None:
+            # Denied in Monty only (e.g. `import os`): a container may still run it.
+            if not can_fall_back:
+                return monty_violation
+            result = None
+        else:
+            result = await self._backend(Backend.MONTY).run(spec)
+            failure = result.failure
+            if not (failure and failure.kind is FailureKind.UNSUPPORTED and can_fall_back):
+                return result
             log.info("fallback", reason=failure.message)
-            fallback = await self._backend(Backend.CONTAINER).run(spec)
-            return fallback.model_copy(update={"fallback_from": first})
-        return result
+        fallback = await self._backend(Backend.CONTAINER).run(spec)
+        return fallback.model_copy(update={"fallback_from": Backend.MONTY})
+
+    @staticmethod
+    def _violation(code: str, policy: Policy, backend: Backend) -> ExecutionResult | None:
+        denied = policy.denied_imports
+        if backend is Backend.MONTY:
+            denied = denied | policy.monty_denied_imports
+        violation = find_violation(code, denied)
+        if violation is None:
+            return None
+        frame = Frame(line=violation.line, column=violation.column, source_line=_line(code, violation.line))
+        failure = Failure.of(
+            FailureKind.POLICY_VIOLATION,
+            f"{violation.describe()} '{policy.name}' (line {violation.line})",
+            frames=(frame,),
+            details={"rule": violation.rule, "target": violation.target},
+        )
+        return ExecutionResult.failed(failure, backend=backend)
 
     def _backend(self, kind: Backend) -> ExecutionBackend:
         backend = self.backends.get(kind)
@@ -169,3 +202,8 @@ class Executor:
 
     async def close_session(self, session_id: str) -> None:
         await self.sessions.close(session_id)
+
+
+def _line(code: str, number: int) -> str:
+    lines = code.splitlines()
+    return lines[number - 1].strip() if 0 < number <= len(lines) else ""

@@ -48,6 +48,27 @@ class Policy(BaseModel):
     code_bytes: int = Field(default=256 * 1024, gt=0)
     # Largest accepted inputs_json + stdin, in bytes. Default: 1 MiB.
     inputs_bytes: int = Field(default=1 * MiB, gt=0)
+    # Modules code may not import, on any backend. Default: those that reach the
+    # interpreter's internals or the OS process table. The sandbox holds regardless; this
+    # makes the intent reviewable and classifies an attempt as POLICY_VIOLATION.
+    denied_imports: frozenset[str] = frozenset(
+        {
+            "_posixsubprocess",
+            "builtins",
+            "ctypes",
+            "importlib",
+            "multiprocessing",
+            "nt",
+            "posix",
+            "pty",
+            "signal",
+            "socket",
+            "subprocess",
+        }
+    )
+    # Further modules denied in Monty only. Default: os (in Monty it offers nothing but
+    # environment and filesystem access, both denied), still allowed in a container.
+    monty_denied_imports: frozenset[str] = frozenset({"os"})
     # Network access from code. Only "none" exists: no sandbox ever gets a network.
     network: str = Field(default="none", pattern="^none$")
 
@@ -55,7 +76,9 @@ class Policy(BaseModel):
     def digest(self) -> str:
         """sha256 of the canonical form: sorted keys, no whitespace, sets sorted."""
         data = self.model_dump(mode="json")
-        data["backends"] = sorted(data["backends"])
+        for key, value in data.items():
+            if isinstance(value, list):
+                data[key] = sorted(value)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -1,0 +1,99 @@
+"""A policy's static rules, checked on the source before any backend sees it.
+
+The sandbox is the security boundary; these rules make a policy's intent explicit and
+turn a recognisable attempt (a forbidden import, reaching for an interpreter internal)
+into POLICY_VIOLATION with its line, instead of an arbitrary runtime error. Code the host
+cannot parse is left to the backend, which reports SYNTAX_ERROR itself."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Collection
+from dataclasses import dataclass
+
+# Attributes that lead from an ordinary object to frames, globals, builtins or the class
+# graph: the classic sandbox-escape routes.
+ESCAPE_ATTRIBUTES = frozenset(
+    {
+        "__base__",
+        "__bases__",
+        "__builtins__",
+        "__class__",
+        "__closure__",
+        "__code__",
+        "__dict__",
+        "__dir__",
+        "__getattribute__",
+        "__globals__",
+        "__import__",
+        "__loader__",
+        "__mro__",
+        "__reduce__",
+        "__reduce_ex__",
+        "__spec__",
+        "__subclasses__",
+        "__traceback__",
+        "_getframe",
+        "cr_frame",
+        "f_back",
+        "f_builtins",
+        "f_globals",
+        "f_locals",
+        "gi_frame",
+        "tb_frame",
+    }
+)
+# Builtins that evaluate strings as code or expose namespaces.
+ESCAPE_NAMES = frozenset(
+    {"__builtins__", "__import__", "breakpoint", "compile", "eval", "exec", "globals", "locals", "vars"}
+)
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str  # "import", "attribute" or "name"
+    target: str  # the module, attribute or name
+    line: int
+    column: int  # 1-based
+
+    def describe(self) -> str:
+        what = {"import": "import of", "attribute": "access to attribute", "name": "use of"}
+        return f"{what[self.rule]} {self.target!r} is forbidden by policy"
+
+
+def find_violation(code: str, denied_imports: Collection[str]) -> Violation | None:
+    """The first rule `code` breaks, or None (also None when the host cannot parse it)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    found = [
+        Violation(rule, target, getattr(node, "lineno", 0), getattr(node, "col_offset", -1) + 1)
+        for node in ast.walk(tree)
+        for rule, target in [_check(node, denied_imports) or ("", "")]
+        if rule
+    ]
+    return min(found, key=lambda v: (v.line, v.column)) if found else None
+
+
+def _check(node: ast.AST, denied_imports: Collection[str]) -> tuple[str, str] | None:
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if _denied(alias.name, denied_imports):
+                return "import", alias.name
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if _denied(node.module, denied_imports):
+            return "import", node.module
+    elif isinstance(node, ast.Attribute) and node.attr in ESCAPE_ATTRIBUTES:
+        return "attribute", node.attr
+    elif isinstance(node, ast.Name) and node.id in ESCAPE_NAMES:
+        return "name", node.id
+    elif isinstance(node, ast.Constant) and node.value in ESCAPE_ATTRIBUTES:
+        # getattr(x, "__class__") and friends spell the attribute as a string.
+        return "attribute", str(node.value)
+    return None
+
+
+def _denied(module: str, denied: Collection[str]) -> bool:
+    top = module.split(".")[0]
+    return module in denied or top in denied
