@@ -7,7 +7,7 @@ PROTO_FILES := $(wildcard proto/sandbox/v1/*.proto)
 PROTO_OUT := client/sandbox_client/_proto
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint proto proto-check bench clean
+.PHONY: setup run test lint proto proto-check bench image clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ lint: setup node_modules/.bin/buf proto-check
 
 bench: setup
 	$(BIN)/python -m bench.monty_roundtrip $(ARGS)
+
+# The container backend's images, built from the Debian mirror with no registry pull.
+image:
+	scripts/build_images.sh
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -48,23 +48,13 @@ class Policy(BaseModel):
     code_bytes: int = Field(default=256 * 1024, gt=0)
     # Largest accepted inputs_json + stdin, in bytes. Default: 1 MiB.
     inputs_bytes: int = Field(default=1 * MiB, gt=0)
-    # Modules code may not import, on any backend. Default: those that reach the
-    # interpreter's internals or the OS process table. The sandbox holds regardless; this
-    # makes the intent reviewable and classifies an attempt as POLICY_VIOLATION.
+    # Modules code may not import, on any backend. Default: those that reach around the
+    # interpreter itself (raw memory, raw syscalls, the import machinery). The sandbox holds
+    # regardless; this makes the intent reviewable and names the attempt POLICY_VIOLATION.
+    # Network and subprocess modules are not listed: Monty lacks them (UNSUPPORTED), and a
+    # container has no network and its runner reports the attempt itself.
     denied_imports: frozenset[str] = frozenset(
-        {
-            "_posixsubprocess",
-            "builtins",
-            "ctypes",
-            "importlib",
-            "multiprocessing",
-            "nt",
-            "posix",
-            "pty",
-            "signal",
-            "socket",
-            "subprocess",
-        }
+        {"_posixsubprocess", "builtins", "ctypes", "importlib", "nt", "posix"}
     )
     # Further modules denied in Monty only. Default: os (in Monty it offers nothing but
     # environment and filesystem access, both denied), still allowed in a container.

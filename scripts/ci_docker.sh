@@ -47,7 +47,7 @@ fi
 # A dockerd started before runsc was registered does not know it; reload its config.
 if ! docker info --format '{{json .Runtimes}}' | grep -q runsc; then
     log "reloading dockerd so it sees runsc"
-    pkill -HUP -x dockerd || true
+    kill -HUP "$(cat /var/run/docker.pid)" || true
     sleep 2
 fi
 log "engine $(docker version --format '{{.Server.Version}}') up"

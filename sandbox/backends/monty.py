@@ -102,7 +102,10 @@ class MontyBackend:
                 "max_memory": limits.memory_bytes,
                 "max_recursion_depth": limits.max_recursion_depth,
             },
-            os_policy={"sleep_system_max": limits.wall_time_s},
+            # No per-call cap: a capped sleep would return early and lie to the code. The
+            # total-sleep budget is charged before each wait, so an over-long sleep fails
+            # at once with TimeoutError instead of holding the worker.
+            os_policy={"sleep_system_max": float("inf")},
         )
 
     async def open_session(self, limits: Limits) -> MontySessionHandle:
