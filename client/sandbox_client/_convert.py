@@ -140,12 +140,12 @@ def result_from_proto(msg: sandbox_pb2.ExecutionResult) -> ExecutionResult:
 
 
 # A request error without our ErrorInfo (a proxy, the transport, grpc itself) is mapped
-# from its status code alone.
+# from its status code alone. RESOURCE_EXHAUSTED is left out on purpose: without our
+# ErrorInfo it is grpc refusing an oversized message, which no retry fixes.
 _KIND_BY_STATUS: dict[grpc.StatusCode, FailureKind] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: FailureKind.CANCELLED,
     grpc.StatusCode.CANCELLED: FailureKind.CANCELLED,
     grpc.StatusCode.UNAVAILABLE: FailureKind.INFRA_UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: FailureKind.THROTTLED,
     grpc.StatusCode.PERMISSION_DENIED: FailureKind.POLICY_VIOLATION,
     grpc.StatusCode.DATA_LOSS: FailureKind.CORRUPT_STATE,
     grpc.StatusCode.INTERNAL: FailureKind.INFRA_UNAVAILABLE,

@@ -1,1 +1,547 @@
-print("placeholder")
+"""The sandbox runner: the first process in every sandbox container. Standard library only.
+
+Protocol (one JSON object per line):
+  host -> runner, on stdin:  {"code": ..., "inputs": {...}, "stdin": "...",
+                              "limits": {"max_recursion_depth": N}, "keep": bool}
+  runner -> host, on stdout: {"t": "ready"} once, after seccomp is on; then per job any
+                              number of {"t": "o", "s": "stdout"|"stderr", "d": text}
+                              and exactly one {"t": "result", ...}.
+With "keep" the runner waits for another job in the same interpreter (a session).
+
+The container is the security boundary; the seccomp filter here narrows the kernel
+surface further, and the audit hook only classifies: it records what the policy forbids
+so that a failure it caused is reported as a policy violation, not a plain exception.
+User code runs in this process and could forge frames; that would only lie about its own
+result, never reach the host."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import codecs
+import errno
+import fcntl
+import io
+import json
+import linecache
+import os
+import resource
+import select
+import socket
+import sys
+import threading
+import traceback
+from types import CodeType, FrameType
+from typing import Any
+
+CODE_FILENAME = "<code>"
+WORKDIR = "/workspace"
+# Where code may create or change files; everything else is read-only in the container.
+WRITABLE_ROOTS = ("/tmp", WORKDIR, "/dev/shm", "/dev/null")
+PRIVATE_FD_MIN = 200  # the protocol's fds, out of the way of the code's own
+FLUSH_BYTES = 16 * 1024  # also the most text one output frame carries
+FLUSH_AFTER_S = 0.02
+MAX_MESSAGE_CHARS = 2000
+MAX_FRAMES = 50
+
+# Syscalls denied outright (errno EPERM): debugging other processes, the kernel's
+# namespace, mount, keyring, BPF, perf and module machinery. Docker's own profile denies
+# most of these too; this is the policy's filter, applied whatever the engine does.
+DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
+    "fsmount", "fsconfig", "fspick", "mount_setattr",
+    "bpf", "perf_event_open", "userfaultfd",
+    "keyctl", "add_key", "request_key",
+    "unshare", "setns",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "reboot", "swapon", "swapoff", "syslog", "acct", "quotactl",
+    "open_by_handle_at", "name_to_handle_at", "lookup_dcookie",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+)  # fmt: skip
+# libc wrappers whose lookup through ctypes is an attempt at one of the above.
+DENIED_LIBC_NAMES = frozenset(DENIED_SYSCALLS) | {"umount", "ptrace"}
+# CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
+# CLONE_NEWNET: creating namespaces is what unshare does, through clone.
+CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
+                         0x20000000, 0x40000000)  # fmt: skip
+
+
+def apply_seccomp() -> None:
+    import seccomp  # Debian's python3-seccomp: libseccomp's own bindings
+
+    deny = seccomp.ERRNO(errno.EPERM)
+    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            f.add_rule(deny, name)
+        except (RuntimeError, ValueError, OSError):
+            pass  # not a syscall on this architecture or libseccomp version
+    # Only local (AF_UNIX) sockets: no IP, netlink, packet or vsock, even where the
+    # network namespace would have let them exist.
+    f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
+    for flag in CLONE_NAMESPACE_FLAGS:
+        f.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    # clone3 passes its flags in memory, where seccomp cannot look; ENOSYS makes libc
+    # fall back to clone, which the rules above do check.
+    f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    f.load()
+
+
+class Emitter:
+    """Writes protocol frames to the host; batches output chunks into few frames."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.RLock()
+        self._pending: list[tuple[str, str]] = []
+        self._pending_bytes = 0
+
+    def frame(self, obj: dict[str, Any]) -> None:
+        data = (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+            "utf-8", "surrogatepass"
+        )
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+
+    def output(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            if self._pending and self._pending[-1][0] == stream:
+                self._pending[-1] = (stream, self._pending[-1][1] + text)
+            else:
+                self._pending.append((stream, text))
+            self._pending_bytes += len(text)
+            # The pump thread flushes the rest every FLUSH_AFTER_S.
+            if self._pending_bytes >= FLUSH_BYTES:
+                self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            for stream, text in pending:
+                # Bounded frames keep the host's line buffer bounded.
+                for start in range(0, len(text), FLUSH_BYTES):
+                    self.frame({"t": "o", "s": stream, "d": text[start : start + FLUSH_BYTES]})
+
+
+class TextStream(io.TextIOBase):
+    """sys.stdout / sys.stderr: text goes straight to the emitter, in order."""
+
+    def __init__(self, name: str, fd: int, emitter: Emitter) -> None:
+        self._name = name
+        self._fd = fd
+        self._emitter = emitter
+        self.buffer = ByteStream(self)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "strict"
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._emitter.output(self._name, text)
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+
+class ByteStream(io.RawIOBase):
+    """sys.stdout.buffer: bytes decoded as UTF-8 (invalid bytes replaced)."""
+
+    def __init__(self, text: TextStream) -> None:
+        self._text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        self._text.write(self._decoder.decode(data))
+        return len(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._text.fileno()
+
+
+class FdPump:
+    """Forwards what is written to fds 1 and 2 directly (child processes, os.write)."""
+
+    def __init__(self, emitter: Emitter) -> None:
+        self._emitter = emitter
+        self._lock = threading.Lock()
+        self._readers: dict[int, tuple[str, Any]] = {}
+        for target, name in ((1, "stdout"), (2, "stderr")):
+            r, w = os.pipe()
+            os.dup2(w, target)
+            os.close(w)
+            os.set_blocking(r, False)
+            fcntl.fcntl(r, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+            self._readers[r] = (name, codecs.getincrementaldecoder("utf-8")("replace"))
+        threading.Thread(target=self._run, name="fd-pump", daemon=True).start()
+
+    def _run(self) -> None:
+        fds = list(self._readers)
+        while True:
+            ready, _, _ = select.select(fds, [], [], FLUSH_AFTER_S)
+            self.drain(ready)
+            self._emitter.flush()
+
+    def drain(self, fds: list[int] | None = None) -> None:
+        with self._lock:
+            for fd in self._readers if fds is None else fds:
+                name, decoder = self._readers[fd]
+                while True:
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except BlockingIOError:
+                        break
+                    if not chunk:
+                        break
+                    self._emitter.output(name, decoder.decode(chunk))
+
+
+class Auditor:
+    """The audit hook: records attempts at what the policy forbids, while code runs."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.attempts: list[str] = []
+
+    def __call__(self, event: str, args: tuple[Any, ...]) -> None:
+        if not self.active:
+            return
+        check = _CHECKS.get(event)
+        if check is not None:
+            attempt = check(args)
+            if attempt and len(self.attempts) < 20:
+                self.attempts.append(attempt)
+
+
+def _outside(path: Any) -> bool:
+    if isinstance(path, int):
+        return False
+    try:
+        text = os.fsdecode(path)
+    except TypeError:
+        return False
+    full = os.path.normpath(os.path.join(os.getcwd(), text))
+    return not any(full == root or full.startswith(root + "/") for root in WRITABLE_ROOTS)
+
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _check_open(args: tuple[Any, ...]) -> str | None:
+    path, mode, flags = args
+    writes = bool(set(mode or "") & set("wax+")) if mode is not None else bool(flags & _WRITE_FLAGS)
+    return f"write to {os.fsdecode(path)!r}" if writes and _outside(path) else None
+
+
+def _check_path_change(verb: str) -> Any:
+    def check(args: tuple[Any, ...]) -> str | None:
+        return f"{verb} {os.fsdecode(args[0])!r}" if args and _outside(args[0]) else None
+
+    return check
+
+
+def _check_socket(args: tuple[Any, ...]) -> str | None:
+    family = args[1] if len(args) > 1 else None
+    if family in (socket.AF_UNIX, -1, None):
+        return None
+    return f"open a network socket ({_family_name(family)})"
+
+
+def _family_name(family: Any) -> str:
+    try:
+        return socket.AddressFamily(family).name
+    except ValueError:
+        return str(family)
+
+
+def _check_address(verb: str) -> Any:
+    def check(args: tuple[Any, ...]) -> str | None:
+        sock, address = args[0], args[1]
+        if getattr(sock, "family", None) == socket.AF_UNIX:
+            return None
+        return f"{verb} {address!r}"
+
+    return check
+
+
+_CHECKS: dict[str, Any] = {
+    "open": _check_open,
+    "os.remove": _check_path_change("delete"),
+    "os.rmdir": _check_path_change("delete"),
+    "os.rename": _check_path_change("rename"),
+    "os.mkdir": _check_path_change("create directory"),
+    "os.chmod": _check_path_change("change mode of"),
+    "os.chown": _check_path_change("change owner of"),
+    "os.truncate": _check_path_change("truncate"),
+    "os.symlink": lambda args: f"link to {os.fsdecode(args[1])!r}" if _outside(args[1]) else None,
+    "os.link": lambda args: f"link to {os.fsdecode(args[1])!r}" if _outside(args[1]) else None,
+    "shutil.rmtree": _check_path_change("delete"),
+    "socket.__new__": _check_socket,
+    "socket.connect": _check_address("connect to"),
+    "socket.bind": _check_address("bind to"),
+    "socket.sendto": _check_address("send to"),
+    "socket.getaddrinfo": lambda args: f"resolve host {args[0]!r}",
+    "socket.gethostbyname": lambda args: f"resolve host {args[0]!r}",
+    "socket.gethostbyaddr": lambda args: f"resolve address {args[0]!r}",
+    "ctypes.dlsym": lambda args: (
+        f"call {args[1]}() through ctypes" if str(args[1]) in DENIED_LIBC_NAMES else None
+    ),
+}
+
+
+def value_to_json(value: Any) -> str:
+    """JSON for a last-expression value; what JSON cannot hold exactly becomes repr()."""
+    try:
+        return json.dumps(value, allow_nan=False, ensure_ascii=False, default=_no_default)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        shown = repr(value)
+    except RecursionError:
+        shown = f"<{type(value).__name__} nested too deeply to show>"
+    except Exception as exc:  # a user __repr__ that raises
+        shown = f"<{type(value).__name__}: repr() raised {type(exc).__name__}>"
+    return json.dumps(shown, ensure_ascii=False)
+
+
+def _no_default(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+def _frames(tb: Any, source: list[str]) -> list[dict[str, Any]]:
+    frames = []
+    for summary in traceback.extract_tb(tb):
+        if summary.filename != CODE_FILENAME:
+            continue
+        line = summary.lineno or 0
+        frames.append(
+            {
+                "line": line,
+                "column": (summary.colno or 0) + 1 if summary.colno is not None else 0,
+                "end_line": summary.end_lineno or 0,
+                "end_column": (summary.end_colno or 0) + 1 if summary.end_colno is not None else 0,
+                "function_name": "" if summary.name == "<module>" else summary.name,
+                "source_line": source[line - 1][:500] if 0 < line <= len(source) else "",
+            }
+        )
+    return frames[-MAX_FRAMES:]
+
+
+def _error(exc: BaseException, source: list[str]) -> dict[str, Any]:
+    os_error = False
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        os_error = os_error or isinstance(link, OSError)
+        link = link.__cause__ or link.__context__
+    return {
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "message": _message(exc),
+        "frames": _frames(exc.__traceback__, source),
+        "os_error": os_error,
+    }
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() raised>"
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
+class Runner:
+    def __init__(self) -> None:
+        # The protocol keeps the original stdin/stdout on private, close-on-exec fds; the
+        # code's fds 0, 1 and 2 become /dev/null and the pump's pipes.
+        self.job_in = os.fdopen(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, PRIVATE_FD_MIN), "rb")
+        self.emitter = Emitter(fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, PRIVATE_FD_MIN))
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        self.auditor = Auditor()
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        self.base_depth = 0
+        self.value_cap = 1 << 20
+
+    def start(self) -> None:
+        try:
+            apply_seccomp()
+        except Exception as exc:
+            self.emitter.frame({"t": "fatal", "message": f"seccomp: {type(exc).__name__}: {exc}"})
+            raise SystemExit(70) from exc
+        self.pump = FdPump(self.emitter)
+        sys.stdout = TextStream("stdout", 1, self.emitter)
+        sys.stderr = TextStream("stderr", 2, self.emitter)
+        sys.addaudithook(self.auditor)
+        self.base_depth = _depth(sys._getframe())
+        self.emitter.frame({"t": "ready", "pid": os.getpid()})
+
+    def serve(self) -> None:
+        while True:
+            line = self.job_in.readline()
+            if not line:
+                return
+            job = json.loads(line)
+            result = self.run(job)
+            self.emitter.frame(result)
+            if not job.get("keep"):
+                return
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        code: str = job["code"]
+        source = code.splitlines()
+        linecache.cache[CODE_FILENAME] = (len(code), None, [s + "\n" for s in source], CODE_FILENAME)
+        self.namespace.update(job.get("inputs") or {})
+        sys.stdin = io.StringIO(job.get("stdin", ""))
+        limits = job.get("limits", {})
+        depth = int(limits.get("max_recursion_depth", 1000))
+        self.value_cap = int(limits.get("output_bytes", 1 << 20))
+        # The runner's own frames sit below the code's; they do not count against it.
+        sys.setrecursionlimit(depth + self.base_depth + 10)
+        self.auditor.attempts = []
+        usage_before = _cpu_s()
+        result: dict[str, Any] = {"t": "result", "ok": True, "exit_code": 0}
+        try:
+            body, tail = _compile(code)
+        except SyntaxError as exc:
+            result.update(ok=False, exit_code=1, error=_syntax_error(exc))
+        except (ValueError, MemoryError, RecursionError) as exc:  # null bytes, huge sources
+            result.update(ok=False, exit_code=1, error=_error(exc, source))
+        else:
+            result.update(self._execute(body, tail, source))
+        finally:
+            sys.setrecursionlimit(1000 + self.base_depth)
+        self._flush_output()
+        result["blocked"] = list(self.auditor.attempts)
+        result["usage"] = {
+            "cpu_ms": round((_cpu_s() - usage_before) * 1000),
+            "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+        return result
+
+    def _execute(self, body: CodeType, tail: CodeType | None, source: list[str]) -> dict[str, Any]:
+        value: Any = None
+        self.auditor.active = True
+        try:
+            exec(body, self.namespace)
+            if tail is not None:
+                value = eval(tail, self.namespace)
+        except SystemExit as exc:
+            status = exc.code
+            if status is None or status == 0:
+                return {}
+            return {
+                "ok": False,
+                "exit_code": status if isinstance(status, int) else 1,
+                "error": {**_error(exc, source), "message": "" if isinstance(status, int) else str(status)},
+            }
+        except BaseException as exc:
+            return {"ok": False, "exit_code": 1, "error": _error(exc, source)}
+        finally:
+            self.auditor.active = False
+        if value is None:
+            return {}
+        try:
+            shown = value_to_json(value)
+        except BaseException as exc:  # a __repr__ that exhausts memory, say
+            return {"ok": False, "exit_code": 1, "error": _error(exc, source)}
+        size = len(shown.encode("utf-8", "surrogatepass"))
+        if size > self.value_cap:
+            return {"value_bytes": size}
+        return {"value": shown}
+
+    def _flush_output(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        self.pump.drain()
+        self.emitter.flush()
+
+
+def _compile(code: str) -> tuple[CodeType, CodeType | None]:
+    """The code as a module, with a trailing expression split off so its value is kept."""
+    tree = ast.parse(code, CODE_FILENAME, "exec")
+    tail = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = tree.body.pop()
+        tail = compile(ast.Expression(last.value), CODE_FILENAME, "eval")
+    return compile(tree, CODE_FILENAME, "exec"), tail
+
+
+def _syntax_error(exc: SyntaxError) -> dict[str, Any]:
+    line = exc.lineno or 0
+    return {
+        "type": type(exc).__name__,
+        "module": "builtins",
+        "message": exc.msg,
+        "frames": [
+            {
+                "line": line,
+                "column": exc.offset or 0,
+                "end_line": exc.end_lineno or 0,
+                "end_column": exc.end_offset or 0,
+                "function_name": "",
+                "source_line": (exc.text or "").rstrip("\n"),
+            }
+        ],
+        "syntax": True,
+        "os_error": False,
+    }
+
+
+def _cpu_s() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _depth(frame: FrameType | None) -> int:
+    depth = 0
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    return depth
+
+
+def main() -> None:
+    runner = Runner()
+    runner.start()
+    try:
+        runner.serve()
+    except BaseException:
+        # A runner bug, or a job it cannot read: say so, rather than die without a frame.
+        runner.emitter.frame({"t": "fatal", "message": traceback.format_exc()[-4000:]})
+        os._exit(70)
+    # Threads (the pump, the code's own) must not keep a finished single-use run alive.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

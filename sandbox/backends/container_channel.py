@@ -1,0 +1,135 @@
+"""The conversation with one runner over the container's attach socket. Blocking; used
+from worker threads only.
+
+Docker multiplexes a non-TTY container's stdout and stderr on the attach socket as
+frames of an 8-byte header (stream, 0, 0, 0, big-endian length) and a payload. The
+runner speaks JSON lines on stdout; stderr only carries what Python printed before the
+runner took over (bounded, for diagnostics)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from typing import Any
+
+_HEADER = struct.Struct(">BxxxL")
+_STDOUT, _STDERR = 1, 2
+_DIAGNOSTIC_BYTES = 16 * 1024
+_RECV_BYTES = 256 * 1024
+
+
+class ChannelClosed(Exception):
+    """The runner's side of the socket ended (the container exited or was killed)."""
+
+
+class ChannelTimeout(Exception):
+    """No frame came before the deadline."""
+
+
+class ProtocolError(Exception):
+    """The channel carried something that is not a runner frame."""
+
+
+class RunnerChannel:
+    def __init__(self, attach: Any, *, max_line_bytes: int) -> None:
+        self._attach = attach  # docker-py's SocketIO; keeps the HTTP response alive
+        self._sock: socket.socket = getattr(attach, "_sock", attach)
+        self.max_line_bytes = max_line_bytes
+        self._raw = bytearray()  # undecoded multiplexed bytes
+        self._line = bytearray()  # runner stdout not yet ending in a newline
+        self._lines: list[bytes] = []
+        self.diagnostics = bytearray()
+        self.closed = False
+
+    def send(self, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8", "surrogatepass"
+        )
+        self._sock.settimeout(30)
+        self._sock.sendall(data + b"\n")
+
+    def looks_alive(self) -> bool:
+        """True unless the runner is known gone. A waiting runner sends nothing, so any
+        readable byte here means it exited (EOF) or broke protocol."""
+        if self.closed:
+            return False
+        try:
+            self._sock.settimeout(0)
+            return not self._sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def read_frame(self, deadline: float) -> dict[str, Any]:
+        """The next frame. Raises ChannelTimeout at `deadline` (time.monotonic()),
+        ChannelClosed at EOF, ProtocolError on garbage."""
+        while not self._lines:
+            self._fill(deadline)
+        line = self._lines.pop(0)
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            raise ProtocolError(f"unreadable frame ({len(line)} bytes)") from None
+        if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
+            raise ProtocolError("a frame without a type")
+        return frame
+
+    def _fill(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ChannelTimeout
+        self._sock.settimeout(remaining)
+        try:
+            chunk = self._sock.recv(_RECV_BYTES)
+        except TimeoutError:
+            raise ChannelTimeout from None
+        if not chunk:
+            self.closed = True
+            raise ChannelClosed
+        self._raw += chunk
+        self._demux()
+
+    def _demux(self) -> None:
+        raw = self._raw
+        offset = 0
+        while len(raw) - offset >= _HEADER.size:
+            stream, size = _HEADER.unpack_from(raw, offset)
+            end = offset + _HEADER.size + size
+            if len(raw) < end:
+                break
+            payload = bytes(raw[offset + _HEADER.size : end])
+            offset = end
+            if stream == _STDOUT:
+                self._split_lines(payload)
+            elif stream == _STDERR:
+                room = _DIAGNOSTIC_BYTES - len(self.diagnostics)
+                self.diagnostics += payload[: max(room, 0)]
+        del raw[:offset]
+        if len(raw) > self.max_line_bytes + _HEADER.size:
+            raise ProtocolError("a multiplexed frame larger than any runner frame")
+
+    def _split_lines(self, payload: bytes) -> None:
+        start = 0
+        while (newline := payload.find(b"\n", start)) >= 0:
+            self._line += payload[start:newline]
+            self._lines.append(bytes(self._line))
+            self._line.clear()
+            start = newline + 1
+        self._line += payload[start:]
+        if len(self._line) > self.max_line_bytes:
+            raise ProtocolError(f"a frame longer than {self.max_line_bytes} bytes")
+
+    def close(self) -> None:
+        self.closed = True
+        for close in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close):
+            try:
+                close()
+            except OSError:
+                pass
+        try:
+            self._attach.close()
+        except OSError:
+            pass

@@ -1,0 +1,284 @@
+"""Maps every way a container run can end to the failure taxonomy. The only place that
+knows docker-py's error classes, container exit statuses and the runner's result frame.
+Most specific signal first: what the host itself did or saw (its own kill for a time or
+output cap, the kernel's OOM flag), then errors talking to the engine, then how the
+container ended, then the runner's own frame."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker.errors as de
+import requests.exceptions as rq
+
+from sandbox_client import Failure, FailureKind, Frame
+
+from ..limits import Limits
+
+# Exit status the runner uses when it cannot set itself up (no seccomp, unreadable job).
+RUNNER_FATAL_STATUS = 70
+
+# Every exception class docker.errors defines, mapped explicitly; test_container_outcome
+# fails when docker-py grows one this table does not name. None: decided below.
+ERROR_CLASS_KINDS: dict[type[BaseException], FailureKind | None] = {
+    de.ImageNotFound: FailureKind.INFRA_UNAVAILABLE,  # `make image` was not run
+    de.NotFound: FailureKind.SANDBOX_CRASH,  # the container was removed under us
+    de.APIError: None,  # by HTTP status
+    de.ContainerError: FailureKind.SANDBOX_CRASH,
+    de.StreamParseError: FailureKind.SANDBOX_CRASH,
+    de.BuildError: FailureKind.INFRA_UNAVAILABLE,
+    de.ImageLoadError: FailureKind.INFRA_UNAVAILABLE,
+    # Configuration of the engine connection: nothing can run until an operator fixes it.
+    de.InvalidVersion: FailureKind.INFRA_UNAVAILABLE,
+    de.InvalidRepository: FailureKind.INFRA_UNAVAILABLE,
+    de.InvalidConfigFile: FailureKind.INFRA_UNAVAILABLE,
+    de.InvalidArgument: FailureKind.INFRA_UNAVAILABLE,
+    de.DeprecatedMethod: FailureKind.INFRA_UNAVAILABLE,
+    de.TLSParameterError: FailureKind.INFRA_UNAVAILABLE,
+    de.NullResource: FailureKind.INFRA_UNAVAILABLE,
+    de.MissingContextParameter: FailureKind.INFRA_UNAVAILABLE,
+    de.ContextAlreadyExists: FailureKind.INFRA_UNAVAILABLE,
+    de.ContextException: FailureKind.INFRA_UNAVAILABLE,
+    de.ContextNotFound: FailureKind.INFRA_UNAVAILABLE,
+    de.DockerException: FailureKind.INFRA_UNAVAILABLE,  # e.g. from_env with no engine
+    # The engine's socket (requests/urllib3 underneath docker-py).
+    rq.ConnectionError: FailureKind.INFRA_UNAVAILABLE,
+    rq.Timeout: FailureKind.INFRA_UNAVAILABLE,
+    rq.RequestException: FailureKind.INFRA_UNAVAILABLE,
+    # The attach socket to the runner: the container went away mid-conversation.
+    ConnectionError: FailureKind.SANDBOX_CRASH,
+    OSError: FailureKind.SANDBOX_CRASH,
+}
+
+# How long a caller should wait before retrying after an engine or pool problem.
+INFRA_RETRY_AFTER_MS = 1000
+
+
+@dataclass(kw_only=True)
+class ContainerSignals:
+    """What the host saw while a run went on."""
+
+    limits: Limits
+    frame: dict[str, Any] | None = None  # the runner's result frame, if one came
+    fatal: str = ""  # the runner's own set-up failure, if it reported one
+    exit_code: int | None = None  # the container's status, when it ended without a frame
+    oom_killed: bool = False  # State.OOMKilled
+    host_timed_out: bool = False  # we killed it at the wall-clock budget
+    output_exceeded: bool = False  # we killed it at the output cap
+    protocol_error: str = ""  # the runner's channel carried something unreadable
+    image: str = ""
+    elapsed_s: float = 0.0
+
+
+def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) -> Failure | None:
+    """The failure for a run that raised `exc` talking to the engine or the runner (None:
+    no error), given `signals`. None means the code ran to completion."""
+    limits = signals.limits
+    if signals.output_exceeded:
+        return Failure.of(
+            FailureKind.OUTPUT_LIMIT,
+            f"output exceeded the {limits.output_bytes}-byte cap; it was truncated there",
+            details={"limit": "output_bytes", "limit_value": str(limits.output_bytes)},
+        )
+    if signals.host_timed_out:
+        return _timeout(limits)
+    if exc is not None:
+        return _engine_failure(exc, signals)
+    if signals.oom_killed and (signals.frame is None or not signals.frame.get("ok")):
+        return _memory(limits, "the container was killed at its memory cap", None)
+    if signals.fatal:
+        return Failure.of(
+            FailureKind.INFRA_UNAVAILABLE,
+            f"the sandbox runner could not start: {_first_line(signals.fatal)}",
+            retry_after_ms=INFRA_RETRY_AFTER_MS,
+            details={"image": signals.image},
+        )
+    if signals.protocol_error:
+        return Failure.of(
+            FailureKind.SANDBOX_CRASH,
+            f"the runner's channel broke: {signals.protocol_error}",
+        )
+    if signals.frame is None:
+        return _no_frame(signals)
+    return _from_frame(signals.frame, limits)
+
+
+def _engine_failure(exc: BaseException, signals: ContainerSignals) -> Failure:
+    kind = _class_kind(exc)
+    if kind is None:
+        raise TypeError(f"not a container outcome: {type(exc).__name__}") from exc
+    if isinstance(exc, de.ImageNotFound):
+        return Failure.of(
+            kind,
+            f"the sandbox image {signals.image or '(unknown)'} is missing; build it with `make image`",
+            retry_after_ms=INFRA_RETRY_AFTER_MS,
+            details={"image": signals.image},
+        )
+    if kind is FailureKind.INFRA_UNAVAILABLE:
+        return Failure.of(
+            kind,
+            f"the container engine cannot serve now ({type(exc).__name__}: {_first_line(str(exc))})",
+            retry_after_ms=INFRA_RETRY_AFTER_MS,
+        )
+    return Failure.of(
+        kind,
+        f"the container went away mid-run ({type(exc).__name__}); nothing in the code is known "
+        "to have caused it",
+    )
+
+
+def _class_kind(exc: BaseException) -> FailureKind | None:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_CLASS_KINDS:
+            kind = ERROR_CLASS_KINDS[cls]
+            if kind is None and isinstance(exc, de.APIError):
+                return _api_status_kind(exc)
+            return kind
+    return None
+
+
+def _api_status_kind(exc: de.APIError) -> FailureKind:
+    # 404: the container vanished; 409: it is no longer running (killed from outside).
+    if exc.status_code in (404, 409):
+        return FailureKind.SANDBOX_CRASH
+    return FailureKind.INFRA_UNAVAILABLE
+
+
+def _no_frame(signals: ContainerSignals) -> Failure | None:
+    status = signals.exit_code
+    if status is None:
+        return Failure.of(
+            FailureKind.SANDBOX_CRASH,
+            "the container ended without a result and its status is unknown",
+        )
+    if status > 128:
+        return _signalled(status - 128, status)
+    if status == 0:
+        return None  # the code ended the interpreter itself with os._exit(0)
+    return Failure.of(
+        FailureKind.RUNTIME_ERROR,
+        f"the code ended the interpreter with exit status {status} before finishing",
+        exception_type="SystemExit",
+        details={"exit_code": str(status)},
+    )
+
+
+def _signalled(signum: int, status: int) -> Failure:
+    name = _signal_name(signum)
+    if signum == signal.SIGSYS:
+        return Failure.of(
+            FailureKind.POLICY_VIOLATION,
+            "the code made a system call the sandbox forbids and was killed for it (SIGSYS)",
+            details={"signal": name, "exit_code": str(status)},
+        )
+    why = "killed from outside" if signum == signal.SIGKILL else f"died of {name}"
+    return Failure.of(
+        FailureKind.SANDBOX_CRASH,
+        f"the sandbox was {why} before the code finished",
+        details={"signal": name, "exit_code": str(status)},
+    )
+
+
+def _from_frame(frame: dict[str, Any], limits: Limits) -> Failure | None:
+    if frame.get("ok"):
+        if "value_bytes" in frame:
+            return Failure.of(
+                FailureKind.OUTPUT_LIMIT,
+                f"the result ({frame['value_bytes']} bytes) exceeded the "
+                f"{limits.output_bytes}-byte output cap",
+                details={"limit": "output_bytes", "part": "result"},
+            )
+        return None
+    error: dict[str, Any] = frame.get("error") or {}
+    type_name = str(error.get("type") or "Exception")
+    message = str(error.get("message") or "")
+    frames = _frames(error.get("frames") or [])
+    blocked = [str(b) for b in frame.get("blocked") or []]
+
+    if error.get("syntax"):
+        return Failure.of(
+            FailureKind.SYNTAX_ERROR,
+            _one_line(f"{type_name}: {message}", frames),
+            exception_type=type_name,
+            frames=frames,
+        )
+    if type_name == "MemoryError" and error.get("module") == "builtins":
+        return _memory(limits, message or "out of memory", frames)
+    if blocked and error.get("os_error"):
+        return Failure.of(
+            FailureKind.POLICY_VIOLATION,
+            _one_line(f"the policy forbids this: {blocked[0]} ({type_name}: {message})", frames),
+            exception_type=type_name,
+            frames=frames,
+            details={"attempted": "; ".join(blocked[:5])},
+        )
+    details: dict[str, str] = {}
+    if type_name == "RecursionError":
+        details = {"limit": "max_recursion_depth", "limit_value": str(limits.max_recursion_depth)}
+    if type_name == "SystemExit":
+        details = {"exit_code": str(frame.get("exit_code", 1))}
+    return Failure.of(
+        FailureKind.RUNTIME_ERROR,
+        _one_line(f"{type_name}: {message}" if message else type_name, frames),
+        exception_type=type_name,
+        frames=frames,
+        details=details,
+    )
+
+
+def _timeout(limits: Limits) -> Failure:
+    return Failure.of(
+        FailureKind.TIMEOUT,
+        f"time limit of {limits.wall_time_ms} ms exceeded; the container was stopped",
+        exception_type="TimeoutError",
+        details={"limit": "wall_time_ms", "limit_value": str(limits.wall_time_ms)},
+    )
+
+
+def _memory(limits: Limits, why: str, frames: tuple[Frame, ...] | None) -> Failure:
+    return Failure.of(
+        FailureKind.MEMORY_LIMIT,
+        _one_line(f"memory limit of {limits.memory_bytes} bytes exceeded: {why}", frames or ()),
+        exception_type="MemoryError",
+        frames=frames or (),
+        details={"limit": "memory_bytes", "limit_value": str(limits.memory_bytes)},
+    )
+
+
+def _frames(raw: list[dict[str, Any]]) -> tuple[Frame, ...]:
+    return tuple(
+        Frame(
+            filename="<code>",
+            line=int(f.get("line") or 0),
+            column=int(f.get("column") or 0),
+            end_line=int(f.get("end_line") or 0),
+            end_column=int(f.get("end_column") or 0),
+            function_name=str(f.get("function_name") or ""),
+            source_line=str(f.get("source_line") or ""),
+        )
+        for f in raw
+        if isinstance(f, dict)
+    )
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _one_line(text: str, frames: tuple[Frame, ...]) -> str:
+    text = _first_line(text)
+    if frames:
+        where = frames[-1]
+        source = where.source_line.strip()
+        text += f" (line {where.line}" + (f": {source})" if source else ")")
+    return text
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= 500 else line[:497] + "..."
