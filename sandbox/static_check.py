@@ -8,6 +8,7 @@ cannot parse is left to the backend, which reports SYNTAX_ERROR itself."""
 from __future__ import annotations
 
 import ast
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -64,7 +65,10 @@ class Violation:
 def find_violation(code: str, denied_imports: Collection[str]) -> Violation | None:
     """The first rule `code` breaks, or None (also None when the host cannot parse it)."""
     try:
-        tree = ast.parse(code)
+        with warnings.catch_warnings():
+            # Invalid escapes and the like are the backend's to report, not the host log's.
+            warnings.simplefilter("ignore")
+            tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     found = [

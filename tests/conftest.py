@@ -106,3 +106,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Finalizing Monty pools during interpreter shutdown can abort the process (and turn
     # a green run into exit status 134); collect them while the runtime is whole.
     gc.collect()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from .corpus import REPORTS
+
+    if REPORTS:
+        terminalreporter.section("corpus results")
+        for line in REPORTS:
+            terminalreporter.write_line(line)

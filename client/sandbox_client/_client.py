@@ -12,6 +12,16 @@ import grpc.aio
 from ._convert import result_from_proto
 from ._models import Backend, ExecutionResult
 from ._proto import sandbox_pb2, sandbox_pb2_grpc
+from ._recovery import Outcome, RecoveryPolicy
+from ._recovery_run import (
+    AsyncEscalationHandler,
+    AsyncRepairFn,
+    EscalationHandler,
+    RepairFn,
+    new_state,
+    run_async,
+    run_sync,
+)
 from ._request import (
     DEFAULT_TARGET,
     BackendName,
@@ -85,6 +95,42 @@ class SandboxClient:
         except grpc.RpcError as error:
             return failed_result(error)
         return result_from_proto(response.result)
+
+    def run(
+        self,
+        code: str,
+        *,
+        repair: RepairFn | None = None,
+        escalate: EscalationHandler | None = None,
+        recovery: RecoveryPolicy | None = None,
+        backend: BackendName = Backend.AUTO,
+        policy: str = "",
+        inputs: Mapping[str, Any] | None = None,
+        stdin: str = "",
+        limits: Limits | None = None,
+        session_id: str = "",
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Outcome:
+        """Executes `code` and recovers from failures as `recovery` says: retries what is
+        not the code's fault, repairs what is (with `repair`), falls back, resizes, and
+        asks `escalate` (default: raise EscalationRequired) when nothing else can help.
+        `policy` is the server's execution policy, as in execute(). `timeout_s` bounds
+        each attempt; `recovery.max_total_s` bounds the whole run."""
+        state = new_state(
+            code,
+            recovery=recovery,
+            backend=backend,
+            policy=policy,
+            limits=limits,
+            session_id=session_id,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s or self.timeout_s,
+            can_repair=repair is not None,
+        )
+        return run_sync(
+            self.execute, state, repair=repair, escalate=escalate, inputs=inputs, stdin=stdin
+        )
 
     def execute_stream(
         self,
@@ -195,6 +241,38 @@ class AsyncSandboxClient:
         except grpc.RpcError as error:
             return failed_result(error)
         return result_from_proto(response.result)
+
+    async def run(
+        self,
+        code: str,
+        *,
+        repair: AsyncRepairFn | None = None,
+        escalate: AsyncEscalationHandler | None = None,
+        recovery: RecoveryPolicy | None = None,
+        backend: BackendName = Backend.AUTO,
+        policy: str = "",
+        inputs: Mapping[str, Any] | None = None,
+        stdin: str = "",
+        limits: Limits | None = None,
+        session_id: str = "",
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Outcome:
+        """As SandboxClient.run; `repair` and `escalate` may be coroutine functions."""
+        state = new_state(
+            code,
+            recovery=recovery,
+            backend=backend,
+            policy=policy,
+            limits=limits,
+            session_id=session_id,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s or self.timeout_s,
+            can_repair=repair is not None,
+        )
+        return await run_async(
+            self.execute, state, repair=repair, escalate=escalate, inputs=inputs, stdin=stdin
+        )
 
     async def execute_stream(
         self,

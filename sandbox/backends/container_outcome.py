@@ -17,12 +17,18 @@ from sandbox_client import Failure, FailureKind, Frame
 
 from ..limits import Limits
 
+class RunnerStartError(Exception):
+    """A container started but its runner never said it was ready (a broken image, or a
+    runtime that cannot run it)."""
+
+
 # Exit status the runner uses when it cannot set itself up (no seccomp, unreadable job).
 RUNNER_FATAL_STATUS = 70
 
 # Every exception class docker.errors defines, mapped explicitly; test_container_outcome
 # fails when docker-py grows one this table does not name. None: decided below.
 ERROR_CLASS_KINDS: dict[type[BaseException], FailureKind | None] = {
+    RunnerStartError: FailureKind.INFRA_UNAVAILABLE,
     de.ImageNotFound: FailureKind.INFRA_UNAVAILABLE,  # `make image` was not run
     de.NotFound: FailureKind.SANDBOX_CRASH,  # the container was removed under us
     de.APIError: None,  # by HTTP status

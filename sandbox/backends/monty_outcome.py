@@ -5,6 +5,7 @@ signal beside a type."""
 from __future__ import annotations
 
 import builtins
+import importlib
 import re
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ _DENIAL_TYPES = frozenset(
     {"PermissionError", "OSError", "FileNotFoundError", "RuntimeError", "NotADirectoryError"}
 )
 _MISSING_MODULE_ATTR = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
+_MISSING_TYPE_ATTR = re.compile(r"^(?:type object )?'([\w.]+)'(?: object)? has no attribute '(\w+)'")
+# Where the types Monty names in its messages live in CPython.
+_TYPE_HOMES = ("builtins", "collections", "re", "datetime", "decimal", "fractions", "pathlib")
 _UNDEFINED_NAME = re.compile(r"name '(\w+)' is not defined")
 _MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
 # Monty phrases its own limits this way; a user's `raise MemoryError()` does not.
@@ -155,7 +159,10 @@ def _missing_feature(type_name: str, message: str, frames: tuple[Frame, ...]) ->
         return "syntax"
     if type_name == "AttributeError":
         match = _MISSING_MODULE_ATTR.search(message)
-        if match and match.group(1).split(".")[0] in sys.stdlib_module_names:
+        if match and _cpython_module_has(match.group(1), match.group(2)):
+            return f"{match.group(1)}.{match.group(2)}"
+        match = _MISSING_TYPE_ATTR.search(message)
+        if match and _cpython_has(match.group(1), match.group(2)):
             return f"{match.group(1)}.{match.group(2)}"
     if type_name == "NameError":
         match = _UNDEFINED_NAME.search(message)
@@ -164,6 +171,30 @@ def _missing_feature(type_name: str, message: str, frames: tuple[Frame, ...]) ->
     if type_name == "RuntimeError" and not frames and "Internal error in monty" in message:
         return "interpreter feature"
     return None
+
+
+def _cpython_module_has(module_name: str, attribute: str) -> bool:
+    """Whether CPython's stdlib module has the attribute Monty said it lacks. Only modules
+    the host already imported are inspected: the name comes from the sandbox, and importing
+    an arbitrary module on the host has side effects. An unloaded stdlib module is assumed
+    to have it, which at worst sends the code to a container that reports the truth."""
+    if module_name.split(".")[0] not in sys.stdlib_module_names:
+        return False
+    module = sys.modules.get(module_name)
+    return module is None or hasattr(module, attribute)
+
+
+def _cpython_has(type_name: str, attribute: str) -> bool:
+    """Whether CPython's type of that name has the attribute Monty said it lacks."""
+    module_name, _, name = type_name.rpartition(".")
+    homes = (module_name,) if module_name else _TYPE_HOMES
+    for home in homes:
+        if home not in _TYPE_HOMES:
+            continue
+        candidate = getattr(importlib.import_module(home), name, None)
+        if isinstance(candidate, type) and hasattr(candidate, attribute):
+            return True
+    return False
 
 
 def _timeout(limits: Limits, why: str, frames: tuple[Frame, ...]) -> Failure:

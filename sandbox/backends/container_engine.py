@@ -1,0 +1,247 @@
+"""Blocking calls to the Docker engine (docker-py): create, start, talk to, kill and remove
+sandbox containers. Everything here runs in worker threads, never on the event loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import docker
+import docker.errors as de
+from docker.types import LogConfig, Ulimit
+
+from ..limits import Limits
+from ..output import OutputCapture, OutputLimitExceeded
+from .container_channel import ChannelClosed, ChannelTimeout, ProtocolError, RunnerChannel
+from .container_outcome import ContainerSignals, RunnerStartError
+
+Runtime = Literal["runc", "runsc"]
+
+OWNER_LABEL = "dev.sandbox.owner"
+OWNER = "sandbox-server"
+SCOPE_LABEL = "dev.sandbox.scope"
+INSTANCE_LABEL = "dev.sandbox.instance"
+
+WORKDIR = "/workspace"
+SANDBOX_USER = "10001:10001"
+READY_TIMEOUT_S = 30.0
+# After a run ends without a frame: how long to wait for the container's exit status.
+EXIT_WAIT_S = 5.0
+NOFILE = 256
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shape:
+    """What a container is created with; containers of equal shape are interchangeable."""
+
+    image: str
+    runtime: Runtime
+    memory_bytes: int
+    cpu_millis: int
+    pids: int
+    disk_bytes: int
+
+    @classmethod
+    def of(cls, limits: Limits, *, image: str, runtime: Runtime) -> Shape:
+        return cls(
+            image=image,
+            runtime=runtime,
+            memory_bytes=limits.memory_bytes,
+            cpu_millis=limits.cpu_millis,
+            pids=limits.pids,
+            disk_bytes=limits.disk_bytes,
+        )
+
+
+@dataclass(eq=False)
+class Container:
+    """A started container whose runner waits for its job on `channel`."""
+
+    id: str
+    shape: Shape
+    channel: RunnerChannel
+
+    def looks_alive(self) -> bool:
+        return self.channel.looks_alive()
+
+
+def host_config_args(shape: Shape) -> dict[str, Any]:
+    """The container's confinement. Nothing of the host is mounted."""
+    # The disk budget is split: work dir half, /tmp and /dev/shm a quarter each. tmpfs
+    # pages also count against the memory cap.
+    work, scratch = shape.disk_bytes // 2, shape.disk_bytes // 4
+    tmpfs = "rw,nosuid,nodev,noexec,uid=10001,gid=10001,mode=0700,size={}"
+    return {
+        "network_mode": "none",
+        "mem_limit": shape.memory_bytes,
+        "memswap_limit": shape.memory_bytes,  # equal: no swap on top of the cap
+        "nano_cpus": shape.cpu_millis * 1_000_000,
+        "pids_limit": shape.pids,
+        "read_only": True,
+        "tmpfs": {WORKDIR: tmpfs.format(work), "/tmp": tmpfs.format(scratch)},
+        "shm_size": max(scratch, MiB),
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "ulimits": [
+            Ulimit(name="nofile", soft=NOFILE, hard=NOFILE),
+            Ulimit(name="fsize", soft=work, hard=work),
+            Ulimit(name="core", soft=0, hard=0),
+        ],
+        "ipc_mode": "private",
+        "init": True,  # tini as pid 1 reaps what a fork bomb leaves
+        "runtime": shape.runtime,
+        # No log driver: runaway output must not land on the host's disk. attach still works.
+        "log_config": LogConfig(type="none"),
+    }
+
+
+class Engine:
+    def __init__(self, *, docker_host: str | None, labels: dict[str, str], max_pool: int) -> None:
+        self._docker_host = docker_host
+        self.labels = labels
+        self._max_pool = max_pool
+        self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+
+    def client(self) -> docker.DockerClient:
+        """The engine client, connected on first use (the engine may come up after us)."""
+        with self._lock:
+            if self._client is None:
+                kwargs: dict[str, Any] = {"version": "auto", "timeout": 30}
+                kwargs["max_pool_size"] = self._max_pool
+                if self._docker_host:
+                    self._client = docker.DockerClient(base_url=self._docker_host, **kwargs)
+                else:
+                    self._client = docker.from_env(**kwargs)
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def ping(self) -> bool:
+        return bool(self.client().ping())
+
+    def image_exists(self, image: str) -> bool:
+        try:
+            self.client().images.get(image)
+        except de.ImageNotFound:
+            return False
+        return True
+
+    def launch(self, shape: Shape, *, max_line_bytes: int) -> Container:
+        """Creates, attaches and starts a container, and waits for its runner's ready frame."""
+        api = self.client().api
+        created = api.create_container(
+            shape.image,
+            stdin_open=True,
+            tty=False,
+            user=SANDBOX_USER,
+            working_dir=WORKDIR,
+            hostname="sandbox",
+            network_disabled=True,
+            labels=self.labels,
+            host_config=api.create_host_config(**host_config_args(shape)),
+        )
+        container_id: str = created["Id"]
+        channel: RunnerChannel | None = None
+        try:
+            attach = api.attach_socket(
+                container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            channel = RunnerChannel(attach, max_line_bytes=max_line_bytes)
+            api.start(container_id)
+            try:
+                frame = channel.read_frame(time.monotonic() + READY_TIMEOUT_S)
+            except (ChannelClosed, ChannelTimeout, ProtocolError) as exc:
+                why = channel.diagnostics.decode("utf-8", "replace").strip()[-500:]
+                raise RunnerStartError(
+                    f"the runner did not start ({type(exc).__name__}) {why}".strip()
+                ) from exc
+            if frame["t"] != "ready":
+                raise RunnerStartError(str(frame.get("message") or frame)[-500:])
+            return Container(id=container_id, shape=shape, channel=channel)
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            self.remove(container_id)
+            raise
+
+    def execute(
+        self, container: Container, job: dict[str, Any], capture: OutputCapture, signals: ContainerSignals
+    ) -> None:
+        """Sends `job` and collects frames until its result, the deadline or the runner's
+        end; fills `signals`. Kills the container when a cap is hit. Errors talking to
+        the engine propagate."""
+        channel = container.channel
+        started = time.monotonic()
+        deadline = started + signals.limits.wall_time_s
+        try:
+            channel.send(job)
+            while True:
+                frame = channel.read_frame(deadline)
+                kind = frame["t"]
+                if kind == "o":
+                    capture("stderr" if frame.get("s") == "stderr" else "stdout", str(frame.get("d", "")))
+                elif kind == "result":
+                    signals.frame = frame
+                    break
+                elif kind == "fatal":
+                    signals.fatal = str(frame.get("message") or "unknown")
+                    break
+        except OutputLimitExceeded:
+            signals.output_exceeded = True
+            self.kill(container.id)
+        except ChannelTimeout:
+            signals.host_timed_out = True
+            self.kill(container.id)
+        except ProtocolError as exc:
+            signals.protocol_error = str(exc)
+            self.kill(container.id)
+        except (ChannelClosed, ConnectionError):
+            pass  # the container ended; its state says how
+        finally:
+            signals.elapsed_s = time.monotonic() - started
+        if signals.frame is None and not (signals.host_timed_out or signals.output_exceeded):
+            self._read_exit(container.id, signals)
+
+    def _read_exit(self, container_id: str, signals: ContainerSignals) -> None:
+        api = self.client().api
+        try:
+            api.wait(container_id, timeout=EXIT_WAIT_S)
+        except de.NotFound:
+            return  # removed from outside: the status is lost
+        except (de.APIError, OSError):
+            self.kill(container_id)  # still running after closing its output: stop it
+        try:
+            state = api.inspect_container(container_id)["State"]
+        except de.NotFound:
+            return
+        signals.oom_killed = bool(state.get("OOMKilled"))
+        if not state.get("Running"):
+            signals.exit_code = int(state.get("ExitCode", 0))
+
+    def kill(self, container_id: str) -> None:
+        try:
+            self.client().api.kill(container_id)
+        except de.APIError:
+            pass  # already gone or already stopped
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self.client().api.remove_container(container_id, force=True)
+        except de.APIError:
+            pass  # removed already, or a removal is in progress
+
+    def list_ours(self, *, instance: str | None = None) -> list[str]:
+        """Containers of our scope: all of them, or those one server instance made."""
+        labels = [f"{OWNER_LABEL}={OWNER}", f"{SCOPE_LABEL}={self.labels[SCOPE_LABEL]}"]
+        if instance is not None:
+            labels.append(f"{INSTANCE_LABEL}={instance}")
+        found = self.client().api.containers(all=True, filters={"label": labels})
+        return [c["Id"] for c in found]
