@@ -271,6 +271,7 @@ class RunState:
     def _decide(self, failure: Failure) -> tuple[Step, RecoveryAction, str]:
         kind = failure.kind
         skipped: list[str] = []
+        budget_hit = False
         for action in self.recovery.actions.get(kind, ()):
             if action is A.ABORT:
                 self.status = "aborted"
@@ -279,6 +280,7 @@ class RunState:
                 return self._escalate(f"{kind.value} calls for a person", failure)
             if self._used[kind] >= self.recovery.budget_per_kind.get(kind, 0):
                 skipped.append(f"{action.value}: budget for {kind.value} used")
+                budget_hit = True
                 continue
             why_not = self._why_not(action, failure)
             if why_not:
@@ -292,7 +294,7 @@ class RunState:
         reason = f"no recovery is left for {kind.value}"
         if skipped:
             reason += " (" + "; ".join(skipped) + ")"
-        return self._escalate(reason, failure, exhausted=bool(skipped))
+        return self._escalate(reason, failure, exhausted=budget_hit)
 
     def _why_not(self, action: RecoveryAction, failure: Failure) -> str:
         """Why `action` cannot answer `failure` now ("" if it can)."""
