@@ -39,6 +39,23 @@ class Settings(BaseSettings):
     # Host-side backstop per worker turn, above any policy's wall-time budget.
     monty_request_timeout_s: float = Field(default=120.0, gt=0)
 
+    # The container backend (Docker). Off by default: it needs an engine and `make image`.
+    container_enabled: bool = False
+    # Image the runner ships in (images/Dockerfile, built by `make image`).
+    container_image: str = "sandbox-runner:latest"
+    # OCI runtime: runc, or gVisor's runsc (a user-space kernel; register it with dockerd).
+    container_runtime: Literal["runc", "runsc"] = "runc"
+    # Containers kept started and waiting for a job, for the default policy's limits.
+    container_pool_size: int = Field(default=2, ge=0)
+    # Container runs at once, and how many more may wait (then INFRA_UNAVAILABLE).
+    container_max_concurrency: int = Field(default=4, gt=0)
+    container_queue_size: int = Field(default=32, ge=0)
+    container_queue_timeout_s: float = Field(default=30.0, gt=0)
+    # Engine address; None: DOCKER_HOST, else the local socket.
+    docker_host: str | None = None
+    # Containers are labelled with this; start-up reaps those of this scope whose server died.
+    container_scope: str = "default"
+
     # Sessions kept at once, and how long an unused one lives.
     max_sessions: int = Field(default=100, ge=0)
     session_idle_timeout_s: float = Field(default=300.0, gt=0)

@@ -10,11 +10,11 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from sandbox_client import Backend
 from sandbox_client._proto import sandbox_pb2
 
 from .backends.base import ExecutionBackend
+from .backends.container import ContainerBackend
 from .backends.monty import MontyBackend
 from .config import Settings
 from .executor import Executor
@@ -28,6 +28,7 @@ SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_na
 
 
 def build_executor(settings: Settings) -> Executor:
+    policies = PolicyRegistry.builtin()
     backends: dict[Backend, ExecutionBackend] = {
         Backend.MONTY: MontyBackend(
             min_workers=settings.monty_min_workers,
@@ -36,8 +37,21 @@ def build_executor(settings: Settings) -> Executor:
             request_timeout_s=settings.monty_request_timeout_s,
         )
     }
+    if settings.container_enabled:
+        backends[Backend.CONTAINER] = ContainerBackend(
+            image=settings.container_image,
+            runtime=settings.container_runtime,
+            pool_size=settings.container_pool_size,
+            # The pool's containers are shaped for the default policy's limits.
+            pool_limits=policies.get("").limits(),
+            max_concurrency=settings.container_max_concurrency,
+            queue_size=settings.container_queue_size,
+            queue_timeout_s=settings.container_queue_timeout_s,
+            docker_host=settings.docker_host,
+            scope=settings.container_scope,
+        )
     return Executor(
-        policies=PolicyRegistry.builtin(),
+        policies=policies,
         backends=backends,
         sessions=SessionRegistry(
             max_sessions=settings.max_sessions, idle_timeout_s=settings.session_idle_timeout_s

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import builtins
 import codecs
+import contextlib
 import errno
 import fcntl
 import io
@@ -74,13 +75,13 @@ def apply_seccomp() -> None:
     deny = seccomp.ERRNO(errno.EPERM)
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for name in DENIED_SYSCALLS:
-        try:
+        # Skipped where it is not a syscall on this architecture or libseccomp version.
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
             f.add_rule(deny, name)
-        except (RuntimeError, ValueError, OSError):
-            pass  # not a syscall on this architecture or libseccomp version
     # Only local (AF_UNIX) sockets: no IP, netlink, packet or vsock, even where the
     # network namespace would have let them exist.
-    f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
+    not_unix = seccomp.Arg(0, seccomp.NE, socket.AF_UNIX)
+    f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", not_unix)
     for flag in CLONE_NAMESPACE_FLAGS:
         f.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     # clone3 passes its flags in memory, where seccomp cannot look; ENOSYS makes libc
@@ -415,7 +416,8 @@ class Runner:
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         code: str = job["code"]
         source = code.splitlines()
-        linecache.cache[CODE_FILENAME] = (len(code), None, [s + "\n" for s in source], CODE_FILENAME)
+        lines = [s + "\n" for s in source]
+        linecache.cache[CODE_FILENAME] = (len(code), None, lines, CODE_FILENAME)
         self.namespace.update(job.get("inputs") or {})
         sys.stdin = io.StringIO(job.get("stdin", ""))
         limits = job.get("limits", {})
@@ -455,10 +457,12 @@ class Runner:
             status = exc.code
             if status is None or status == 0:
                 return {}
+            error = _error(exc, source)
+            error["message"] = "" if isinstance(status, int) else str(status)
             return {
                 "ok": False,
                 "exit_code": status if isinstance(status, int) else 1,
-                "error": {**_error(exc, source), "message": "" if isinstance(status, int) else str(status)},
+                "error": error,
             }
         except BaseException as exc:
             return {"ok": False, "exit_code": 1, "error": _error(exc, source)}
@@ -477,10 +481,8 @@ class Runner:
 
     def _flush_output(self) -> None:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(Exception):
                 stream.flush()
-            except Exception:
-                pass
         self.pump.drain()
         self.emitter.flush()
 
@@ -489,8 +491,9 @@ def _compile(code: str) -> tuple[CodeType, CodeType | None]:
     """The code as a module, with a trailing expression split off so its value is kept."""
     tree = ast.parse(code, CODE_FILENAME, "exec")
     tail = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = tree.body.pop()
+    last = tree.body[-1] if tree.body else None
+    if isinstance(last, ast.Expr):
+        tree.body.pop()
         tail = compile(ast.Expression(last.value), CODE_FILENAME, "eval")
     return compile(tree, CODE_FILENAME, "exec"), tail
 

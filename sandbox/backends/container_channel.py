@@ -8,6 +8,7 @@ runner took over (bounded, for diagnostics)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -124,12 +125,9 @@ class RunnerChannel:
 
     def close(self) -> None:
         self.closed = True
-        for close in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close):
-            try:
-                close()
-            except OSError:
-                pass
-        try:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with contextlib.suppress(OSError):
             self._attach.close()
-        except OSError:
-            pass

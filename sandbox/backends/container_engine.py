@@ -3,6 +3,7 @@ sandbox containers. Everything here runs in worker threads, never on the event l
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import docker.errors as de
 from docker.types import LogConfig, Ulimit
 
 from ..limits import Limits
-from ..output import OutputCapture, OutputLimitExceeded
+from ..output import OutputCapture, OutputLimitExceeded, StreamName
 from .container_channel import ChannelClosed, ChannelTimeout, ProtocolError, RunnerChannel
 from .container_outcome import ContainerSignals, RunnerStartError
 
@@ -28,7 +29,7 @@ WORKDIR = "/workspace"
 SANDBOX_USER = "10001:10001"
 READY_TIMEOUT_S = 30.0
 # After a run ends without a frame: how long to wait for the container's exit status.
-EXIT_WAIT_S = 5.0
+EXIT_WAIT_S = 5
 NOFILE = 256
 MiB = 1024 * 1024
 
@@ -173,7 +174,11 @@ class Engine:
             raise
 
     def execute(
-        self, container: Container, job: dict[str, Any], capture: OutputCapture, signals: ContainerSignals
+        self,
+        container: Container,
+        job: dict[str, Any],
+        capture: OutputCapture,
+        signals: ContainerSignals,
     ) -> None:
         """Sends `job` and collects frames until its result, the deadline or the runner's
         end; fills `signals`. Kills the container when a cap is hit. Errors talking to
@@ -187,7 +192,8 @@ class Engine:
                 frame = channel.read_frame(deadline)
                 kind = frame["t"]
                 if kind == "o":
-                    capture("stderr" if frame.get("s") == "stderr" else "stdout", str(frame.get("d", "")))
+                    stream: StreamName = "stderr" if frame.get("s") == "stderr" else "stdout"
+                    capture(stream, str(frame.get("d", "")))
                 elif kind == "result":
                     signals.frame = frame
                     break
@@ -227,21 +233,22 @@ class Engine:
             signals.exit_code = int(state.get("ExitCode", 0))
 
     def kill(self, container_id: str) -> None:
-        try:
+        with contextlib.suppress(de.APIError):  # already gone or already stopped
             self.client().api.kill(container_id)
-        except de.APIError:
-            pass  # already gone or already stopped
 
     def remove(self, container_id: str) -> None:
-        try:
+        # NotFound: removed already; 409: a removal is in progress.
+        with contextlib.suppress(de.APIError):
             self.client().api.remove_container(container_id, force=True)
-        except de.APIError:
-            pass  # removed already, or a removal is in progress
 
-    def list_ours(self, *, instance: str | None = None) -> list[str]:
-        """Containers of our scope: all of them, or those one server instance made."""
-        labels = [f"{OWNER_LABEL}={OWNER}", f"{SCOPE_LABEL}={self.labels[SCOPE_LABEL]}"]
-        if instance is not None:
-            labels.append(f"{INSTANCE_LABEL}={instance}")
+    def list_ours(self, *, instance: str) -> list[str]:
+        """Containers one backend instance made."""
+        labels = [f"{OWNER_LABEL}={OWNER}", f"{INSTANCE_LABEL}={instance}"]
         found = self.client().api.containers(all=True, filters={"label": labels})
         return [c["Id"] for c in found]
+
+    def list_scope(self) -> list[tuple[str, dict[str, str]]]:
+        """(id, labels) of every container of our scope, whoever made it."""
+        labels = [f"{OWNER_LABEL}={OWNER}", f"{SCOPE_LABEL}={self.labels[SCOPE_LABEL]}"]
+        found = self.client().api.containers(all=True, filters={"label": labels})
+        return [(c["Id"], c.get("Labels") or {}) for c in found]

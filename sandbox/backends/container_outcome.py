@@ -7,15 +7,15 @@ container ended, then the runner's own frame."""
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import docker.errors as de
 import requests.exceptions as rq
-
 from sandbox_client import Failure, FailureKind, Frame
 
 from ..limits import Limits
+
 
 class RunnerStartError(Exception):
     """A container started but its runner never said it was ready (a broken image, or a
@@ -118,14 +118,16 @@ def _engine_failure(exc: BaseException, signals: ContainerSignals) -> Failure:
     if isinstance(exc, de.ImageNotFound):
         return Failure.of(
             kind,
-            f"the sandbox image {signals.image or '(unknown)'} is missing; build it with `make image`",
+            f"the sandbox image {signals.image or '(unknown)'} is missing; "
+            "build it with `make image`",
             retry_after_ms=INFRA_RETRY_AFTER_MS,
             details={"image": signals.image},
         )
     if kind is FailureKind.INFRA_UNAVAILABLE:
         return Failure.of(
             kind,
-            f"the container engine cannot serve now ({type(exc).__name__}: {_first_line(str(exc))})",
+            "the container engine cannot serve now "
+            f"({type(exc).__name__}: {_first_line(str(exc))})",
             retry_after_ms=INFRA_RETRY_AFTER_MS,
         )
     return Failure.of(

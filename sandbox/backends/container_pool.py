@@ -39,6 +39,7 @@ class WarmPool(Generic[W]):
         self._discard = discard
         self._ready: deque[W] = deque()
         self._wake = asyncio.Event()
+        self._filled = asyncio.Event()  # set whenever a container joins the pool
         self._task: asyncio.Task[None] | None = None
         self.failures = 0  # consecutive launch failures; reset by a success
 
@@ -66,7 +67,8 @@ class WarmPool(Generic[W]):
         """Waits until the pool holds `size` containers (for tests and benchmarks)."""
         async with asyncio.timeout(timeout_s):
             while len(self._ready) < self.size:
-                await asyncio.sleep(0.05)
+                self._filled.clear()
+                await self._filled.wait()
         return True
 
     async def stop(self) -> None:
@@ -99,5 +101,6 @@ class WarmPool(Generic[W]):
                 else:
                     self.failures = 0
                     self._ready.append(result)
+                    self._filled.set()
             if self.failures:
                 await asyncio.sleep(_BACKOFF_S[min(self.failures, len(_BACKOFF_S)) - 1])
