@@ -135,6 +135,7 @@ class ContainerBackend:
         self._admission = _Admission(max_concurrency, queue_size, queue_timeout_s)
         self._removals: set[asyncio.Task[None]] = set()
         self._sessions: set[ContainerSession] = set()
+        self._busy: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -271,10 +272,13 @@ class ContainerBackend:
         container.channel.max_line_bytes = 16 * limits.output_bytes + MiB
         error: Exception | None = None
         started = time.monotonic()
+        self._busy.add(container.id)
         try:
             await self._call(self._engine.execute, container, job, capture, signals)
         except Exception as exc:
             error = exc
+        finally:
+            self._busy.discard(container.id)
         failure = map_container_outcome(error, signals)
         frame = signals.frame or {}
         usage = frame.get("usage") or {}
@@ -318,6 +322,18 @@ class ContainerBackend:
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, lambda: fn(*args, **kwargs))
+
+    async def settled(self, timeout_s: float = 60.0) -> None:
+        """Waits until every discarded container is removed and the pool is full again."""
+        async with asyncio.timeout(timeout_s):
+            while self._removals:
+                await asyncio.gather(*self._removals, return_exceptions=True)
+            if self.pool is not None:
+                await self.pool.wait_filled(timeout_s)
+
+    def running_ids(self) -> set[str]:
+        """Ids of the containers running a job right now."""
+        return set(self._busy)
 
     async def containers(self) -> list[str]:
         """Ids of the containers this instance has now (for tests and benchmarks)."""

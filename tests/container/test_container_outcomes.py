@@ -1,0 +1,246 @@
+"""One test per way a container run can end, under runc and runsc, each followed by a
+`print(1)` that must succeed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import docker
+import pytest
+from sandbox_client import FailureKind, SuggestedAction
+
+from sandbox.backends.container import ContainerBackend
+
+from .conftest import LIMITS, SCOPE, assert_healthy, make_backend, run, signal_on_output
+
+pytestmark = pytest.mark.docker
+
+
+async def test_ok_with_value_stdin_and_inputs(backend: ContainerBackend) -> None:
+    code = "import sys\nname = input()\nprint('hi', name)\nprint('e', file=sys.stderr)\nx * 2"
+    result = await run(backend, code, stdin="ada\n", inputs={"x": 21})
+    assert result.ok, result.failure
+    assert (result.stdout, result.stderr, result.result) == ("hi ada\n", "e\n", 42)
+    assert result.backend == "container" and result.exit_code == 0
+    await assert_healthy(backend)
+
+
+async def test_full_cpython_stdlib(backend: ContainerBackend) -> None:
+    code = "import sqlite3, decimal\n[str(decimal.Decimal(1) / 8), sqlite3.sqlite_version > '3']"
+    result = await run(backend, code)
+    assert result.ok, result.failure
+    assert result.result == ["0.125", True]
+    await assert_healthy(backend)
+
+
+async def test_syntax_error(backend: ContainerBackend) -> None:
+    result = await run(backend, "x = 1\ndef f(:\n    pass")
+    assert result.failure is not None
+    assert result.failure.kind is FailureKind.SYNTAX_ERROR
+    assert result.failure.line == 2
+    assert result.failure.suggested_action is SuggestedAction.REPAIR
+    await assert_healthy(backend)
+
+
+async def test_runtime_error_with_line(backend: ContainerBackend) -> None:
+    code = "def f(d):\n    return d['missing']\n\nprint('before')\nf({})"
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR
+    assert failure.exception_type == "KeyError"
+    assert [f.line for f in failure.frames] == [5, 2]
+    assert failure.frames[-1].function_name == "f"
+    assert result.stdout == "before\n"
+    assert not failure.retryable
+    await assert_healthy(backend)
+
+
+async def test_timeout(backend: ContainerBackend) -> None:
+    started = time.monotonic()
+    result = await run(backend, "while True:\n    pass", wall_time_ms=1500)
+    assert result.failure is not None and result.failure.kind is FailureKind.TIMEOUT
+    assert time.monotonic() - started < 6
+    await assert_healthy(backend)
+
+
+async def test_oom_is_memory_limit(backend: ContainerBackend) -> None:
+    code = "chunks = []\nwhile True:\n    chunks.append(b'x' * (16 * 2**20))"
+    result = await run(backend, code)
+    assert result.failure is not None, result
+    assert result.failure.kind is FailureKind.MEMORY_LIMIT, result.failure
+    await assert_healthy(backend)
+
+
+async def test_output_cap_is_output_limit_and_truncated(backend: ContainerBackend) -> None:
+    result = await run(backend, "i = 0\nwhile True:\n    print(i)\n    i += 1", output_bytes=4096)
+    assert result.failure is not None and result.failure.kind is FailureKind.OUTPUT_LIMIT
+    assert result.stdout_truncated
+    assert len(result.stdout.encode()) <= 4096
+    assert result.stdout.startswith("0\n1\n2\n")
+    await assert_healthy(backend)
+
+
+async def test_oversized_result_is_output_limit(backend: ContainerBackend) -> None:
+    result = await run(backend, "'x' * 10_000", output_bytes=1000)
+    assert result.failure is not None and result.failure.kind is FailureKind.OUTPUT_LIMIT
+    assert result.failure.details["part"] == "result"
+    await assert_healthy(backend)
+
+
+async def test_network_is_policy_violation(backend: ContainerBackend) -> None:
+    code = "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=2)"
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert "socket" in failure.details["attempted"]
+    assert failure.line == 2
+    assert failure.suggested_action is SuggestedAction.ESCALATE
+    await assert_healthy(backend)
+
+
+async def test_write_outside_work_dirs_is_policy_violation(backend: ContainerBackend) -> None:
+    result = await run(backend, "open('/etc/hosts', 'a').write('1.2.3.4 evil')")
+    assert result.failure is not None and result.failure.kind is FailureKind.POLICY_VIOLATION
+    assert "/etc/hosts" in result.failure.details["attempted"]
+    await assert_healthy(backend)
+
+
+async def test_killed_from_outside_is_sandbox_crash(
+    backend: ContainerBackend, engine: docker.DockerClient
+) -> None:
+    printed, sink = signal_on_output()
+    code = "print('up', flush=True)\nimport time\ntime.sleep(30)"
+    task = asyncio.create_task(run(backend, code, on_output=sink))
+    await asyncio.wait_for(printed.wait(), 20)
+    (running,) = backend.running_ids()
+    await asyncio.to_thread(engine.api.kill, running)
+    result = await asyncio.wait_for(task, 20)
+    assert result.failure is not None and result.failure.kind is FailureKind.SANDBOX_CRASH
+    assert result.failure.retryable
+    await assert_healthy(backend)
+
+
+async def test_runner_exit_status_is_runtime_error(backend: ContainerBackend) -> None:
+    result = await run(backend, "import os\nprint('bye', flush=True)\nos._exit(3)")
+    assert result.failure is not None and result.failure.kind is FailureKind.RUNTIME_ERROR
+    assert result.exit_code == 3
+    result = await run(backend, "import sys\nsys.exit(4)")
+    assert result.failure is not None and result.failure.exception_type == "SystemExit"
+    assert result.exit_code == 4
+    assert (await run(backend, "import sys\nsys.exit(0)")).ok
+    await assert_healthy(backend)
+
+
+async def test_engine_unreachable_is_infra_unavailable(backend: ContainerBackend) -> None:
+    unreachable = ContainerBackend(
+        image="sandbox-runner:latest", docker_host="unix:///nonexistent/docker.sock", pool_size=0
+    )
+    await unreachable.start()
+    try:
+        result = await run(unreachable, "print(1)")
+    finally:
+        await unreachable.stop()
+    assert result.failure is not None and result.failure.kind is FailureKind.INFRA_UNAVAILABLE
+    assert result.failure.retryable and result.failure.retry_after_ms > 0
+    await assert_healthy(backend)
+
+
+async def test_image_missing_is_infra_unavailable(backend: ContainerBackend) -> None:
+    missing = make_backend(backend.runtime, image="sandbox-runner-missing:none", pool_size=0)
+    await missing.start()
+    try:
+        result = await run(missing, "print(1)")
+    finally:
+        await missing.stop()
+    assert result.failure is not None and result.failure.kind is FailureKind.INFRA_UNAVAILABLE
+    assert "make image" in result.failure.message
+    await assert_healthy(backend)
+
+
+async def test_full_queue_is_infra_unavailable(backend: ContainerBackend) -> None:
+    narrow = make_backend(backend.runtime, pool_size=1, max_concurrency=1, queue_size=0)
+    await narrow.start()
+    try:
+        printed, sink = signal_on_output()
+        slow = asyncio.create_task(
+            run(narrow, "print('up', flush=True)\nimport time\ntime.sleep(2)", on_output=sink)
+        )
+        await asyncio.wait_for(printed.wait(), 20)
+        refused = await run(narrow, "print(1)")
+        assert (await slow).ok
+        after = await run(narrow, "print(1)")
+    finally:
+        await narrow.stop()
+    assert refused.failure is not None
+    assert refused.failure.kind is FailureKind.INFRA_UNAVAILABLE
+    assert refused.failure.retry_after_ms > 0
+    assert after.ok
+    await assert_healthy(backend)
+
+
+async def test_session_keeps_state_until_a_timeout_ends_it(backend: ContainerBackend) -> None:
+    session = await backend.open_session(LIMITS)
+    try:
+        assert (await run(backend, "counter = 41", session=session)).ok
+        result = await run(backend, "counter += 1\ncounter", session=session)
+        assert result.result == 42
+        failed = await run(backend, "1/0", session=session)
+        assert failed.failure is not None and failed.failure.kind is FailureKind.RUNTIME_ERROR
+        assert session.alive  # a plain exception keeps the interpreter
+        timed_out = await run(backend, "while True: pass", session=session, wall_time_ms=1000)
+        assert timed_out.failure is not None and timed_out.failure.kind is FailureKind.TIMEOUT
+        assert not session.alive
+        lost = await run(backend, "counter", session=session)
+        assert lost.failure is not None and lost.failure.kind is FailureKind.CORRUPT_STATE
+    finally:
+        await backend.close_session(session)
+    await assert_healthy(backend)
+
+
+async def test_pool_holds_its_size_and_stop_removes_everything(
+    engine: docker.DockerClient,
+) -> None:
+    own = make_backend(pool_size=3)
+    await own.start()
+    try:
+        for _ in range(5):
+            assert (await run(own, "print(1)")).ok
+        await own.settled()
+        assert len(await own.containers()) == 3
+    finally:
+        await own.stop()
+    left = engine.containers.list(
+        all=True, filters={"label": f"dev.sandbox.instance={own.instance}"}
+    )
+    assert left == []
+
+
+async def test_start_reaps_what_a_dead_server_left(engine: docker.DockerClient) -> None:
+    labels = {
+        "dev.sandbox.owner": "sandbox-server",
+        "dev.sandbox.scope": SCOPE,
+        "dev.sandbox.owner-process": "ignored-host:1:0",
+    }
+    dead = dict(labels, **{"dev.sandbox.owner-process": f"{socket.gethostname()}:999999999:1"})
+    foreign = await asyncio.to_thread(
+        engine.containers.create, "sandbox-runner:latest", "true", labels=labels
+    )
+    leftover = await asyncio.to_thread(
+        engine.containers.create, "sandbox-runner:latest", "true", labels=dead
+    )
+    fresh = make_backend(pool_size=0)
+    await fresh.start()
+    await fresh.stop()
+    remaining = {
+        c.id
+        for c in engine.containers.list(all=True, filters={"label": f"dev.sandbox.scope={SCOPE}"})
+    }
+    assert leftover.id not in remaining
+    assert foreign.id in remaining  # another host's: not ours to judge
+    foreign.remove(force=True)
+
+
+def labelled(engine: docker.DockerClient, label: str) -> set[str]:
+    return {c.id for c in engine.containers.list(all=True, filters={"label": label})}
