@@ -60,7 +60,10 @@ class SandboxClient:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -166,7 +169,11 @@ class SandboxClient:
             yield failed_result(error)
 
     def create_session(
-        self, *, backend: BackendName = Backend.MONTY, policy: str = "", limits: Limits | None = None
+        self,
+        *,
+        backend: BackendName = Backend.MONTY,
+        policy: str = "",
+        limits: Limits | None = None,
     ) -> Session:
         """Raises SandboxError when the server refuses."""
         try:
@@ -206,7 +213,10 @@ class AsyncSandboxClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -307,7 +317,11 @@ class AsyncSandboxClient:
             yield failed_result(error)
 
     async def create_session(
-        self, *, backend: BackendName = Backend.MONTY, policy: str = "", limits: Limits | None = None
+        self,
+        *,
+        backend: BackendName = Backend.MONTY,
+        policy: str = "",
+        limits: Limits | None = None,
     ) -> Session:
         try:
             response = await self._stub.CreateSession(

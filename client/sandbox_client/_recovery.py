@@ -262,9 +262,7 @@ class TerminalPrompt:
     line holding a single `.`. Blocking; with AsyncSandboxClient it blocks the loop while
     it waits, as an interactive prompt should."""
 
-    def __init__(
-        self, *, read: Callable[[str], str] = input, out: TextIO | None = None
-    ) -> None:
+    def __init__(self, *, read: Callable[[str], str] = input, out: TextIO | None = None) -> None:
         self._read = read
         self._out = out
 

@@ -316,6 +316,9 @@ class RunState:
                 return "a session is bound to its backend"
             if self.backend is self.recovery.fallback_backend:
                 return f"already on {self.backend.value}"
+            fallback = self.recovery.fallback_backend
+            if _signature(self.code, fallback, self.policy, self.limits) in self._failed:
+                return f"this code already failed on {fallback.value}"
             return ""
         if action is A.RESIZE:
             if self.session_id:
@@ -325,6 +328,11 @@ class RunState:
                 return "the current limit is unknown"
             if grown is None or grown <= current:
                 return "the limit cannot grow further"
+            if (
+                _signature(self.code, self.backend, self.policy, self._grown(failure))
+                in self._failed
+            ):
+                return "the code already failed with that limit"
             return ""
         if action is A.REPAIR:
             return "" if self.can_repair else "no repair function was given"
@@ -334,17 +342,24 @@ class RunState:
         name = RESIZABLE.get(failure.kind)
         if name is None:
             return None, None
-        current: int | None = None
+        # The server reports the limit it applied; what we asked for may be higher if
+        # the two disagree, and growing from the higher one never repeats a size.
+        known: list[int] = []
         reported = failure.details.get("limit_value", "")
         if failure.details.get("limit") == name and reported.isdigit():
-            current = int(reported)
-        elif self.limits is not None:
-            current = getattr(self.limits, name)
-        if current is None:
+            known.append(int(reported))
+        if self.limits is not None and getattr(self.limits, name) is not None:
+            known.append(getattr(self.limits, name))
+        if not known:
             return None, None
+        current = max(known)
         grown = int(current * self.recovery.resize_factor)
         cap = self.recovery.resize_cap(name)
         return current, min(grown, cap) if cap is not None else grown
+
+    def _grown(self, failure: Failure) -> Limits:
+        _, grown = self._resize_values(failure)
+        return (self.limits or Limits()).model_copy(update={RESIZABLE[failure.kind]: grown})
 
     def _apply(self, action: RecoveryAction, failure: Failure) -> Step:
         if action in (A.RETRY, A.WAIT):
@@ -360,9 +375,8 @@ class RunState:
             return Step("execute", failure)
         if action is A.RESIZE:
             name = RESIZABLE[failure.kind]
-            _, grown = self._resize_values(failure)
             self._change = _Change(action, f"limits.{name}", failure, self.backend, self.limits)
-            self.limits = (self.limits or Limits()).model_copy(update={name: grown})
+            self.limits = self._grown(failure)
             self._keep_key = False
             return Step("execute", failure)
         assert action is A.REPAIR
