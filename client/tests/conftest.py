@@ -16,7 +16,12 @@ if str(REPO) not in sys.path:
 from sandbox_client import Backend, RecoveryPolicy, SandboxClient  # noqa: E402
 
 from sandbox.policy import MiB, Policy, PolicyRegistry  # noqa: E402
-from tests.conftest import ServerThread, kill_monty_workers, running_server  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    IN_CI,
+    ServerThread,
+    kill_monty_workers,
+    running_server,
+)
 
 __all__ = ["MiB", "ServerThread", "kill_monty_workers", "running_server"]
 
@@ -39,6 +44,38 @@ def container_enabled(srv: ServerThread) -> bool:
 def server() -> Iterator[ServerThread]:
     with running_server() as srv:
         with_policies(srv, Policy(name="roomy", memory_bytes=512 * MiB))
+        yield srv
+
+
+def _docker_problem(image: str) -> str | None:
+    try:
+        import docker
+
+        engine = docker.from_env(version="auto", timeout=10)
+        engine.ping()
+    except Exception as exc:
+        return f"no Docker engine answers ({type(exc).__name__}: {exc})"
+    try:
+        engine.images.get(image)
+    except Exception:
+        return f"the image {image} is missing; build it with `make image`"
+    finally:
+        engine.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def container_server() -> Iterator[ServerThread]:
+    """A real server with the container backend on. Skips locally without an engine or
+    the runner image; fails under CI=true, where both must exist."""
+    problem = _docker_problem("sandbox-runner:latest")
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(f"{problem} (container tests must run under CI=true)")
+        pytest.skip(problem)
+    with running_server(
+        container_enabled=True, container_pool_size=1, container_scope="test-client"
+    ) as srv:
         yield srv
 
 
