@@ -94,7 +94,7 @@ class Emitter:
     """Writes protocol frames to the host; batches output chunks into few frames."""
 
     def __init__(self, fd: int) -> None:
-        self._fd = fd
+        self.fd = fd
         self._lock = threading.RLock()
         self._pending: list[tuple[str, str]] = []
         self._pending_bytes = 0
@@ -106,7 +106,7 @@ class Emitter:
         with self._lock:
             view = memoryview(data)
             while view:
-                view = view[os.write(self._fd, view) :]
+                view = view[os.write(self.fd, view) :]
 
     def output(self, stream: str, text: str) -> None:
         if not text:
@@ -396,11 +396,22 @@ class Runner:
             self.emitter.frame({"t": "fatal", "message": f"seccomp: {type(exc).__name__}: {exc}"})
             raise SystemExit(70) from exc
         self.pump = FdPump(self.emitter)
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._in_forked_child)
         sys.stdout = TextStream("stdout", 1, self.emitter)
         sys.stderr = TextStream("stderr", 2, self.emitter)
         sys.addaudithook(self.auditor)
         self.base_depth = _depth(sys._getframe())
         self.emitter.frame({"t": "ready", "pid": os.getpid()})
+
+    def _in_forked_child(self) -> None:
+        """A child the code forked writes plain text to fds 1 and 2, which the parent's
+        pump forwards, and never touches the protocol fds (whose locks may be held by a
+        thread that does not exist in the child)."""
+        os.close(self.emitter.fd)
+        os.close(self.job_in.fileno())
+        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
 
     def serve(self) -> None:
         while True:
@@ -436,6 +447,13 @@ class Runner:
             result.update(ok=False, exit_code=1, error=_error(exc, source))
         else:
             result.update(self._execute(body, tail, source))
+            if os.getpid() != self.pid:
+                # A child the code forked, returning into the runner: it has no result
+                # of its own to report.
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(0 if result.get("ok", True) else 1)
         finally:
             sys.setrecursionlimit(1000 + self.base_depth)
         self._flush_output()

@@ -31,6 +31,8 @@ READY_TIMEOUT_S = 30.0
 # After a run ends without a frame: how long to wait for the container's exit status.
 EXIT_WAIT_S = 5
 NOFILE = 256
+RUNSC_HOST_PIDS = 1024
+RUNSC_THREADS_PER_PROCESS = 16
 MiB = 1024 * 1024
 
 
@@ -75,22 +77,31 @@ def host_config_args(shape: Shape) -> dict[str, Any]:
     # pages also count against the memory cap.
     work, scratch = shape.disk_bytes // 2, shape.disk_bytes // 4
     tmpfs = "rw,nosuid,nodev,noexec,uid=10001,gid=10001,mode=0700,size={}"
+    ulimits = [
+        Ulimit(name="nofile", soft=NOFILE, hard=NOFILE),
+        Ulimit(name="fsize", soft=work, hard=work),
+        Ulimit(name="core", soft=0, hard=0),
+    ]
+    pids_limit = shape.pids
+    if shape.runtime == "runsc":
+        # gVisor's own kernel enforces RLIMIT_NPROC per sandbox, so the code's process cap
+        # goes there. The host pids cgroup counts the sentry's threads (several per
+        # process of the code); capped at `pids` it would kill the whole sandbox (a Go
+        # "cannot create thread" exit) instead of failing the code's fork.
+        ulimits.append(Ulimit(name="nproc", soft=shape.pids, hard=shape.pids))
+        pids_limit = max(RUNSC_HOST_PIDS, RUNSC_THREADS_PER_PROCESS * shape.pids)
     return {
         "network_mode": "none",
         "mem_limit": shape.memory_bytes,
         "memswap_limit": shape.memory_bytes,  # equal: no swap on top of the cap
         "nano_cpus": shape.cpu_millis * 1_000_000,
-        "pids_limit": shape.pids,
+        "pids_limit": pids_limit,
         "read_only": True,
         "tmpfs": {WORKDIR: tmpfs.format(work), "/tmp": tmpfs.format(scratch)},
         "shm_size": max(scratch, MiB),
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
-        "ulimits": [
-            Ulimit(name="nofile", soft=NOFILE, hard=NOFILE),
-            Ulimit(name="fsize", soft=work, hard=work),
-            Ulimit(name="core", soft=0, hard=0),
-        ],
+        "ulimits": ulimits,
         "ipc_mode": "private",
         "init": True,  # tini as pid 1 reaps what a fork bomb leaves
         "runtime": shape.runtime,
