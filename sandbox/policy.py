@@ -5,6 +5,7 @@ ask for lower limits than its policy's, never higher."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -62,7 +63,7 @@ class Policy(BaseModel):
     # Network access from code. Only "none" exists: no sandbox ever gets a network.
     network: str = Field(default="none", pattern="^none$")
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """sha256 of the canonical form: sorted keys, no whitespace, sets sorted."""
         data = self.model_dump(mode="json")

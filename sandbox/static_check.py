@@ -8,6 +8,7 @@ cannot parse is left to the backend, which reports SYNTAX_ERROR itself."""
 from __future__ import annotations
 
 import ast
+import functools
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -64,38 +65,45 @@ class Violation:
 
 def find_violation(code: str, denied_imports: Collection[str]) -> Violation | None:
     """The first rule `code` breaks, or None (also None when the host cannot parse it)."""
+    for finding in _findings(code):
+        if finding.rule != "import" or _denied(finding.target, denied_imports):
+            return finding
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def _findings(code: str) -> tuple[Violation, ...]:
+    """Every import and escape route in `code`, in source order. Cached: agents resend
+    the same code, and AUTO checks one source against two backends' rules."""
     try:
         with warnings.catch_warnings():
             # Invalid escapes and the like are the backend's to report, not the host log's.
             warnings.simplefilter("ignore")
             tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
+        return ()
     found = [
         Violation(rule, target, getattr(node, "lineno", 0), getattr(node, "col_offset", -1) + 1)
         for node in ast.walk(tree)
-        for rule, target in [_check(node, denied_imports) or ("", "")]
-        if rule
+        for rule, target in _check(node)
     ]
-    return min(found, key=lambda v: (v.line, v.column)) if found else None
+    return tuple(sorted(found, key=lambda v: (v.line, v.column)))
 
 
-def _check(node: ast.AST, denied_imports: Collection[str]) -> tuple[str, str] | None:
+def _check(node: ast.AST) -> list[tuple[str, str]]:
     if isinstance(node, ast.Import):
-        for alias in node.names:
-            if _denied(alias.name, denied_imports):
-                return "import", alias.name
-    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        if _denied(node.module, denied_imports):
-            return "import", node.module
-    elif isinstance(node, ast.Attribute) and node.attr in ESCAPE_ATTRIBUTES:
-        return "attribute", node.attr
-    elif isinstance(node, ast.Name) and node.id in ESCAPE_NAMES:
-        return "name", node.id
-    elif isinstance(node, ast.Constant) and node.value in ESCAPE_ATTRIBUTES:
+        return [("import", alias.name) for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [("import", node.module)]
+    if isinstance(node, ast.Attribute) and node.attr in ESCAPE_ATTRIBUTES:
+        return [("attribute", node.attr)]
+    if isinstance(node, ast.Name) and node.id in ESCAPE_NAMES:
+        return [("name", node.id)]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
         # getattr(x, "__class__") and friends spell the attribute as a string.
-        return "attribute", str(node.value)
-    return None
+        if node.value in ESCAPE_ATTRIBUTES:
+            return [("attribute", node.value)]
+    return []
 
 
 def _denied(module: str, denied: Collection[str]) -> bool:

@@ -1,0 +1,57 @@
+"""Starts `sandbox serve` as a separate process for benchmarks, and reads its RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass
+class ServerProcess:
+    address: str
+    pid: int
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+
+@contextmanager
+def sandbox_server(*settings: str) -> Iterator[ServerProcess]:
+    env = {**os.environ, "SANDBOX_LOG_FORMAT": "json", "SANDBOX_LOG_LEVEL": "info"}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        env[f"SANDBOX_{key.upper()}"] = value
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "serve", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        address = json.loads(proc.stderr.readline())["address"]
+        # Keep reading the server's log, or a full pipe would stall it mid-benchmark.
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        yield ServerProcess(address=address, pid=proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def percentiles(samples_s: Sequence[float]) -> tuple[float, float]:
+    """(p50, p99) in milliseconds."""
+    ordered = sorted(samples_s)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return p50 * 1000, p99 * 1000
