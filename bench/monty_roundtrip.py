@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -122,3 +123,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Collect the library pool before interpreter shutdown (pydantic-monty can abort there).
+    gc.collect()

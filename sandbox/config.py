@@ -33,7 +33,11 @@ class Settings(BaseSettings):
 
     # Monty worker processes kept warm, and the most that may run at once.
     monty_min_workers: int = Field(default=2, ge=0)
-    monty_max_workers: int | None = Field(default=None, gt=0)
+    # Sessions hold a worker each while open, so this is well above the core count.
+    monty_max_workers: int = Field(default=16, gt=0)
+    # Fresh sessions checked out ahead of demand (capped below max workers): a run then
+    # skips the checkout. 0 turns it off.
+    monty_warm_sessions: int = Field(default=2, ge=0)
     # How long a request waits for a free worker before INFRA_UNAVAILABLE.
     monty_checkout_timeout_s: float = Field(default=10.0, gt=0)
     # Host-side backstop per worker turn, above any policy's wall-time budget.

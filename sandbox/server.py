@@ -35,6 +35,7 @@ def build_executor(settings: Settings) -> Executor:
             max_workers=settings.monty_max_workers,
             checkout_timeout_s=settings.monty_checkout_timeout_s,
             request_timeout_s=settings.monty_request_timeout_s,
+            warm_sessions=settings.monty_warm_sessions,
         )
     }
     if settings.container_enabled:

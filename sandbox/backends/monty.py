@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +14,12 @@ import pydantic_monty as pm
 
 from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Usage
 
+from ..errors import RequestError
 from ..limits import Limits
 from ..output import OutputCapture
 from .base import BackendSession, RunSpec
 from .monty_outcome import RunSignals, map_monty_outcome
+from .monty_supply import SessionSupply
 from .values import value_to_json
 
 # Our wall-clock backstop fires this long after the policy's budget, so Monty's own
@@ -65,9 +68,10 @@ class MontyBackend:
         self,
         *,
         min_workers: int = 1,
-        max_workers: int | None = None,
+        max_workers: int = 8,
         checkout_timeout_s: float = 10.0,
         request_timeout_s: float = 120.0,
+        warm_sessions: int = 1,
     ) -> None:
         self._pool_args: dict[str, Any] = {
             "min_processes": min_workers,
@@ -75,15 +79,22 @@ class MontyBackend:
             "checkout_timeout": checkout_timeout_s,
             "request_timeout": request_timeout_s,
         }
+        # Parked sessions hold workers; keep at least one worker free of them.
+        self._warm = max(0, min(warm_sessions, max_workers - 1))
         self._pool: pm.AsyncMonty | None = None
+        self._supply: SessionSupply | None = None
 
     async def start(self) -> None:
         if self._pool is None:
             pool = pm.AsyncMonty(**self._pool_args)
             await pool.__aenter__()
             self._pool = pool
+            self._supply = SessionSupply(self._checkout, self._warm)
 
     async def stop(self) -> None:
+        supply, self._supply = self._supply, None
+        if supply is not None:
+            await supply.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.__aexit__(None, None, None)
@@ -108,9 +119,28 @@ class MontyBackend:
             os_policy={"sleep_system_max": float("inf")},
         )
 
+    @contextlib.asynccontextmanager
+    async def checkout_session(self, limits: Limits) -> AsyncIterator[pm.AsyncMontySession]:
+        """A fresh, entered session for one execution; returned to the pool afterwards
+        (in the background, off the caller's path)."""
+        if self._supply is None:
+            raise RuntimeError("MontyBackend.start() was not awaited")
+        session = await self._supply.take(limits)
+        try:
+            yield session
+        finally:
+            self._supply.release(session)
+
     async def open_session(self, limits: Limits) -> MontySessionHandle:
         session = self._checkout(limits)
-        await session.__aenter__()
+        try:
+            await session.__aenter__()
+        except TimeoutError:
+            raise RequestError(
+                FailureKind.INFRA_UNAVAILABLE,
+                "every Monty worker is busy; no session can be opened now",
+                retry_after_ms=1000,
+            ) from None
         return MontySessionHandle(session=session, limits=limits)
 
     async def close_session(self, session: BackendSession) -> None:
@@ -135,7 +165,7 @@ class MontyBackend:
                     await self.close_session(session)
                 return result
         try:
-            async with self._checkout(spec.limits) as checked_out:
+            async with self.checkout_session(spec.limits) as checked_out:
                 return await self._feed(checked_out, spec)
         except TimeoutError:
             return ExecutionResult.failed(
