@@ -22,7 +22,6 @@ import time
 
 import docker
 import grpc
-
 from sandbox_client._proto import sandbox_pb2, sandbox_pb2_grpc
 
 from ._server import percentiles, sandbox_server
@@ -116,7 +115,9 @@ async def bench(address: str, args: argparse.Namespace, scope: str) -> None:
         await settle(scope, args.pool)
         ok, failed = await sustained(stub, args.seconds)
         rate = ok / args.seconds
-        print(f"sustained, concurrency {CONCURRENCY}, {args.seconds:.0f} s: {rate:.1f} executions/s")
+        print(
+            f"sustained, concurrency {CONCURRENCY}, {args.seconds:.0f} s: {rate:.1f} executions/s"
+        )
         print(f"  {ok} ok, {failed} not ok (refused at capacity or failed)")
         print(f"  ratio vs sequential docker run: {rate * run_p50 / 1000:.1f}x")
         left = await settle(scope, args.pool)
