@@ -115,10 +115,15 @@ def main() -> None:
     print(f"Monty library     p50 {l50:7.3f} ms  p99 {l99:7.3f} ms")
     print(f"ratio Execute/health p50   {e50 / h50:5.2f}x   (target <= 2.0, aim 1.5)")
     print(f"ratio Execute/library p50  {e50 / l50:5.2f}x")
-    print(f"throughput server {served_rate:8.0f}/s  library {library_rate:8.0f}/s  "
-          f"ratio {served_rate / library_rate:4.2f}  (target >= 0.5, aim 0.7)")
-    print(f"server RSS after warm-up {rss_100 / 2**20:6.1f} MiB, after {args.rss_n} more "
-          f"{rss_after / 2**20:6.1f} MiB: {100 * (rss_after / rss_100 - 1):+5.1f}%  (target within 10%)")
+    print(
+        f"throughput server {served_rate:8.0f}/s  library {library_rate:8.0f}/s  "
+        f"ratio {served_rate / library_rate:4.2f}  (target >= 0.5, aim 0.7)"
+    )
+    print(
+        f"server RSS after warm-up {rss_100 / 2**20:6.1f} MiB, after {args.rss_n} more "
+        f"{rss_after / 2**20:6.1f} MiB: {100 * (rss_after / rss_100 - 1):+5.1f}%"
+        "  (target within 10%)"
+    )
 
 
 if __name__ == "__main__":

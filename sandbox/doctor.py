@@ -6,8 +6,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from .backends.monty import MontyBackend
 from .backends.base import RunSpec
+from .backends.monty import MontyBackend
 from .config import Settings
 from .policy import DEFAULT_POLICY
 
@@ -49,11 +49,17 @@ def _docker() -> list[Check]:
         version = client.version()
     except docker.errors.DockerException as exc:
         return [Check("docker engine", False, f"not reachable ({exc}); container backend off")]
-    checks = [Check("docker engine", True, f"API {version.get('ApiVersion')}, {version.get('Version')}")]
+    checks = [
+        Check("docker engine", True, f"API {version.get('ApiVersion')}, {version.get('Version')}")
+    ]
     runtimes = sorted(client.info().get("Runtimes", {}))
     checks.append(Check("oci runtimes", True, ", ".join(runtimes) or "none reported"))
     checks.append(
-        Check("gvisor (runsc)", "runsc" in runtimes, "registered" if "runsc" in runtimes else "not registered")
+        Check(
+            "gvisor (runsc)",
+            "runsc" in runtimes,
+            "registered" if "runsc" in runtimes else "not registered",
+        )
     )
     client.close()
     return checks

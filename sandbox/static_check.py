@@ -47,7 +47,17 @@ ESCAPE_ATTRIBUTES = frozenset(
 )
 # Builtins that evaluate strings as code or expose namespaces.
 ESCAPE_NAMES = frozenset(
-    {"__builtins__", "__import__", "breakpoint", "compile", "eval", "exec", "globals", "locals", "vars"}
+    {
+        "__builtins__",
+        "__import__",
+        "breakpoint",
+        "compile",
+        "eval",
+        "exec",
+        "globals",
+        "locals",
+        "vars",
+    }
 )
 
 
@@ -99,10 +109,9 @@ def _check(node: ast.AST) -> list[tuple[str, str]]:
         return [("attribute", node.attr)]
     if isinstance(node, ast.Name) and node.id in ESCAPE_NAMES:
         return [("name", node.id)]
+    # getattr(x, "__class__") and friends spell the attribute as a string.
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        # getattr(x, "__class__") and friends spell the attribute as a string.
-        if node.value in ESCAPE_ATTRIBUTES:
-            return [("attribute", node.value)]
+        return [("attribute", node.value)] if node.value in ESCAPE_ATTRIBUTES else []
     return []
 
 

@@ -39,8 +39,11 @@ def test_random_bytes_as_a_request(server: ServerThread, payload: bytes) -> None
         result = sandbox_pb2.ExecuteResponse.FromString(reply).result
         assert result.ok or result.failure.kind != sandbox_pb2.FAILURE_KIND_UNSPECIFIED
     else:
-        assert code in {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                        grpc.StatusCode.PERMISSION_DENIED}
+        assert code in {
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.PERMISSION_DENIED,
+        }
 
 
 def test_invalid_utf8_in_code_is_invalid_request(server: ServerThread) -> None:

@@ -235,7 +235,9 @@ def test_request_above_policy_is_a_policy_violation_naming_the_field(
 
 
 def test_lower_limits_apply(client: SandboxClient) -> None:
-    result = client.execute("a = [0] * 10_000_000", backend="monty", limits=Limits(memory_bytes=1_000_000))
+    result = client.execute(
+        "a = [0] * 10_000_000", backend="monty", limits=Limits(memory_bytes=1_000_000)
+    )
     assert result.failure is not None and result.failure.kind is FailureKind.MEMORY_LIMIT
     assert result.failure.details["limit_value"] == "1000000"
 

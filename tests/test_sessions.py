@@ -16,7 +16,9 @@ from .conftest import kill_monty_workers, running_server
 def test_state_survives_between_executions(client: SandboxClient) -> None:
     session = client.create_session()
     try:
-        assert client.execute("def sq(x):\n    return x * x\nn = 7", session_id=session.session_id).ok
+        assert client.execute(
+            "def sq(x):\n    return x * x\nn = 7", session_id=session.session_id
+        ).ok
         result = client.execute("sq(n)", session_id=session.session_id)
         assert result.result == 49
         assert result.session_id == session.session_id

@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sandbox_client import AsyncSandboxClient, ExecutionResult, FailureKind, Limits, OutputChunk, SandboxClient
+from sandbox_client import (
+    AsyncSandboxClient,
+    ExecutionResult,
+    FailureKind,
+    Limits,
+    OutputChunk,
+    SandboxClient,
+)
 
 from .conftest import ServerThread
 

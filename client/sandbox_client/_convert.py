@@ -31,7 +31,7 @@ _BACKEND_TO_PROTO = {
 _BACKEND_FROM_PROTO = {v: k for k, v in _BACKEND_TO_PROTO.items()}
 
 
-def backend_to_proto(backend: Backend | None) -> sandbox_pb2.Backend.ValueType:
+def backend_to_proto(backend: Backend | None) -> sandbox_pb2.Backend:
     return sandbox_pb2.BACKEND_UNSPECIFIED if backend is None else _BACKEND_TO_PROTO[backend]
 
 
@@ -47,9 +47,9 @@ def backend_from_proto(value: int) -> Backend | None:
 
 def failure_to_proto(failure: Failure) -> sandbox_pb2.Failure:
     return sandbox_pb2.Failure(
-        kind=sandbox_pb2.FailureKind.Value(failure.kind.value),
+        kind=failure.kind.value,
         retryable=failure.retryable,
-        suggested_action=sandbox_pb2.SuggestedAction.Value(failure.suggested_action.value),
+        suggested_action=failure.suggested_action.value,
         retry_after_ms=failure.retry_after_ms,
         message=failure.message,
         exception_type=failure.exception_type,
@@ -116,8 +116,8 @@ def result_from_proto(msg: sandbox_pb2.ExecutionResult) -> ExecutionResult:
     return ExecutionResult(
         ok=msg.ok,
         execution_id=msg.execution_id,
-        backend=_BACKEND_FROM_PROTO.get(msg.backend),  # type: ignore[call-overload]
-        fallback_from=_BACKEND_FROM_PROTO.get(msg.fallback_from),  # type: ignore[call-overload]
+        backend=_BACKEND_FROM_PROTO.get(msg.backend),
+        fallback_from=_BACKEND_FROM_PROTO.get(msg.fallback_from),
         stdout=msg.stdout,
         stdout_truncated=msg.stdout_truncated,
         stderr=msg.stderr,

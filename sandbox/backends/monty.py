@@ -146,10 +146,9 @@ class MontyBackend:
     async def close_session(self, session: BackendSession) -> None:
         assert isinstance(session, MontySessionHandle)
         session.alive = False
-        try:
+        # A lost worker's session raises on exit; the pool has already replaced it.
+        with contextlib.suppress(pm.MontyError, RuntimeError):
             await session.session.__aexit__(None, None, None)
-        except (pm.MontyError, RuntimeError):
-            pass  # its worker is already gone; the pool replaced it
 
     async def run(self, spec: RunSpec, session: BackendSession | None = None) -> ExecutionResult:
         if session is not None:

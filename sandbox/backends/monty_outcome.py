@@ -33,7 +33,9 @@ _DENIAL_TYPES = frozenset(
     {"PermissionError", "OSError", "FileNotFoundError", "RuntimeError", "NotADirectoryError"}
 )
 _MISSING_MODULE_ATTR = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
-_MISSING_TYPE_ATTR = re.compile(r"^(?:type object )?'([\w.]+)'(?: object)? has no attribute '(\w+)'")
+_MISSING_TYPE_ATTR = re.compile(
+    r"^(?:type object )?'([\w.]+)'(?: object)? has no attribute '(\w+)'"
+)
 # Where the types Monty names in its messages live in CPython.
 _TYPE_HOMES = ("builtins", "collections", "re", "datetime", "decimal", "fractions", "pathlib")
 _UNDEFINED_NAME = re.compile(r"name '(\w+)' is not defined")
