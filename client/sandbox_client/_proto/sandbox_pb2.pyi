@@ -263,3 +263,73 @@ class CloseSessionRequest(_message.Message):
 class CloseSessionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ToolSpec(_message.Message):
+    __slots__ = ("name", "json_schema", "stub", "is_async")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    STUB_FIELD_NUMBER: _ClassVar[int]
+    IS_ASYNC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    json_schema: str
+    stub: str
+    is_async: bool
+    def __init__(self, name: _Optional[str] = ..., json_schema: _Optional[str] = ..., stub: _Optional[str] = ..., is_async: _Optional[bool] = ...) -> None: ...
+
+class RunStart(_message.Message):
+    __slots__ = ("request", "tools")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    request: ExecuteRequest
+    tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
+    def __init__(self, request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ...) -> None: ...
+
+class ToolResult(_message.Message):
+    __slots__ = ("call_id", "value_json", "error")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    value_json: str
+    error: ToolError
+    def __init__(self, call_id: _Optional[int] = ..., value_json: _Optional[str] = ..., error: _Optional[_Union[ToolError, _Mapping]] = ...) -> None: ...
+
+class ToolError(_message.Message):
+    __slots__ = ("exception_type", "message", "kind")
+    EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    exception_type: str
+    message: str
+    kind: FailureKind
+    def __init__(self, exception_type: _Optional[str] = ..., message: _Optional[str] = ..., kind: _Optional[_Union[FailureKind, str]] = ...) -> None: ...
+
+class RunRequest(_message.Message):
+    __slots__ = ("start", "tool_result")
+    START_FIELD_NUMBER: _ClassVar[int]
+    TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
+    start: RunStart
+    tool_result: ToolResult
+    def __init__(self, start: _Optional[_Union[RunStart, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ...) -> None: ...
+
+class ToolCall(_message.Message):
+    __slots__ = ("call_id", "name", "args_json", "kwargs_json")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    KWARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    name: str
+    args_json: str
+    kwargs_json: str
+    def __init__(self, call_id: _Optional[int] = ..., name: _Optional[str] = ..., args_json: _Optional[str] = ..., kwargs_json: _Optional[str] = ...) -> None: ...
+
+class RunResponse(_message.Message):
+    __slots__ = ("output", "tool_call", "result")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    output: OutputChunk
+    tool_call: ToolCall
+    result: ExecutionResult
+    def __init__(self, output: _Optional[_Union[OutputChunk, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., result: _Optional[_Union[ExecutionResult, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,11 @@ class SandboxServiceStub:
                 request_serializer=sandbox_dot_v1_dot_sandbox__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.Run = channel.stream_stream(
+                '/sandbox.v1.SandboxService/Run',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.RunRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.RunResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -93,6 +98,18 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Run(self, request_iterator, context):
+        """A durable run whose code may call the client's tools. The client sends `start`
+        (the request, with an idempotency key, and the tools it offers), then answers each
+        `tool_call` with a `tool_result`; the server streams output and tool calls and ends
+        with exactly one `result`. Every answer is journaled and the run checkpointed after
+        it: a client that reconnects with the same key (after its own crash or the
+        server's) resumes the run, and tools already answered are not called again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +132,11 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.CloseSessionRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_sandbox__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'Run': grpc.stream_stream_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.RunRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.RunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +248,33 @@ class SandboxService:
             '/sandbox.v1.SandboxService/CloseSession',
             sandbox_dot_v1_dot_sandbox__pb2.CloseSessionRequest.SerializeToString,
             sandbox_dot_v1_dot_sandbox__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Run(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sandbox.v1.SandboxService/Run',
+            sandbox_dot_v1_dot_sandbox__pb2.RunRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.RunResponse.FromString,
             options,
             channel_credentials,
             insecure,
