@@ -7,7 +7,7 @@ PROTO_FILES := $(wildcard proto/sandbox/v1/*.proto)
 PROTO_OUT := client/sandbox_client/_proto
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint proto proto-check bench image clean
+.PHONY: setup run test lint proto proto-check bench image docker clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
+	$(BIN)/pip install --quiet -e './client[examples]' -e '.[dev]'
 	touch $(STAMP)
 
 run: setup
@@ -38,7 +38,6 @@ node_modules/.bin/buf: package.json
 lint: setup node_modules/.bin/buf proto-check
 	node_modules/.bin/buf lint
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: setup
@@ -47,6 +46,10 @@ bench: setup
 # The container backend's images, built from the Debian mirror with no registry pull.
 image:
 	scripts/build_images.sh
+
+# A Docker engine (installed from Debian if missing, gVisor registered) and the images.
+docker:
+	scripts/ci_docker.sh
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
