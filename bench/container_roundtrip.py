@@ -22,6 +22,7 @@ import time
 
 import docker
 import grpc
+
 from sandbox_client._proto import sandbox_pb2, sandbox_pb2_grpc
 
 from ._server import percentiles, sandbox_server
@@ -29,6 +30,7 @@ from ._server import percentiles, sandbox_server
 CONCURRENCY = 8
 IMAGE = "sandbox-runner:latest"
 REQUEST = sandbox_pb2.ExecuteRequest(code="print(1)", backend=sandbox_pb2.CONTAINER)
+CALL_TIMEOUT_S = 60
 # Between paced calls: long enough for a refill (two starts in parallel, ~0.45 s each).
 PACE_S = 0.5
 
@@ -53,7 +55,7 @@ async def execute_samples(stub: sandbox_pb2_grpc.SandboxServiceStub, n: int) -> 
     for _ in range(n):
         await asyncio.sleep(PACE_S)
         started = time.perf_counter()
-        response = await stub.Execute(REQUEST)
+        response = await stub.Execute(REQUEST, timeout=CALL_TIMEOUT_S)
         samples.append(time.perf_counter() - started)
         assert response.result.stdout == "1\n", response
     return samples
@@ -66,7 +68,11 @@ async def sustained(stub: sandbox_pb2_grpc.SandboxServiceStub, seconds: float) -
     async def worker() -> None:
         nonlocal ok, failed
         while time.monotonic() < deadline:
-            response = await stub.Execute(REQUEST)
+            try:
+                response = await stub.Execute(REQUEST, timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                failed += 1
+                continue
             if response.result.stdout == "1\n":
                 ok += 1
             else:
@@ -100,7 +106,8 @@ async def bench(address: str, args: argparse.Namespace, scope: str) -> None:
         stub = sandbox_pb2_grpc.SandboxServiceStub(channel)  # type: ignore[no-untyped-call]
         await settle(scope, args.pool)
         for _ in range(3):
-            await stub.Execute(REQUEST)  # warm-up: first connections, first imports
+            # Warm-up: first connections, first imports.
+            await stub.Execute(REQUEST, timeout=CALL_TIMEOUT_S)
         exec_p50, exec_p99 = percentiles(await execute_samples(stub, args.n))
         run_p50, run_p99 = percentiles(docker_run_samples(args.docker_n, args.runtime))
         print(f"Execute(print(1)), container [{args.runtime}], warm pool of {args.pool}:")

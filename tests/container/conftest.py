@@ -13,13 +13,13 @@ import docker
 import docker.errors
 import pytest
 import pytest_asyncio
-from sandbox_client import ExecutionResult
 
 from sandbox.backends.base import BackendSession, RunSpec
 from sandbox.backends.container import ContainerBackend
 from sandbox.backends.container_engine import SCOPE_LABEL
 from sandbox.limits import Limits
 from sandbox.output import OutputSink
+from sandbox_client import ExecutionResult
 
 from ..conftest import IN_CI
 

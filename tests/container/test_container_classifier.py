@@ -10,7 +10,6 @@ import docker.errors
 import pytest
 import requests
 import requests.exceptions
-from sandbox_client import FailureKind
 
 from sandbox.backends.container_outcome import (
     ERROR_CLASS_KINDS,
@@ -18,6 +17,7 @@ from sandbox.backends.container_outcome import (
     RunnerStartError,
     map_container_outcome,
 )
+from sandbox_client import FailureKind
 
 from .conftest import LIMITS
 

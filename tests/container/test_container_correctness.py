@@ -10,6 +10,7 @@ from typing import Any
 
 import docker
 import pytest
+
 from sandbox_client import ExecutionResult
 
 from ..corpus import read_jsonl, report

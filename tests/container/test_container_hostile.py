@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_client import ExecutionResult, FailureKind
 
 from sandbox.backends.container import ContainerBackend
+from sandbox_client import ExecutionResult, FailureKind
 
 from ..corpus import read_jsonl, report
 from .conftest import LIMITS, MiB, assert_healthy, run
