@@ -1,4 +1,4 @@
-"""The `sandbox` command: serve, run, doctor."""
+"""The `sandbox` command: serve, run, doctor; policy, audit and tenant (cli_admin)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from sandbox_client import Backend, ExecutionResult, Failure, SandboxClient
 from sandbox_client._convert import result_to_proto
 
+from .cli_admin import add_commands as add_admin_commands
 from .config import ConfigError, Settings, load_settings
 from .errors import RequestError
 from .logs import configure_logging
@@ -62,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="say what works on this machine")
     doctor.add_argument("--config", type=Path, help="TOML settings file")
     doctor.set_defaults(func=_doctor)
+
+    add_admin_commands(sub)
     return parser
 
 

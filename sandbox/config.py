@@ -7,13 +7,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from .policy import ServerMaximums
 
 MiB = 1024 * 1024
 
@@ -25,7 +27,8 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="forbid", frozen=True)
 
-    # Loopback by default; any other address is refused until authentication exists.
+    # Loopback by default; any other address is refused unless tenants (credentials) are
+    # configured in `tenants_file`.
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
     # Largest request or response on the wire.
@@ -64,16 +67,66 @@ class Settings(BaseSettings):
     max_sessions: int = Field(default=100, ge=0)
     session_idle_timeout_s: float = Field(default=300.0, gt=0)
 
+    # Policy files (*.toml, one policy each) beside the built-in `default`; None: only it.
+    policy_dir: Path | None = None
+    # The policy a request that names none runs under (a tenant's own default wins).
+    default_policy: str = "default"
+    # The most any policy may grant; a policy file above them is refused.
+    policy_maximums: ServerMaximums = ServerMaximums()
+    # How often to look for changed policy or tenant files (SIGHUP reloads at once); 0: never.
+    reload_poll_s: float = Field(default=2.0, ge=0)
+
+    # Tenants, their API key digests, policies and quotas (TOML). None: no authentication,
+    # every caller is tenant `local`, and only a loopback bind is allowed.
+    tenants_file: Path | None = None
+    # TLS: server certificate and key (PEM). With a client CA, client certificates are
+    # required and their common name identifies the tenant (mutual TLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
+    # Audit log directory (hash-chained JSON lines, rotated by size); None: no audit log.
+    audit_dir: Path | None = None
+    # always: a response waits for its record's fsync; batch: records are fsynced by the
+    # writer thread as they come, off the request path; never: the OS flushes.
+    audit_fsync: Literal["always", "batch", "never"] = "batch"
+    audit_max_file_bytes: int = Field(default=64 * MiB, gt=0)
+
+    # Prometheus metrics over HTTP (/metrics); None: off. Loopback unless stated.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    # Durable runs (durable.py). The server's own files: the journal and, unless
+    # checkpoint_key is given, the checkpoint HMAC key (generated here on first start).
+    state_dir: Path = Path.home() / ".local" / "state" / "sandbox"
+    # The execution journal (exactly-once replies, tool-run checkpoints); off: no
+    # idempotency and no tool runs. None: state_dir/journal.sqlite3.
+    journal_enabled: bool = True
+    journal_path: Path | None = None
+    # How long a finished (or abandoned) execution's record is kept for replays.
+    journal_retention_s: float = Field(default=24 * 3600.0, gt=0)
+    # The HMAC key checkpoints are signed with (SANDBOX_CHECKPOINT_KEY), or a file holding
+    # it; neither: state_dir/checkpoint.key. Never logged.
+    checkpoint_key: SecretStr | None = None
+    checkpoint_key_file: Path | None = None
+
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    def check_bind(self) -> None:
-        """Refuses a non-loopback bind: there are no credentials to protect it with."""
-        if not _is_loopback(self.host):
+    def check_bind(self, has_credentials: bool | None = None) -> None:
+        """Refuses a non-loopback bind unless credentials (tenants) are configured."""
+        if has_credentials is None:
+            has_credentials = self.tenants_file is not None
+        if not _is_loopback(self.host) and not has_credentials:
             raise ConfigError(
-                f"refusing to listen on {self.host}: without authentication configured the "
-                "server binds to loopback only (127.0.0.1 or ::1)"
+                f"refusing to listen on {self.host}: without credentials configured "
+                "(tenants_file with API keys or client certificates) the server binds to "
+                "loopback only (127.0.0.1 or ::1)"
             )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
 
 
 def _is_loopback(host: str) -> bool:

@@ -17,6 +17,8 @@ class RequestError(Exception):
         field: str = "",
         retry_after_ms: int = 0,
         not_found: bool = False,
+        unauthenticated: bool = False,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -24,6 +26,9 @@ class RequestError(Exception):
         self.field = field
         self.retry_after_ms = retry_after_ms
         self.not_found = not_found
+        self.unauthenticated = unauthenticated
+        # Extra google.rpc.ErrorInfo metadata, e.g. {"limit_value": "268435456"}.
+        self.metadata = dict(metadata or {})
 
 
 def invalid(message: str, *, field: str = "", not_found: bool = False) -> RequestError:

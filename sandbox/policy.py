@@ -1,7 +1,8 @@
 """Execution policies: what code may do and the most it may use.
 
-Until policy files land, the server ships one built-in policy, `default`. A request may
-ask for lower limits than its policy's, never higher."""
+The server ships one built-in policy, `default`; policy files (sandbox/policy_files.py)
+add more or replace it. A request may ask for lower limits than its policy's, never
+higher."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import fields
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sandbox_client import Backend, FailureKind
 
@@ -19,6 +21,22 @@ from .errors import RequestError, invalid
 from .limits import Limits, RequestedLimits
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+# "Every tenant whose own allowed_policies lists this policy".
+ANY_TENANT = "*"
+
+
+class Mount(BaseModel):
+    """A host directory shown to Monty code. Declared and linted; not yet applied by the
+    Monty backend (code sees no files at all, which is the safe side of the gap)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host_path: str
+    guest_path: str
+    # Read-only unless stated otherwise.
+    mode: Literal["ro", "rw"] = "ro"
 
 
 class Policy(BaseModel):
@@ -61,7 +79,35 @@ class Policy(BaseModel):
     # environment and filesystem access, both denied), still allowed in a container.
     monty_denied_imports: frozenset[str] = frozenset({"os"})
     # Network access from code. Only "none" exists: no sandbox ever gets a network.
-    network: str = Field(default="none", pattern="^none$")
+    network: Literal["none"] = "none"
+    # Monty's OS access (files, environment, clock, sleep). Only "none" exists for now.
+    os_access: Literal["none"] = "none"
+    # Host directories visible to Monty code. Default: none.
+    mounts: tuple[Mount, ...] = ()
+    # Container image; "" means the server's `container_image` setting.
+    container_image: str = ""
+    # Container OCI runtime: runc, or gVisor's runsc; "" means the server's setting.
+    container_runtime: Literal["", "runc", "runsc"] = ""
+    # The runner's seccomp filter. Only "default" exists: no sockets but AF_UNIX, no new
+    # namespaces, no ptrace, no kernel keyring, mount, bpf or module calls.
+    seccomp: Literal["default"] = "default"
+    # Sessions (state kept across calls). Default: allowed, at most 10 per tenant.
+    sessions_per_tenant: int = Field(default=10, ge=0)
+    # Tenants that may use this policy; "*" means any tenant whose own allowed_policies
+    # lists it. Both lists must allow a tenant. Default: "*".
+    tenants: frozenset[str] = frozenset({ANY_TENANT})
+    # What the audit log keeps of the code: "full" source, or its "digest" only.
+    audit_code: Literal["full", "digest"] = "full"
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_." for c in value):
+            raise ValueError("a policy name is letters, digits, '-', '_' or '.'")
+        return value
+
+    def allows_tenant(self, tenant: str) -> bool:
+        return ANY_TENANT in self.tenants or tenant in self.tenants
 
     @functools.cached_property
     def digest(self) -> str:
@@ -69,7 +115,7 @@ class Policy(BaseModel):
         data = self.model_dump(mode="json")
         for key, value in data.items():
             if isinstance(value, list):
-                data[key] = sorted(value)
+                data[key] = sorted(value, key=lambda v: json.dumps(v, sort_keys=True))
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -85,6 +131,7 @@ class Policy(BaseModel):
                     FailureKind.POLICY_VIOLATION,
                     f"limits.{f.name}={asked} exceeds policy '{self.name}' maximum {ceiling}",
                     field=f"limits.{f.name}",
+                    metadata={"limit": f.name, "limit_value": str(ceiling)},
                 )
             values[f.name] = ceiling if asked is None else asked
         return Limits(**values)
@@ -106,8 +153,37 @@ class PolicyRegistry:
     def builtin(cls) -> PolicyRegistry:
         return cls({DEFAULT_POLICY.name: DEFAULT_POLICY}, DEFAULT_POLICY.name)
 
+    def names(self) -> list[str]:
+        return sorted(self._policies)
+
     def get(self, name: str) -> Policy:
         policy = self._policies.get(name or self.default)
         if policy is None:
             raise invalid(f"unknown policy {name!r}", field="policy", not_found=True)
         return policy
+
+
+class ServerMaximums(BaseModel):
+    """The most any policy on this server may grant; a policy file above one is refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    wall_time_ms: int = Field(default=300_000, gt=0)
+    memory_bytes: int = Field(default=4 * GiB, gt=0)
+    output_bytes: int = Field(default=64 * MiB, gt=0)
+    max_recursion_depth: int = Field(default=10_000, gt=0)
+    cpu_millis: int = Field(default=4_000, gt=0)
+    pids: int = Field(default=1_024, gt=0)
+    disk_bytes: int = Field(default=4 * GiB, gt=0)
+    code_bytes: int = Field(default=4 * MiB, gt=0)
+    inputs_bytes: int = Field(default=64 * MiB, gt=0)
+    sessions_per_tenant: int = Field(default=100, ge=0)
+
+    def exceeded(self, policy: Policy) -> list[tuple[str, int, int]]:
+        """(field, policy value, maximum) for every field above its maximum."""
+        over = []
+        for name in type(self).model_fields:
+            value, cap = getattr(policy, name), getattr(self, name)
+            if value > cap:
+                over.append((name, value, cap))
+        return over

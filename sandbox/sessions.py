@@ -26,6 +26,8 @@ class SessionEntry:
     handle: BackendSession
     policy: Policy
     limits: Limits
+    # The tenant that opened it; no other tenant can use, close or even see it.
+    tenant: str = ""
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -34,12 +36,15 @@ class SessionRegistry:
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
         self._entries: dict[str, SessionEntry] = {}
-        self._lost: OrderedDict[str, None] = OrderedDict()
+        # Lost session id -> the tenant that owned it.
+        self._lost: OrderedDict[str, str | None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def create(self, backend: ExecutionBackend, policy: Policy, limits: Limits) -> SessionEntry:
+    async def create(
+        self, backend: ExecutionBackend, policy: Policy, limits: Limits, *, tenant: str = ""
+    ) -> SessionEntry:
         if len(self._entries) >= self.max_sessions:
             raise RequestError(
                 FailureKind.THROTTLED,
@@ -54,18 +59,32 @@ class SessionRegistry:
             handle=handle,
             policy=policy,
             limits=limits,
+            tenant=tenant,
         )
         self._entries[entry.id] = entry
         return entry
 
-    def get(self, session_id: str) -> SessionEntry:
+    def count(self, *, tenant: str, policy: str) -> int:
+        return sum(
+            1 for e in self._entries.values() if e.tenant == tenant and e.policy.name == policy
+        )
+
+    def _owned(self, session_id: str, tenant: str | None) -> SessionEntry | None:
         entry = self._entries.get(session_id)
+        if entry is not None and tenant is not None and entry.tenant != tenant:
+            # Another tenant's session answers exactly like one that never existed.
+            return None
+        return entry
+
+    def get(self, session_id: str, *, tenant: str | None = None) -> SessionEntry:
+        """The live session; `tenant`, when given, must be the one that opened it."""
+        entry = self._owned(session_id, tenant)
         if entry is not None:
             if entry.handle.alive:
                 entry.last_used = time.monotonic()
                 return entry
             self._forget(session_id)
-        if session_id in self._lost:
+        if session_id in self._lost and (tenant is None or self._lost[session_id] == tenant):
             raise RequestError(
                 FailureKind.CORRUPT_STATE,
                 f"session {session_id!r} was lost (its sandbox crashed, timed out or expired); "
@@ -78,10 +97,11 @@ class SessionRegistry:
         if not entry.handle.alive:
             self._forget(entry.id)
 
-    async def close(self, session_id: str) -> None:
-        entry = self._entries.pop(session_id, None)
+    async def close(self, session_id: str, *, tenant: str | None = None) -> None:
+        entry = self._owned(session_id, tenant)
         if entry is None:
             raise invalid(f"unknown session {session_id!r}", field="session_id", not_found=True)
+        del self._entries[session_id]
         await entry.backend.close_session(entry.handle)
 
     async def expire_idle(self) -> int:
@@ -105,7 +125,7 @@ class SessionRegistry:
             await entry.backend.close_session(entry.handle)
 
     def _forget(self, session_id: str) -> None:
-        self._entries.pop(session_id, None)
-        self._lost[session_id] = None
+        entry = self._entries.pop(session_id, None)
+        self._lost[session_id] = entry.tenant if entry is not None else None
         while len(self._lost) > _LOST_MEMORY:
             self._lost.popitem(last=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from sandbox_client import Backend, ExecutionResult
 
@@ -23,6 +23,9 @@ class RunSpec:
     stdin: str = ""
     # Receives output chunks as they are produced, possibly from another thread.
     on_output: OutputSink | None = None
+    # Container image and OCI runtime chosen by the policy; "" means the backend's own.
+    image: str = ""
+    runtime: Literal["", "runc", "runsc"] = ""
 
 
 class BackendSession(Protocol):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
+
 from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Usage
 
 from ..errors import RequestError
@@ -181,7 +182,9 @@ class ContainerBackend:
         if session is not None:
             assert isinstance(session, ContainerSession)
             return await self._run_in_session(session, spec)
-        shape = Shape.of(spec.limits, image=self.image, runtime=self.runtime)
+        shape = Shape.of(
+            spec.limits, image=spec.image or self.image, runtime=spec.runtime or self.runtime
+        )
         try:
             async with self._admission.slot():
                 container = await self._acquire(shape, spec.limits)
