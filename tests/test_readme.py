@@ -20,7 +20,9 @@ README = (REPO / "README.md").read_text()
 def test_taxonomy_table_matches_the_client() -> None:
     rows = re.findall(r"^\| ([A-Z_]+) \| .* \| (yes|no) \| ([A-Z]+) \|$", README, re.M)
     table = {FailureKind(kind): (retryable == "yes", action) for kind, retryable, action in rows}
-    expected = {kind: (retryable, action.value) for kind, (retryable, action) in KIND_DEFAULTS.items()}
+    expected = {
+        kind: (retryable, action.value) for kind, (retryable, action) in KIND_DEFAULTS.items()
+    }
     assert table == expected
 
 

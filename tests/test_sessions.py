@@ -95,17 +95,19 @@ def test_session_above_policy_is_refused(client: SandboxClient) -> None:
 
 
 def test_count_is_bounded_and_idle_sessions_expire() -> None:
-    with running_server(max_sessions=2, session_idle_timeout_s=0.6) as server:
-        with SandboxClient(server.address) as client:
-            first = client.create_session()
+    with (
+        running_server(max_sessions=2, session_idle_timeout_s=0.6) as server,
+        SandboxClient(server.address) as client,
+    ):
+        first = client.create_session()
+        client.create_session()
+        with pytest.raises(SandboxError) as raised:
             client.create_session()
-            with pytest.raises(SandboxError) as raised:
-                client.create_session()
-            failure = raised.value.failure
-            assert failure.kind is FailureKind.THROTTLED
-            assert failure.retry_after_ms == 600
-            time.sleep(1.2)
-            result = client.execute("1", session_id=first.session_id)
-            assert result.failure is not None
-            assert result.failure.kind is FailureKind.CORRUPT_STATE
-            assert client.create_session().session_id
+        failure = raised.value.failure
+        assert failure.kind is FailureKind.THROTTLED
+        assert failure.retry_after_ms == 600
+        time.sleep(1.2)
+        result = client.execute("1", session_id=first.session_id)
+        assert result.failure is not None
+        assert result.failure.kind is FailureKind.CORRUPT_STATE
+        assert client.create_session().session_id

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from sandbox_client import EscalationRequired, Outcome, RecoveryPolicy, SandboxClient
 
 SCHEMA_FILE = Path(__file__).with_name("execute_code.json")

@@ -7,6 +7,7 @@ from typing import Any
 
 from execute_tool import ExecuteArgs, execute_code
 from langchain_core.tools import StructuredTool
+
 from sandbox_client import SandboxClient
 
 

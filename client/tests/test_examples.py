@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerThread
+
 from sandbox_client import SandboxClient
 
 CLIENT = Path(__file__).resolve().parents[1]

@@ -11,6 +11,8 @@ from typing import Any
 import stamina
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_recovery_unit import Script
+
 from sandbox_client import (
     KIND_DEFAULTS,
     Abort,
@@ -27,7 +29,6 @@ from sandbox_client import (
 )
 from sandbox_client._recovery_run import new_state, run_sync
 from sandbox_client._recovery_state import code_sha256
-from test_recovery_unit import Script
 
 A = RecoveryAction
 FIELDS = ["", "", "", "backend", "limits.memory_bytes", "limits.wall_time_ms", "policy"]

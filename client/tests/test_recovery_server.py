@@ -16,6 +16,7 @@ from conftest import (
     kill_monty_workers,
     running_server,
 )
+
 from sandbox_client import (
     Abort,
     ApprovePolicy,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import stamina
 from pydantic import ValidationError
+
 from sandbox_client import (
     Abort,
     ApproveCode,
