@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -19,6 +19,9 @@ from .output import OutputSink
 from .policy import Policy, PolicyRegistry
 from .sessions import SessionEntry, SessionRegistry
 from .static_check import find_violation
+
+if TYPE_CHECKING:
+    from .durable import Durability
 
 log = structlog.get_logger("sandbox.executor")
 
@@ -39,6 +42,8 @@ class ExecuteCall:
 
 
 class Executor:
+    journal: Durability | None = None  # set by the server when the journal is on
+
     def __init__(
         self,
         *,
@@ -51,6 +56,12 @@ class Executor:
         self.sessions = sessions
 
     async def execute(self, call: ExecuteCall, on_output: OutputSink | None = None) -> ExecutionResult:
+        if self.journal is not None and call.idempotency_key:
+            # At most once per key; a repeat gets the recorded result (durable.py).
+            return await self.journal.once(call, lambda _entry: self._execute(call, on_output))
+        return await self._execute(call, on_output)
+
+    async def _execute(self, call: ExecuteCall, on_output: OutputSink | None) -> ExecutionResult:
         session = self.sessions.get(call.session_id) if call.session_id else None
         policy = self._policy_for(call, session)
         self._check_size(call, policy)

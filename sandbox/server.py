@@ -17,6 +17,7 @@ from .backends.base import ExecutionBackend
 from .backends.container import ContainerBackend
 from .backends.monty import MontyBackend
 from .config import Settings
+from .durable import build_journal
 from .executor import Executor
 from .policy import PolicyRegistry
 from .service import SandboxService, generic_handler
@@ -67,6 +68,7 @@ class SandboxServer:
         settings.check_bind()
         self.settings = settings
         self.executor = build_executor(settings)
+        self.executor.journal = build_journal(settings)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._expiry: asyncio.Task[None] | None = None
@@ -95,6 +97,8 @@ class SandboxServer:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._expiry = asyncio.create_task(self.executor.sessions.run_expiry())
+        if self.executor.journal is not None:
+            self.executor.journal.start()
         log.info("serving", address=f"{host}:{self.port}", backends=sorted(b.value for b in self.executor.backends))
         return self.port
 
@@ -109,6 +113,8 @@ class SandboxServer:
         await self.executor.sessions.close_all()
         for backend in self.executor.backends.values():
             await backend.stop()
+        if self.executor.journal is not None:
+            await self.executor.journal.stop()
         log.info("stopped")
 
     async def serve_forever(self) -> None:

@@ -19,6 +19,7 @@ from . import wire
 from .errors import RequestError, invalid
 from .executor import Executor
 from .output import StreamName
+from .run_stream import serve_run
 
 _STATUS_BY_KIND: dict[FailureKind, grpc.StatusCode] = {
     FailureKind.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
@@ -146,6 +147,15 @@ class SandboxService:
         except RequestError as error:
             await _abort(context, error)
 
+    async def Run(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[sandbox_pb2.RunResponse]:
+        try:
+            async for event in serve_run(self._executor, requests):
+                yield event
+        except RequestError as error:
+            await _abort(context, error)
+
     @_checked
     async def CreateSession(
         self,
@@ -200,6 +210,9 @@ def generic_handler(service: SandboxService) -> grpc.GenericRpcHandler:
             service.ExecuteStream,
             _lenient(pb.ExecuteStreamRequest.FromString),
             pb.ExecuteStreamResponse.SerializeToString,
+        ),
+        "Run": grpc.stream_stream_rpc_method_handler(
+            service.Run, _lenient(pb.RunRequest.FromString), pb.RunResponse.SerializeToString
         ),
         "CreateSession": unary(
             service.CreateSession, pb.CreateSessionRequest, pb.CreateSessionResponse

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,8 @@ class ServerThread:
 
 def test_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"port": 0, "monty_min_workers": 2, "monty_max_workers": 4}
+    # Each server its own journal and checkpoint key, never the user's state directory.
+    values["state_dir"] = tempfile.mkdtemp(prefix="sandbox-state-")
     values.update(overrides)
     return Settings(**values)
 

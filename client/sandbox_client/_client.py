@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import queue
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -9,6 +12,7 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
+from ._auth import async_channel, sync_channel
 from ._convert import result_from_proto
 from ._models import Backend, ExecutionResult
 from ._proto import sandbox_pb2, sandbox_pb2_grpc
@@ -36,6 +40,15 @@ from ._request import (
     session_request,
     stream_event,
 )
+from ._tool_run import (
+    Tools,
+    call_tool_async,
+    call_tool_sync,
+    event_of,
+    invocation,
+    no_result,
+    start_message,
+)
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
@@ -50,10 +63,17 @@ class SandboxClient:
         *,
         timeout_s: float | None = 120.0,
         channel_options: ChannelOptions = (),
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """`api_key` is sent as `authorization: Bearer KEY` on every call; `credentials`
+        (e.g. grpc.ssl_channel_credentials, with a client certificate for mutual TLS)
+        make the channel TLS."""
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target, options=list(channel_options))
+        self._channel = sync_channel(
+            target, channel_options, api_key=api_key, credentials=credentials
+        )
         self._stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
 
     def __enter__(self) -> Self:
@@ -114,12 +134,19 @@ class SandboxClient:
         session_id: str = "",
         idempotency_key: str | None = None,
         timeout_s: float | None = None,
+        tools: Tools | None = None,
     ) -> Outcome:
         """Executes `code` and recovers from failures as `recovery` says: retries what is
         not the code's fault, repairs what is (with `repair`), falls back, resizes, and
         asks `escalate` (default: raise EscalationRequired) when nothing else can help.
         `policy` is the server's execution policy, as in execute(). `timeout_s` bounds
-        each attempt; `recovery.max_total_s` bounds the whole run."""
+        each attempt; `recovery.max_total_s` bounds the whole run.
+
+        With `tools` ({name: callable}), the code may call them like functions (a durable
+        run in Monty): each call runs here and its answer goes back to the code. A retry
+        after a lost connection or server resumes the run from its last checkpoint, so
+        tools already answered are not called again; pass the same `idempotency_key` to
+        resume a run this process did not start (e.g. after the client itself died)."""
         state = new_state(
             code,
             recovery=recovery,
@@ -131,9 +158,34 @@ class SandboxClient:
             timeout_s=timeout_s or self.timeout_s,
             can_repair=repair is not None,
         )
+        execute = self.execute if tools is None else functools.partial(self._run_tools, tools)
         return run_sync(
-            self.execute, state, repair=repair, escalate=escalate, inputs=inputs, stdin=stdin
+            execute, state, repair=repair, escalate=escalate, inputs=inputs, stdin=stdin
         )
+
+    def _run_tools(
+        self, tools: Tools, code: str, *, timeout_s: float | None = None, **fields: Any
+    ) -> ExecutionResult:
+        """One attempt of a tool run: execute()'s signature, over the Run stream."""
+        outgoing: queue.Queue[sandbox_pb2.RunRequest | None] = queue.Queue()
+        outgoing.put(start_message(execute_request(code, **fields), tools))
+
+        def requests() -> Iterator[sandbox_pb2.RunRequest]:
+            while (msg := outgoing.get()) is not None:
+                yield msg
+
+        try:
+            for msg in self._stub.Run(requests(), timeout=timeout_s or self.timeout_s):
+                event = event_of(msg)
+                if isinstance(event, ExecutionResult):
+                    return event
+                if event is not None:
+                    outgoing.put(call_tool_sync(invocation(event, tools)))
+        except grpc.RpcError as error:
+            return failed_result(error)
+        finally:
+            outgoing.put(None)
+        return no_result()
 
     def execute_stream(
         self,
@@ -203,10 +255,17 @@ class AsyncSandboxClient:
         *,
         timeout_s: float | None = 120.0,
         channel_options: ChannelOptions = (),
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """`api_key` is sent as `authorization: Bearer KEY` on every call; `credentials`
+        (e.g. grpc.ssl_channel_credentials, with a client certificate for mutual TLS)
+        make the channel TLS."""
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(target, options=list(channel_options))
+        self._channel = async_channel(
+            target, channel_options, api_key=api_key, credentials=credentials
+        )
         self._stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
 
     async def __aenter__(self) -> Self:
@@ -267,8 +326,10 @@ class AsyncSandboxClient:
         session_id: str = "",
         idempotency_key: str | None = None,
         timeout_s: float | None = None,
+        tools: Tools | None = None,
     ) -> Outcome:
-        """As SandboxClient.run; `repair` and `escalate` may be coroutine functions."""
+        """As SandboxClient.run; `repair`, `escalate` and tools may be coroutine
+        functions. Async tools the code gathers run concurrently."""
         state = new_state(
             code,
             recovery=recovery,
@@ -280,9 +341,40 @@ class AsyncSandboxClient:
             timeout_s=timeout_s or self.timeout_s,
             can_repair=repair is not None,
         )
+        execute = self.execute if tools is None else functools.partial(self._run_tools, tools)
         return await run_async(
-            self.execute, state, repair=repair, escalate=escalate, inputs=inputs, stdin=stdin
+            execute, state, repair=repair, escalate=escalate, inputs=inputs, stdin=stdin
         )
+
+    async def _run_tools(
+        self, tools: Tools, code: str, *, timeout_s: float | None = None, **fields: Any
+    ) -> ExecutionResult:
+        call = self._stub.Run(timeout=timeout_s or self.timeout_s)
+        writing = asyncio.Lock()
+        answering: set[asyncio.Task[None]] = set()
+
+        async def answer(event: sandbox_pb2.ToolCall) -> None:
+            reply = await call_tool_async(invocation(event, tools))
+            async with writing:
+                await call.write(reply)
+
+        try:
+            await call.write(start_message(execute_request(code, **fields), tools))
+            while (msg := await call.read()) is not grpc.aio.EOF:
+                event = event_of(msg)
+                if isinstance(event, ExecutionResult):
+                    return event
+                if event is not None:
+                    task = asyncio.create_task(answer(event))
+                    answering.add(task)
+                    task.add_done_callback(answering.discard)
+        except grpc.RpcError as error:
+            return failed_result(error)
+        finally:
+            for task in answering:
+                task.cancel()
+            call.cancel()
+        return no_result()
 
     async def execute_stream(
         self,

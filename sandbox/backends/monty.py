@@ -103,7 +103,9 @@ class MontyBackend:
             # finalized during interpreter shutdown; collect it while the runtime is whole.
             gc.collect()
 
-    def _checkout(self, limits: Limits) -> pm.AsyncMontySession:
+    def _checkout(
+        self, limits: Limits, os_policy: pm.OSPolicy | None = None
+    ) -> pm.AsyncMontySession:
         if self._pool is None:
             raise RuntimeError("MontyBackend.start() was not awaited")
         return self._pool.checkout(
@@ -116,15 +118,22 @@ class MontyBackend:
             # No per-call cap: a capped sleep would return early and lie to the code. The
             # total-sleep budget is charged before each wait, so an over-long sleep fails
             # at once with TimeoutError instead of holding the worker.
-            os_policy={"sleep_system_max": float("inf")},
+            os_policy={"sleep_system_max": float("inf"), **(os_policy or {})},
         )
 
     @contextlib.asynccontextmanager
-    async def checkout_session(self, limits: Limits) -> AsyncIterator[pm.AsyncMontySession]:
+    async def checkout_session(
+        self, limits: Limits, *, os_policy: pm.OSPolicy | None = None
+    ) -> AsyncIterator[pm.AsyncMontySession]:
         """A fresh, entered session for one execution; returned to the pool afterwards
-        (in the background, off the caller's path)."""
+        (in the background, off the caller's path). `os_policy` (e.g. a pinned clock and
+        seed, for durable runs) is fixed at checkout, so such a session is never a warm one."""
         if self._supply is None:
             raise RuntimeError("MontyBackend.start() was not awaited")
+        if os_policy is not None:
+            async with self._checkout(limits, os_policy) as pinned:
+                yield pinned
+            return
         session = await self._supply.take(limits)
         try:
             yield session

@@ -12,9 +12,20 @@ from dataclasses import dataclass, field
 
 import pydantic_monty as pm
 
-from sandbox_client import Failure, FailureKind, Frame
+from sandbox_client import KIND_DEFAULTS, Failure, FailureKind, Frame
 
 from ..limits import Limits
+
+
+@dataclass(frozen=True, kw_only=True)
+class InjectedToolError:
+    """An exception the host raised inside the code as a tool's answer."""
+
+    seq: int
+    tool: str
+    exception_type: str
+    message: str
+    kind: str = ""  # the tool's own failure kind, if it reported one
 
 
 @dataclass(kw_only=True)
@@ -26,6 +37,7 @@ class RunSignals:
     host_timed_out: bool = False  # our wall-clock backstop cancelled the run
     elapsed_s: float = 0.0
     denied_os_calls: list[str] = field(default_factory=list)  # e.g. "open('/etc/passwd')"
+    tool_errors: list[InjectedToolError] = field(default_factory=list)  # in call order
 
 
 # Exceptions a denied OS call surfaces as inside Monty.
@@ -111,6 +123,9 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
     frames = _frames(exc)
     is_limit = bool(_LIMIT_MESSAGE.search(message)) or not frames
 
+    tool_error = _uncaught_tool_error(type_name, message, signals)
+    if tool_error is not None:
+        return _tool_failure(tool_error, frames)
     if type_name == "TimeoutError" and is_limit:
         return _timeout(limits, message, frames)
     if type_name == "MemoryError" and is_limit:
@@ -148,6 +163,43 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
         exception_type=type_name,
         frames=frames,
         details=details,
+    )
+
+
+def _uncaught_tool_error(
+    type_name: str, message: str, signals: RunSignals
+) -> InjectedToolError | None:
+    """The tool answer the run died of, if it did: the exception we injected, unchanged.
+    The latest matching call wins (the code may have caught earlier ones)."""
+    for injected in reversed(signals.tool_errors):
+        # KeyError renders its argument with repr(): KeyError('k') reads "'k'".
+        if injected.exception_type == type_name and message in (
+            injected.message,
+            repr(injected.message),
+        ):
+            return injected
+    return None
+
+
+def _tool_failure(injected: InjectedToolError, frames: tuple[Frame, ...]) -> Failure:
+    details = {"tool": injected.tool, "call_id": str(injected.seq)}
+    fields: dict[str, object] = {}
+    if injected.kind in FailureKind.__members__:
+        # "Per the tool's kind": a tool that failed for a retryable reason makes the
+        # whole run retryable, and so on.
+        retryable, action = KIND_DEFAULTS[FailureKind(injected.kind)]
+        fields = {"retryable": retryable, "suggested_action": action}
+        details["tool_kind"] = injected.kind
+    text = injected.exception_type
+    if injected.message:
+        text += f": {injected.message}"
+    return Failure.of(
+        FailureKind.TOOL_ERROR,
+        _one_line(f"tool {injected.tool!r} raised {text}", frames),
+        exception_type=injected.exception_type,
+        frames=frames,
+        details=details,
+        **fields,
     )
 
 

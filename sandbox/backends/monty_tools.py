@@ -1,0 +1,280 @@
+"""Runs Monty code that calls host tools: `feed_start`, then one snapshot per tool call,
+answered through a ToolHost and checkpointed (`dump()`) after each answer.
+
+Knows nothing of gRPC or the journal: the host answers calls (from the client, or from
+its records when a run resumes) and keeps checkpoints; this module drives the
+interpreter and classifies the outcome with map_monty_outcome, like MontyBackend."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pydantic_monty as pm
+
+from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Usage
+
+from ..limits import Limits
+from ..output import OutputCapture, OutputLimitExceeded, OutputSink, StreamName
+from .monty import HOST_GRACE_S, MontyBackend
+from .monty_outcome import InjectedToolError, RunSignals, map_monty_outcome
+from .values import value_to_json
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCallRequest:
+    seq: int  # 1-based, in the order the code made its calls
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolReply:
+    """What the code sees: a value, or (error_type set) an exception to raise."""
+
+    value: Any = None
+    error_type: str = ""
+    error_message: str = ""
+    error_kind: str = ""  # the tool's own failure kind, if it reported one
+
+
+class ToolHost(Protocol):
+    def ask(self, call: ToolCallRequest) -> Awaitable[ToolReply]:
+        """Starts the call (relayed to the client, or answered from records on a resume)
+        and returns its answer to await. Raises CheckpointMismatch when a resumed run
+        calls something other than what its records say."""
+        ...
+
+    async def checkpoint(self, seq: int, blob: bytes, output: dict[str, Any]) -> None:
+        """Keeps the run's state after `seq` answered calls."""
+        ...
+
+
+class CheckpointMismatch(Exception):
+    """A resumed run did not repeat what its journal recorded (CORRUPT_STATE)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolRunSpec:
+    code: str
+    limits: Limits
+    tools: Mapping[str, bool]  # name -> is_async
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    stdin: str = ""
+    pinned_time: datetime.datetime
+    seed: int
+    # Set to resume: a verified dump, the number of calls answered before it, and what
+    # the code had printed by then.
+    resume_blob: bytes | None = None
+    resume_seq: int = 0
+    resume_output: Mapping[str, Any] = field(default_factory=dict)
+    on_output: OutputSink | None = None
+
+
+# Exception names Monty can raise from a tool answer (pydantic_monty.ExcType); others
+# arrive as RuntimeError with the name in the message.
+_EXC_TYPES = frozenset(pm.ExcType.__args__)  # type: ignore[attr-defined]
+
+
+class _Output:
+    """The capture for this leg of the run, after whatever earlier legs printed."""
+
+    def __init__(self, limits: Limits, prior: Mapping[str, Any], forward: OutputSink | None):
+        self.prior: dict[StreamName, str] = {
+            "stdout": str(prior.get("stdout", "")),
+            "stderr": str(prior.get("stderr", "")),
+        }
+        self.prior_truncated = bool(prior.get("truncated", False))
+        used = sum(len(t.encode("utf-8", "surrogatepass")) for t in self.prior.values())
+        self.capture = OutputCapture(max(0, limits.output_bytes - used), forward)
+
+    def text(self, stream: StreamName) -> str:
+        return self.prior[stream] + self.capture.text(stream)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "stdout": self.text("stdout"),
+            "stderr": self.text("stderr"),
+            "truncated": self.prior_truncated or self.capture.exceeded,
+        }
+
+
+async def run_with_tools(
+    backend: MontyBackend, spec: ToolRunSpec, host: ToolHost
+) -> ExecutionResult:
+    """Runs (or resumes) `spec` to completion. Never raises for the code's outcome;
+    CheckpointMismatch and cancellation propagate."""
+    os_policy: pm.OSPolicy = {
+        "datetime": spec.pinned_time,
+        "random_start": {"seed": spec.seed},
+        "sleep_system_max": float("inf"),
+    }
+    try:
+        async with backend.checkout_session(spec.limits, os_policy=os_policy) as session:
+            return await _drive(session, spec, host)
+    except TimeoutError:
+        return ExecutionResult.failed(
+            Failure.of(
+                FailureKind.INFRA_UNAVAILABLE, "every Monty worker is busy", retry_after_ms=1000
+            ),
+            backend=Backend.MONTY,
+        )
+
+
+async def _drive(
+    session: pm.AsyncMontySession, spec: ToolRunSpec, host: ToolHost
+) -> ExecutionResult:
+    output = _Output(spec.limits, spec.resume_output, spec.on_output)
+    signals = RunSignals(limits=spec.limits)
+    stdin = iter(spec.stdin.splitlines())
+    seq = spec.resume_seq
+    pending: dict[int, _Pending] = {}  # by Monty's call_id
+    running_s = 0.0
+    error: pm.MontyError | None = None
+    value: Any = None
+
+    async def step(turn: Awaitable[pm.AsyncSnapshot]) -> pm.AsyncSnapshot:
+        nonlocal running_s
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(spec.limits.wall_time_s + HOST_GRACE_S):
+                return await turn
+        finally:
+            running_s += time.monotonic() - started
+
+    try:
+        if spec.resume_blob is not None:
+            snap = await step(
+                session.load_snapshot(spec.resume_blob, print_callback=output.capture)
+            )
+        else:
+            snap = await step(
+                session.feed_start(
+                    spec.code, inputs=dict(spec.inputs) or None, print_callback=output.capture
+                )
+            )
+        while not isinstance(snap, pm.MontyComplete):
+            if isinstance(snap, pm.AsyncNameLookupSnapshot):
+                snap = await step(snap.resume())  # undefined: NameError, as in CPython
+            elif isinstance(snap, pm.AsyncFutureSnapshot):
+                settled = await _settle(pending, snap.pending_call_ids, signals)
+                snap = await step(snap.resume(settled))
+                if not pending and isinstance(snap, pm.AsyncFunctionSnapshot):
+                    await host.checkpoint(seq, snap.dump(), output.state())
+            elif snap.is_os_function:
+                # No mounts: every OS call is denied, and recorded so the denial is
+                # classified POLICY_VIOLATION.
+                signals.denied_os_calls.append(f"{snap.function_name}()")
+                snap = await step(snap.resume_not_handled())
+            elif snap.function_name == "input" and "input" not in spec.tools:
+                line = next(stdin, None)
+                answer: pm.ExternalResult = (
+                    {"return_value": line}
+                    if line is not None
+                    else {"exc_type": "EOFError", "message": "EOF when reading a line"}  # type: ignore[typeddict-item]
+                )
+                snap = await step(snap.resume(answer))
+            elif snap.function_name not in spec.tools:
+                snap = await step(
+                    snap.resume(
+                        {
+                            "exc_type": "NameError",
+                            "message": f"name '{snap.function_name}' is not defined",
+                        }
+                    )
+                )
+            else:
+                seq += 1
+                name = str(snap.function_name)
+                reply = host.ask(
+                    ToolCallRequest(seq=seq, name=name, args=snap.args, kwargs=snap.kwargs)
+                )
+                if spec.tools[name]:
+                    pending[snap.call_id] = _Pending(seq, name, asyncio.ensure_future(reply))
+                    snap = await step(snap.resume({"future": ...}))
+                else:
+                    result = await reply
+                    snap = await step(snap.resume(_external(result, name, seq, signals)))
+                    if not pending and isinstance(snap, pm.AsyncFunctionSnapshot):
+                        await host.checkpoint(seq, snap.dump(), output.state())
+        value = snap.output
+    except pm.MontyError as exc:
+        error = exc
+    except TimeoutError:
+        signals.host_timed_out = True
+    except OutputLimitExceeded:
+        pass  # the capture marked the output truncated; classified below
+    finally:
+        for call in pending.values():
+            call.answer.cancel()
+    signals.elapsed_s = running_s
+    signals.output_exceeded = output.capture.exceeded or output.prior_truncated
+    failure = map_monty_outcome(error, signals)
+
+    result_json = None
+    if failure is None and value is not None:
+        result_json = value_to_json(value)
+        if len(result_json.encode()) > spec.limits.output_bytes:
+            result_json = None
+            failure = Failure.of(
+                FailureKind.OUTPUT_LIMIT,
+                f"the result exceeded the {spec.limits.output_bytes}-byte output cap",
+                details={"limit": "output_bytes", "part": "result"},
+            )
+    return ExecutionResult(
+        ok=failure is None,
+        backend=Backend.MONTY,
+        stdout=output.text("stdout"),
+        stdout_truncated=output.capture.truncated["stdout"],
+        stderr=output.text("stderr"),
+        stderr_truncated=output.capture.truncated["stderr"],
+        result_json=result_json,
+        exit_code=0 if failure is None else 1,
+        failure=failure,
+        usage=Usage(wall_ms=round(running_s * 1000)),
+    )
+
+
+@dataclass(frozen=True)
+class _Pending:
+    seq: int
+    name: str
+    answer: asyncio.Future[ToolReply]
+
+
+async def _settle(
+    pending: dict[int, _Pending], call_ids: list[int], signals: RunSignals
+) -> dict[int, pm.ExternalSettledResult]:
+    """Waits for at least one of the awaited async calls and returns every answer in."""
+    await asyncio.wait(
+        [pending[call_id].answer for call_id in call_ids], return_when=asyncio.FIRST_COMPLETED
+    )
+    settled: dict[int, pm.ExternalSettledResult] = {}
+    for call_id in call_ids:
+        call = pending[call_id]
+        if call.answer.done():
+            del pending[call_id]
+            settled[call_id] = _external(call.answer.result(), call.name, call.seq, signals)
+    return settled
+
+
+def _external(
+    reply: ToolReply, name: str, seq: int, signals: RunSignals
+) -> pm.ExternalSettledResult:
+    if not reply.error_type:
+        return {"return_value": reply.value}
+    exc_type = reply.error_type if reply.error_type in _EXC_TYPES else "RuntimeError"
+    message = reply.error_message
+    if exc_type != reply.error_type:
+        message = f"{reply.error_type}: {message}"
+    signals.tool_errors.append(
+        InjectedToolError(
+            seq=seq, tool=name, exception_type=exc_type, message=message, kind=reply.error_kind
+        )
+    )
+    return {"exc_type": exc_type, "message": message}  # type: ignore[typeddict-item]

@@ -1,0 +1,132 @@
+"""The Run RPC's stream: the client's start and tool answers in, output, tool calls and
+the final result out. The run itself is Durability.run_tools; this is only the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+
+from sandbox_client import ExecutionResult, FailureKind
+from sandbox_client._convert import result_to_proto
+from sandbox_client._proto import sandbox_pb2
+
+from . import wire
+from .backends.monty_tools import ToolCallRequest, ToolReply
+from .durable import ToolDecl, args_json, kwargs_json
+from .errors import RequestError, invalid
+from .executor import Executor
+from .output import StreamName
+
+log = structlog.get_logger("sandbox.run")
+
+_STREAMS: dict[StreamName, Any] = {"stdout": sandbox_pb2.STDOUT, "stderr": sandbox_pb2.STDERR}
+_Event = sandbox_pb2.RunResponse | None
+
+
+class _StreamRelay:
+    """ToolRelay over one stream: a call goes out as an event, its answer comes back
+    through `answer()` from the reader."""
+
+    def __init__(self, events: asyncio.Queue[_Event]) -> None:
+        self._events = events
+        self._waiting: dict[int, asyncio.Future[ToolReply]] = {}
+
+    async def call(self, request: ToolCallRequest) -> ToolReply:
+        answer: asyncio.Future[ToolReply] = asyncio.get_running_loop().create_future()
+        self._waiting[request.seq] = answer
+        self._events.put_nowait(
+            sandbox_pb2.RunResponse(
+                tool_call=sandbox_pb2.ToolCall(
+                    call_id=request.seq,
+                    name=request.name,
+                    args_json=args_json(request.args),
+                    kwargs_json=kwargs_json(request.kwargs),
+                )
+            )
+        )
+        try:
+            return await answer
+        finally:
+            self._waiting.pop(request.seq, None)
+
+    def answer(self, msg: sandbox_pb2.ToolResult) -> None:
+        waiting = self._waiting.get(msg.call_id)
+        if waiting is None or waiting.done():
+            log.info("answer to no pending call", call_id=msg.call_id)
+            return
+        waiting.set_result(_reply(msg))
+
+
+def _reply(msg: sandbox_pb2.ToolResult) -> ToolReply:
+    if msg.HasField("error"):
+        kind = sandbox_pb2.FailureKind.Name(msg.error.kind) if msg.error.kind else ""
+        return ToolReply(
+            error_type=msg.error.exception_type or "RuntimeError",
+            error_message=msg.error.message,
+            error_kind=kind if kind in FailureKind.__members__ else "",
+        )
+    try:
+        return ToolReply(value=json.loads(msg.value_json) if msg.value_json else None)
+    except ValueError as exc:
+        return ToolReply(
+            error_type="ValueError", error_message=f"the tool's answer is not JSON: {exc}"
+        )
+
+
+async def serve_run(
+    executor: Executor, requests: AsyncIterator[Any]
+) -> AsyncIterator[sandbox_pb2.RunResponse]:
+    """Raises RequestError for a request that cannot be served; the caller aborts."""
+    journal = executor.journal
+    if journal is None:
+        raise RequestError(
+            FailureKind.INFRA_UNAVAILABLE, "tool runs need the journal, which is off on this server"
+        )
+    first = await anext(requests, None)
+    if first is None or not hasattr(first, "HasField") or not first.HasField("start"):
+        raise invalid("a Run stream must begin with `start`", field="start")
+    call = wire.execute_call(first.start.request)
+    tools = tuple(
+        ToolDecl(name=t.name, is_async=t.is_async, json_schema=t.json_schema, stub=t.stub)
+        for t in first.start.tools
+    )
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[_Event] = asyncio.Queue()
+    relay = _StreamRelay(events)
+
+    def forward(stream: StreamName, text: str) -> None:
+        event = sandbox_pb2.RunResponse(
+            output=sandbox_pb2.OutputChunk(stream=_STREAMS[stream], text=text)
+        )
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    async def run() -> ExecutionResult:
+        try:
+            return await journal.run_tools(executor, call, tools, relay, on_output=forward)
+        finally:
+            loop.call_soon_threadsafe(events.put_nowait, None)
+
+    async def read() -> None:
+        async for msg in requests:
+            if hasattr(msg, "HasField") and msg.HasField("tool_result"):
+                relay.answer(msg.tool_result)
+        # The client closed its side: nothing can answer the calls still pending.
+
+    task = asyncio.create_task(run())
+    reader = asyncio.create_task(read())
+    try:
+        while (event := await events.get()) is not None:
+            yield event
+        result = await task
+    finally:
+        for pending in (task, reader):
+            if not pending.done():
+                pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+    yield sandbox_pb2.RunResponse(result=result_to_proto(result))
