@@ -40,7 +40,10 @@ def test_auto_runs_plain_code_in_monty(both_backends: ServerThread) -> None:
 
 
 def test_auto_falls_back_for_a_module_monty_lacks(both_backends: ServerThread) -> None:
-    code = "import zipfile, io\nbuf = io.BytesIO()\nzipfile.ZipFile(buf, 'w').close()\nlen(buf.getvalue())"
+    code = (
+        "import zipfile, io\nbuf = io.BytesIO()\n"
+        "zipfile.ZipFile(buf, 'w').close()\nlen(buf.getvalue())"
+    )
     with SandboxClient(both_backends.address) as client:
         result = client.execute(code)
     assert result.ok, result.failure
