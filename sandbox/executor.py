@@ -3,6 +3,7 @@ a result stamped with its id and policy. Knows nothing of gRPC."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,11 +15,13 @@ from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Frame
 
 from .backends.base import ExecutionBackend, RunSpec
 from .errors import RequestError, invalid
-from .limits import RequestedLimits
+from .limits import Limits, RequestedLimits
 from .output import OutputSink
 from .policy import Policy, PolicyRegistry
+from .recorder import Recorder
 from .sessions import SessionEntry, SessionRegistry
 from .static_check import find_violation
+from .tenants import LOCAL_TENANT
 
 if TYPE_CHECKING:
     from .durable import Durability
@@ -39,6 +42,16 @@ class ExecuteCall:
     session_id: str = ""
     idempotency_key: str = ""
     inputs_size: int = 0  # bytes of inputs as sent, checked against the policy
+    # Who asks, as authenticated at the edge; sessions and policies are checked against it.
+    tenant: str = LOCAL_TENANT
+
+
+@dataclass
+class _Seen:
+    """What execute() decided before it finished or was refused, for the audit record."""
+
+    policy: Policy | None = None
+    limits: Limits | None = None
 
 
 class Executor:
@@ -50,27 +63,72 @@ class Executor:
         policies: PolicyRegistry,
         backends: Mapping[Backend, ExecutionBackend],
         sessions: SessionRegistry,
+        recorder: Recorder | None = None,
     ) -> None:
         self.policies = policies
         self.backends = dict(backends)
         self.sessions = sessions
+        self.recorder = recorder or Recorder()
 
-    async def execute(self, call: ExecuteCall, on_output: OutputSink | None = None) -> ExecutionResult:
-        if self.journal is not None and call.idempotency_key:
-            # At most once per key; a repeat gets the recorded result (durable.py).
-            return await self.journal.once(call, lambda _entry: self._execute(call, on_output))
-        return await self._execute(call, on_output)
+    async def execute(
+        self, call: ExecuteCall, on_output: OutputSink | None = None
+    ) -> ExecutionResult:
+        """Runs `call` and records it (audit, metrics), refused or not."""
+        seen = _Seen()
+        try:
+            if self.journal is not None and call.idempotency_key:
+                # At most once per key; a repeat gets the recorded result (durable.py).
+                result = await self.journal.once(
+                    call, lambda _entry: self._execute(call, on_output, seen)
+                )
+            else:
+                result = await self._execute(call, on_output, seen)
+        except RequestError as error:
+            await self._record(call, seen, None, error)
+            raise
+        except asyncio.CancelledError:
+            cancelled = RequestError(FailureKind.CANCELLED, "the caller cancelled")
+            self.recorder.execution(
+                call, policy=seen.policy, limits=seen.limits, result=None, error=cancelled
+            )
+            raise
+        await self._record(call, seen, result, None)
+        return result
 
-    async def _execute(self, call: ExecuteCall, on_output: OutputSink | None) -> ExecutionResult:
-        session = self.sessions.get(call.session_id) if call.session_id else None
-        policy = self._policy_for(call, session)
+    async def _record(
+        self,
+        call: ExecuteCall,
+        seen: _Seen,
+        result: ExecutionResult | None,
+        error: RequestError | None,
+    ) -> None:
+        written = self.recorder.execution(
+            call, policy=seen.policy, limits=seen.limits, result=result, error=error
+        )
+        if written is not None:
+            await asyncio.wrap_future(written)
+
+    async def _execute(
+        self, call: ExecuteCall, on_output: OutputSink | None, seen: _Seen
+    ) -> ExecutionResult:
+        session = (
+            self.sessions.get(call.session_id, tenant=call.tenant) if call.session_id else None
+        )
+        policy = seen.policy = self._policy_for(call, session)
         self._check_size(call, policy)
         limits = session.limits if session is not None else policy.limits(call.limits)
+        seen.limits = limits
         if session is not None and call.limits != RequestedLimits():
             # A session's sandbox was set up with its limits; lower ones cannot apply now.
             raise invalid("limits are fixed when a session is created", field="limits")
         spec = RunSpec(
-            code=call.code, limits=limits, inputs=call.inputs, stdin=call.stdin, on_output=on_output
+            code=call.code,
+            limits=limits,
+            inputs=call.inputs,
+            stdin=call.stdin,
+            on_output=on_output,
+            image=policy.container_image,
+            runtime=policy.container_runtime,
         )
 
         if session is not None:
@@ -166,7 +224,7 @@ class Executor:
 
     def _policy_for(self, call: ExecuteCall, session: SessionEntry | None) -> Policy:
         if session is None:
-            return self.policies.get(call.policy)
+            return self._policy_named(call.policy, call.tenant)
         if call.policy and call.policy != session.policy.name:
             raise invalid(
                 f"session {session.id!r} runs under policy '{session.policy.name}', "
@@ -197,10 +255,24 @@ class Executor:
                 field="inputs_json",
             )
 
+    def _policy_named(self, name: str, tenant: str) -> Policy:
+        policy = self.policies.get(name)
+        if not policy.allows_tenant(tenant):
+            raise RequestError(
+                FailureKind.POLICY_VIOLATION,
+                f"policy '{policy.name}' is not open to tenant '{tenant}'",
+                field="policy",
+            )
+        return policy
+
     async def create_session(
-        self, backend: Backend | None, policy_name: str, requested: RequestedLimits
+        self,
+        backend: Backend | None,
+        policy_name: str,
+        requested: RequestedLimits,
+        tenant: str = LOCAL_TENANT,
     ) -> SessionEntry:
-        policy = self.policies.get(policy_name)
+        policy = self._policy_named(policy_name, tenant)
         kind = Backend.MONTY if backend in (None, Backend.AUTO) else backend
         assert kind is not None
         if kind not in policy.backends:
@@ -209,10 +281,21 @@ class Executor:
                 f"policy '{policy.name}' does not allow backend {kind.value}",
                 field="backend",
             )
-        return await self.sessions.create(self._backend(kind), policy, policy.limits(requested))
+        held = self.sessions.count(tenant=tenant, policy=policy.name)
+        if held >= policy.sessions_per_tenant:
+            raise RequestError(
+                FailureKind.THROTTLED if held else FailureKind.POLICY_VIOLATION,
+                f"policy '{policy.name}' allows {policy.sessions_per_tenant} sessions per "
+                f"tenant and tenant '{tenant}' holds {held}",
+                field="policy",
+                retry_after_ms=int(self.sessions.idle_timeout_s * 1000) if held else 0,
+            )
+        return await self.sessions.create(
+            self._backend(kind), policy, policy.limits(requested), tenant=tenant
+        )
 
-    async def close_session(self, session_id: str) -> None:
-        await self.sessions.close(session_id)
+    async def close_session(self, session_id: str, tenant: str = LOCAL_TENANT) -> None:
+        await self.sessions.close(session_id, tenant=tenant)
 
 
 def _line(code: str, number: int) -> str:

@@ -90,7 +90,6 @@ class Reloader:
         self._seen = self._watched()
         try:
             policies, problems = load_policies(self.settings)
-            tenants = load_tenants(self.settings, policies)
         except ConfigError as exc:
             log.error("reload failed; keeping the last good policies and tenants",
                       reason=reason, error=str(exc))
@@ -107,7 +106,15 @@ class Reloader:
             # A broken file keeps the version that loaded last time, if any.
             if name not in merged and name in current.names():
                 merged[name] = current.get(name)
-        self.holder.policies = PolicyRegistry(merged, policies.default)  # type: ignore[attr-defined]
+        registry = PolicyRegistry(merged, policies.default)
+        try:
+            tenants = load_tenants(self.settings, registry)
+        except ConfigError as exc:
+            log.error("reload failed; keeping the last good policies and tenants",
+                      reason=reason, error=str(exc))
+            self._count("failed")
+            return False
+        self.holder.policies = registry  # type: ignore[attr-defined]
         self.access.tenants = tenants
         log.info("reloaded", reason=reason, policies=sorted(merged),
                  tenants=len(tenants) if tenants else 0)

@@ -13,23 +13,30 @@ from grpc_reflection.v1alpha import reflection
 from sandbox_client import Backend
 from sandbox_client._proto import sandbox_pb2
 
+from .audit import AuditLog
 from .backends.base import ExecutionBackend
 from .backends.container import ContainerBackend
 from .backends.monty import MontyBackend
 from .config import Settings
 from .durable import build_journal
 from .executor import Executor
-from .policy import PolicyRegistry
+from .metrics import Metrics
+from .recorder import Recorder
+from .reload import Reloader, load_policies, load_tenants
 from .service import SandboxService, generic_handler
 from .sessions import SessionRegistry
+from .tenants import Access
 
 log = structlog.get_logger("sandbox.server")
 
 SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
 
 
-def build_executor(settings: Settings) -> Executor:
-    policies = PolicyRegistry.builtin()
+def build_executor(settings: Settings, recorder: Recorder | None = None) -> Executor:
+    policies, problems = load_policies(settings)
+    for problem in problems:
+        if problem.severity == "error":
+            log.error("policy file refused", problem=str(problem))
     backends: dict[Backend, ExecutionBackend] = {
         Backend.MONTY: MontyBackend(
             min_workers=settings.monty_min_workers,
@@ -58,6 +65,7 @@ def build_executor(settings: Settings) -> Executor:
         sessions=SessionRegistry(
             max_sessions=settings.max_sessions, idle_timeout_s=settings.session_idle_timeout_s
         ),
+        recorder=recorder,
     )
 
 
@@ -67,7 +75,23 @@ class SandboxServer:
     def __init__(self, settings: Settings) -> None:
         settings.check_bind()
         self.settings = settings
-        self.executor = build_executor(settings)
+        self.metrics = Metrics()
+        self.audit = (
+            AuditLog(
+                settings.audit_dir,
+                fsync=settings.audit_fsync,
+                max_file_bytes=settings.audit_max_file_bytes,
+            )
+            if settings.audit_dir is not None
+            else None
+        )
+        self.executor = build_executor(settings, Recorder(self.audit, self.metrics))
+        self.access = Access(load_tenants(settings, self.executor.policies))
+        settings.check_bind(has_credentials=self.access.required)
+        self.reloader = Reloader(
+            settings, holder=self.executor, access=self.access, metrics=self.metrics
+        )
+        self._watch: asyncio.Task[None] | None = None
         self.executor.journal = build_journal(settings)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -75,6 +99,8 @@ class SandboxServer:
         self.port = 0
 
     async def start(self) -> int:
+        if self.audit is not None:
+            self.audit.start()
         for backend in self.executor.backends.values():
             await backend.start()
         limit = self.settings.max_message_bytes
@@ -84,19 +110,23 @@ class SandboxServer:
                 ("grpc.max_send_message_length", limit),
             ]
         )
-        server.add_generic_rpc_handlers((generic_handler(SandboxService(self.executor)),))
+        service = SandboxService(self.executor, access=self.access)
+        server.add_generic_rpc_handlers((generic_handler(service),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         host = self.settings.host
         address = f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
-        self.port = server.add_insecure_port(address)
+        self.port = bind(server, address, self.settings)
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._expiry = asyncio.create_task(self.executor.sessions.run_expiry())
+        self._watch = asyncio.create_task(self.reloader.watch())
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         if self.executor.journal is not None:
             self.executor.journal.start()
         log.info("serving", address=f"{host}:{self.port}", backends=sorted(b.value for b in self.executor.backends))
@@ -104,10 +134,11 @@ class SandboxServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        for task in (self._expiry, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.stop(grace_s)
         await self.executor.sessions.close_all()
@@ -115,6 +146,9 @@ class SandboxServer:
             await backend.stop()
         if self.executor.journal is not None:
             await self.executor.journal.stop()
+        self.metrics.stop()
+        if self.audit is not None:
+            await asyncio.to_thread(self.audit.close)
         log.info("stopped")
 
     async def serve_forever(self) -> None:
@@ -124,5 +158,20 @@ class SandboxServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
         await stop.wait()
         await self.stop()
+
+
+def bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:
+    """Adds the listening port: TLS when a certificate is configured (mutual TLS when a
+    client CA is), plaintext otherwise (loopback only, unless tenants hold API keys)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return server.add_insecure_port(address)
+    ca = settings.tls_client_ca_file
+    credentials = grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca.read_bytes() if ca is not None else None,
+        require_client_auth=ca is not None,
+    )
+    return server.add_secure_port(address, credentials)

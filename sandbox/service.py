@@ -4,7 +4,9 @@ google.rpc.ErrorInfo (reason = the failure kind) and RetryInfo."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -17,9 +19,10 @@ from sandbox_client._proto import sandbox_pb2
 
 from . import wire
 from .errors import RequestError, invalid
-from .executor import Executor
+from .executor import ExecuteCall, Executor
 from .output import StreamName
 from .run_stream import serve_run
+from .tenants import LOCAL_TENANT, Access, common_names
 
 _STATUS_BY_KIND: dict[FailureKind, grpc.StatusCode] = {
     FailureKind.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
@@ -30,7 +33,7 @@ _STATUS_BY_KIND: dict[FailureKind, grpc.StatusCode] = {
     FailureKind.CANCELLED: grpc.StatusCode.CANCELLED,
 }
 
-_STREAMS: dict[StreamName, sandbox_pb2.Stream.ValueType] = {
+_STREAMS: dict[StreamName, sandbox_pb2.Stream] = {
     "stdout": sandbox_pb2.STDOUT,
     "stderr": sandbox_pb2.STDERR,
 }
@@ -45,6 +48,7 @@ class Undecodable:
 
 def status_details(error: RequestError, code: grpc.StatusCode) -> bytes:
     metadata = {"field": error.field} if error.field else {}
+    metadata.update(error.metadata)
     info = error_details_pb2.ErrorInfo(
         reason=error.kind.value, domain=ERROR_DOMAIN, metadata=metadata
     )
@@ -56,7 +60,7 @@ def status_details(error: RequestError, code: grpc.StatusCode) -> bytes:
     status = status_pb2.Status(
         code=getattr(code_pb2, code.name), message=error.message, details=details
     )
-    return status.SerializeToString()
+    return bytes(status.SerializeToString())
 
 
 def _pack(msg: Any) -> any_pb2.Any:
@@ -73,6 +77,8 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: RequestErro
     code = _STATUS_BY_KIND.get(error.kind, grpc.StatusCode.FAILED_PRECONDITION)
     if error.not_found:
         code = grpc.StatusCode.NOT_FOUND
+    if error.unauthenticated:
+        code = grpc.StatusCode.UNAUTHENTICATED
     await context.abort(
         code, error.message, trailing_metadata=((STATUS_DETAILS_KEY, status_details(error, code)),)
     )
@@ -100,14 +106,61 @@ def _checked(
 class SandboxService:
     """sandbox.v1.SandboxService."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, access: Access | None = None) -> None:
         self._executor = executor
+        self._access = access or Access()
+
+    # -- access: who asks (auth), under which policy, within its quotas ---------------
+
+    def _tenant(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> str:
+        if not self._access.required:
+            return LOCAL_TENANT
+        try:
+            return self._access.authenticate(
+                context.invocation_metadata(), common_names(context.auth_context())
+            )
+        except RequestError as error:
+            self._executor.recorder.event(method, tenant="", error=error)
+            raise
+
+    def _call(
+        self, msg: sandbox_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ExecuteCall:
+        tenant = self._tenant(context, "Execute")
+        try:
+            call = wire.execute_call(msg)
+            policy = self._access.policy_for(
+                tenant, call.policy, in_session=bool(call.session_id)
+            )
+        except RequestError as error:
+            self._executor.recorder.event(
+                "Execute", tenant=tenant, error=error, policy_name=msg.policy
+            )
+            raise
+        return dataclasses.replace(call, tenant=tenant, policy=policy)
+
+    @contextlib.contextmanager
+    def _admitted(self, call: ExecuteCall) -> Iterator[None]:
+        """Holds a concurrency slot and a rate token of the caller's, or THROTTLED."""
+        try:
+            self._access.acquire(call.tenant)
+        except RequestError as error:
+            self._executor.recorder.execution(
+                call, policy=None, limits=None, result=None, error=error
+            )
+            raise
+        try:
+            yield
+        finally:
+            self._access.release(call.tenant)
 
     @_checked
     async def Execute(
         self, request: sandbox_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> sandbox_pb2.ExecuteResponse:
-        result = await self._executor.execute(wire.execute_call(request))
+        call = self._call(request, context)
+        with self._admitted(call):
+            result = await self._executor.execute(call)
         return sandbox_pb2.ExecuteResponse(result=result_to_proto(result))
 
     async def ExecuteStream(
@@ -118,7 +171,7 @@ class SandboxService:
         try:
             if isinstance(request, Undecodable):
                 raise invalid(f"the request could not be decoded: {request.error}")
-            call = wire.execute_call(request.request)
+            call = self._call(request.request, context)
             loop = asyncio.get_running_loop()
             chunks: asyncio.Queue[tuple[StreamName, str] | None] = asyncio.Queue()
 
@@ -127,7 +180,8 @@ class SandboxService:
 
             async def run() -> ExecutionResult:
                 try:
-                    return await self._executor.execute(call, on_output=forward)
+                    with self._admitted(call):
+                        return await self._executor.execute(call, on_output=forward)
                 finally:
                     # After every chunk the backend forwarded (call_soon_threadsafe is FIFO).
                     loop.call_soon_threadsafe(chunks.put_nowait, None)
@@ -162,14 +216,30 @@ class SandboxService:
         request: sandbox_pb2.CreateSessionRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> sandbox_pb2.CreateSessionResponse:
-        entry = await self._executor.create_session(
-            wire.backend_field(request.backend),
-            request.policy,
-            wire.requested_limits(request.limits),
+        tenant = self._tenant(context, "CreateSession")
+        try:
+            with self._access.admit(tenant):
+                entry = await self._executor.create_session(
+                    wire.backend_field(request.backend),
+                    self._access.policy_for(tenant, request.policy),
+                    wire.requested_limits(request.limits),
+                    tenant=tenant,
+                )
+        except RequestError as error:
+            self._executor.recorder.event(
+                "CreateSession", tenant=tenant, error=error, policy_name=request.policy
+            )
+            raise
+        self._executor.recorder.event(
+            "CreateSession",
+            tenant=tenant,
+            session_id=entry.id,
+            policy=entry.policy,
+            backend=entry.backend.kind.value,
         )
         return sandbox_pb2.CreateSessionResponse(
             session_id=entry.id,
-            backend=sandbox_pb2.Backend.Value(entry.backend.kind.name),
+            backend=entry.backend.kind.name,
             policy_name=entry.policy.name,
             idle_timeout_ms=int(self._executor.sessions.idle_timeout_s * 1000),
         )
@@ -180,7 +250,17 @@ class SandboxService:
         request: sandbox_pb2.CloseSessionRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> sandbox_pb2.CloseSessionResponse:
-        await self._executor.close_session(request.session_id)
+        tenant = self._tenant(context, "CloseSession")
+        error: RequestError | None = None
+        try:
+            await self._executor.close_session(request.session_id, tenant=tenant)
+        except RequestError as exc:
+            error = exc
+            raise
+        finally:
+            self._executor.recorder.event(
+                "CloseSession", tenant=tenant, session_id=request.session_id, error=error
+            )
         return sandbox_pb2.CloseSessionResponse()
 
 
@@ -199,7 +279,7 @@ def generic_handler(service: SandboxService) -> grpc.GenericRpcHandler:
     the handler (as Undecodable) and gets INVALID_REQUEST instead of grpc's INTERNAL."""
     pb = sandbox_pb2
 
-    def unary(method: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
+    def unary(method: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler[Any, Any]:
         return grpc.unary_unary_rpc_method_handler(
             method, _lenient(req.FromString), resp.SerializeToString
         )
