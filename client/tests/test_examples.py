@@ -1,15 +1,13 @@
-"""The examples in client/examples and RECOVERY.md, run against the real test server, so
+"""The examples in client/examples, run against the real test server, so
 the docs stay true."""
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ServerThread
 
 from sandbox_client import SandboxClient
 
@@ -56,16 +54,3 @@ def test_langchain_tool(client: SandboxClient) -> None:
     assert tool.args_schema is ExecuteArgs
     assert tool.invoke({"code": "sum(range(10))"})["result"] == 45
     assert tool.invoke({"code": "1 +"})["error"]["kind"] == "SYNTAX_ERROR"
-
-
-def python_blocks(markdown: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", markdown, re.S)
-
-
-def test_recovery_md_examples_run(server: ServerThread) -> None:
-    blocks = python_blocks((CLIENT / "RECOVERY.md").read_text())
-    assert len(blocks) == 2
-    runnable = blocks[0].replace('"127.0.0.1:50051"', repr(server.address))
-    exec(compile(runnable, "RECOVERY.md", "exec"), {})
-    # The second block plugs in a chat system it does not define; it must still compile.
-    compile(blocks[1], "RECOVERY.md", "exec")
