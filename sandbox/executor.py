@@ -202,7 +202,11 @@ class Executor:
         violation = find_violation(code, denied)
         if violation is None:
             return None
-        frame = Frame(line=violation.line, column=violation.column, source_line=_line(code, violation.line))
+        frame = Frame(
+            line=violation.line,
+            column=violation.column,
+            source_line=_line(code, violation.line),
+        )
         failure = Failure.of(
             FailureKind.POLICY_VIOLATION,
             f"{violation.describe()} '{policy.name}' (line {violation.line})",

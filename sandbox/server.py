@@ -10,6 +10,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from sandbox_client import Backend
 from sandbox_client._proto import sandbox_pb2
 
@@ -117,7 +118,8 @@ class SandboxServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         host = self.settings.host
-        address = f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
+        port = self.settings.port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = bind(server, address, self.settings)
         await server.start()
         self._server = server
@@ -129,7 +131,8 @@ class SandboxServer:
             self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         if self.executor.journal is not None:
             self.executor.journal.start()
-        log.info("serving", address=f"{host}:{self.port}", backends=sorted(b.value for b in self.executor.backends))
+        backends = sorted(b.value for b in self.executor.backends)
+        log.info("serving", address=f"{host}:{self.port}", backends=backends)
         return self.port
 
     async def stop(self, grace_s: float = 5.0) -> None:

@@ -297,7 +297,9 @@ def generic_handler(service: SandboxService) -> grpc.GenericRpcHandler:
         "CreateSession": unary(
             service.CreateSession, pb.CreateSessionRequest, pb.CreateSessionResponse
         ),
-        "CloseSession": unary(service.CloseSession, pb.CloseSessionRequest, pb.CloseSessionResponse),
+        "CloseSession": unary(
+            service.CloseSession, pb.CloseSessionRequest, pb.CloseSessionResponse
+        ),
     }
     name = pb.DESCRIPTOR.services_by_name["SandboxService"].full_name
     return grpc.method_handlers_generic_handler(name, handlers)
