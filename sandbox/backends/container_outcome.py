@@ -12,6 +12,7 @@ from typing import Any
 
 import docker.errors as de
 import requests.exceptions as rq
+
 from sandbox_client import Failure, FailureKind, Frame
 
 from ..limits import Limits
