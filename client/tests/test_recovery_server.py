@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -17,6 +18,7 @@ from conftest import (
     running_server,
 )
 
+from sandbox.tenants import new_api_key
 from sandbox_client import (
     Abort,
     ApprovePolicy,
@@ -60,9 +62,7 @@ def test_killed_worker_is_retried_and_succeeds(client: SandboxClient) -> None:
 
 def test_busy_pool_waits_at_least_retry_after_ms() -> None:
     """A real server whose one Monty worker is held: the pool answers INFRA_UNAVAILABLE
-    with retry_after_ms=1000, and run() waits at least that before trying again. (The
-    server has no THROTTLED path from Execute yet; test_recovery_unit covers WAIT for
-    THROTTLED itself.)"""
+    with retry_after_ms=1000, and run() waits at least that before trying again."""
     with (
         running_server(
             monty_min_workers=1, monty_max_workers=1, monty_checkout_timeout_s=0.2
@@ -81,6 +81,28 @@ def test_busy_pool_waits_at_least_retry_after_ms() -> None:
     assert first.failure_kind is K.INFRA_UNAVAILABLE
     assert first.action is A.RETRY
     assert first.delay_s >= 1.0  # the server's retry_after_ms, not FAST's 0.05 s backoff
+
+
+def test_throttled_answer_waits_at_least_retry_after_ms(tmp_path: Path) -> None:
+    """A tenant allowed one request per second: the second is THROTTLED with
+    retry_after_ms, and run() waits at least that long before asking again."""
+    key, digest = new_api_key()
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(
+        f'[tenants.slow]\napi_key_sha256 = ["{digest}"]\nrate_per_s = 1\nburst = 1\n'
+    )
+    with (
+        running_server(tenants_file=tenants) as srv,
+        SandboxClient(srv.address, api_key=key) as c,
+    ):
+        assert c.execute("1").ok  # spends the one token
+        outcome = c.run("1 + 1", recovery=FAST)
+    assert outcome.result.result == 2
+    first = outcome.attempts[0]
+    assert first.failure_kind is K.THROTTLED
+    assert first.action is A.WAIT
+    assert first.delay_s >= 0.5  # the server's retry_after_ms, not FAST's 0.05 s backoff
+    assert first.idempotency_key == outcome.attempts[-1].idempotency_key  # nothing ran
 
 
 # -- FALLBACK ---------------------------------------------------------------------
