@@ -16,6 +16,7 @@ import requests.exceptions as rq
 from sandbox_client import Failure, FailureKind, Frame
 
 from ..limits import Limits
+from .messages import first_line, one_line
 
 
 class RunnerStartError(Exception):
@@ -98,7 +99,7 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
     if signals.fatal:
         return Failure.of(
             FailureKind.INFRA_UNAVAILABLE,
-            f"the sandbox runner could not start: {_first_line(signals.fatal)}",
+            f"the sandbox runner could not start: {first_line(signals.fatal)}",
             retry_after_ms=INFRA_RETRY_AFTER_MS,
             details={"image": signals.image},
         )
@@ -128,7 +129,7 @@ def _engine_failure(exc: BaseException, signals: ContainerSignals) -> Failure:
         return Failure.of(
             kind,
             "the container engine cannot serve now "
-            f"({type(exc).__name__}: {_first_line(str(exc))})",
+            f"({type(exc).__name__}: {first_line(str(exc))})",
             retry_after_ms=INFRA_RETRY_AFTER_MS,
         )
     return Failure.of(
@@ -209,7 +210,7 @@ def _from_frame(frame: dict[str, Any], limits: Limits) -> Failure | None:
     if error.get("syntax"):
         return Failure.of(
             FailureKind.SYNTAX_ERROR,
-            _one_line(f"{type_name}: {message}", frames),
+            one_line(f"{type_name}: {message}", frames),
             exception_type=type_name,
             frames=frames,
         )
@@ -218,7 +219,7 @@ def _from_frame(frame: dict[str, Any], limits: Limits) -> Failure | None:
     if blocked and error.get("os_error"):
         return Failure.of(
             FailureKind.POLICY_VIOLATION,
-            _one_line(f"the policy forbids this: {blocked[0]} ({type_name}: {message})", frames),
+            one_line(f"the policy forbids this: {blocked[0]} ({type_name}: {message})", frames),
             exception_type=type_name,
             frames=frames,
             details={"attempted": "; ".join(blocked[:5])},
@@ -230,7 +231,7 @@ def _from_frame(frame: dict[str, Any], limits: Limits) -> Failure | None:
         details = {"exit_code": str(frame.get("exit_code", 1))}
     return Failure.of(
         FailureKind.RUNTIME_ERROR,
-        _one_line(f"{type_name}: {message}" if message else type_name, frames),
+        one_line(f"{type_name}: {message}" if message else type_name, frames),
         exception_type=type_name,
         frames=frames,
         details=details,
@@ -249,7 +250,7 @@ def _timeout(limits: Limits) -> Failure:
 def _memory(limits: Limits, why: str, frames: tuple[Frame, ...] | None) -> Failure:
     return Failure.of(
         FailureKind.MEMORY_LIMIT,
-        _one_line(f"memory limit of {limits.memory_bytes} bytes exceeded: {why}", frames or ()),
+        one_line(f"memory limit of {limits.memory_bytes} bytes exceeded: {why}", frames or ()),
         exception_type="MemoryError",
         frames=frames or (),
         details={"limit": "memory_bytes", "limit_value": str(limits.memory_bytes)},
@@ -278,16 +279,3 @@ def _signal_name(signum: int) -> str:
     except ValueError:
         return f"signal {signum}"
 
-
-def _one_line(text: str, frames: tuple[Frame, ...]) -> str:
-    text = _first_line(text)
-    if frames:
-        where = frames[-1]
-        source = where.source_line.strip()
-        text += f" (line {where.line}" + (f": {source})" if source else ")")
-    return text
-
-
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= 500 else line[:497] + "..."

@@ -15,6 +15,7 @@ import pydantic_monty as pm
 from sandbox_client import KIND_DEFAULTS, Failure, FailureKind, Frame
 
 from ..limits import Limits
+from .messages import first_line, one_line
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,14 +97,14 @@ def map_monty_outcome(exc: BaseException | None, signals: RunSignals) -> Failure
         frames = _frames(exc)
         return Failure.of(
             FailureKind.SYNTAX_ERROR,
-            _one_line(f"SyntaxError: {exc}", frames),
+            one_line(f"SyntaxError: {exc}", frames),
             exception_type="SyntaxError",
             frames=frames,
         )
     if isinstance(exc, pm.MontyTypingError):
         return Failure.of(
             FailureKind.SYNTAX_ERROR,
-            _first_line(f"type check failed: {exc.display()}"),
+            first_line(f"type check failed: {exc.display()}"),
             exception_type="TypeCheckError",
         )
     if isinstance(exc, pm.MontyRuntimeError):
@@ -112,7 +113,7 @@ def map_monty_outcome(exc: BaseException | None, signals: RunSignals) -> Failure
     kind = ERROR_CLASS_KINDS.get(type(exc))
     if kind is None:
         kind = FailureKind.SANDBOX_CRASH
-    return Failure.of(kind, _first_line(f"{type(exc).__name__}: {exc}"))
+    return Failure.of(kind, first_line(f"{type(exc).__name__}: {exc}"))
 
 
 def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
@@ -131,7 +132,7 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
     if type_name == "MemoryError" and is_limit:
         return Failure.of(
             FailureKind.MEMORY_LIMIT,
-            _one_line(f"MemoryError: {message}", frames),
+            one_line(f"MemoryError: {message}", frames),
             exception_type=type_name,
             frames=frames,
             details={"limit": "memory_bytes", "limit_value": str(limits.memory_bytes)},
@@ -140,7 +141,7 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
         attempt = signals.denied_os_calls[0]
         return Failure.of(
             FailureKind.POLICY_VIOLATION,
-            _one_line(f"the policy forbids {attempt}", frames),
+            one_line(f"the policy forbids {attempt}", frames),
             exception_type=type_name,
             frames=frames,
             details={"attempted": attempt},
@@ -149,7 +150,7 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
     if missing is not None:
         return Failure.of(
             FailureKind.UNSUPPORTED,
-            _one_line(f"Monty cannot run this: {type_name}: {message}", frames),
+            one_line(f"Monty cannot run this: {type_name}: {message}", frames),
             exception_type=type_name,
             frames=frames,
             details={"missing": missing},
@@ -159,7 +160,7 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
         details = {"limit": "max_recursion_depth", "limit_value": str(limits.max_recursion_depth)}
     return Failure.of(
         FailureKind.RUNTIME_ERROR,
-        _one_line(f"{type_name}: {message}" if message else type_name, frames),
+        one_line(f"{type_name}: {message}" if message else type_name, frames),
         exception_type=type_name,
         frames=frames,
         details=details,
@@ -195,7 +196,7 @@ def _tool_failure(injected: InjectedToolError, frames: tuple[Frame, ...]) -> Fai
         text += f": {injected.message}"
     return Failure.of(
         FailureKind.TOOL_ERROR,
-        _one_line(f"tool {injected.tool!r} raised {text}", frames),
+        one_line(f"tool {injected.tool!r} raised {text}", frames),
         exception_type=injected.exception_type,
         frames=frames,
         details=details,
@@ -254,7 +255,7 @@ def _cpython_has(type_name: str, attribute: str) -> bool:
 def _timeout(limits: Limits, why: str, frames: tuple[Frame, ...]) -> Failure:
     return Failure.of(
         FailureKind.TIMEOUT,
-        _one_line(f"time limit of {limits.wall_time_ms} ms exceeded: {why}", frames),
+        one_line(f"time limit of {limits.wall_time_ms} ms exceeded: {why}", frames),
         exception_type="TimeoutError",
         frames=frames,
         details={"limit": "wall_time_ms", "limit_value": str(limits.wall_time_ms)},
@@ -275,16 +276,3 @@ def _frames(exc: pm.MontySyntaxError | pm.MontyRuntimeError) -> tuple[Frame, ...
         for f in exc.traceback()
     )
 
-
-def _one_line(text: str, frames: tuple[Frame, ...]) -> str:
-    text = _first_line(text)
-    if frames:
-        where = frames[-1]
-        source = where.source_line.strip()
-        text += f" (line {where.line}" + (f": {source})" if source else ")")
-    return text
-
-
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= 500 else line[:497] + "..."
