@@ -76,6 +76,8 @@ class ToolRunSpec:
     on_output: OutputSink | None = None
 
 
+_SLEEPS = frozenset({"time.sleep", "system.sleep", "asyncio.sleep", "system.async_sleep"})
+
 # Exception names Monty can raise from a tool answer (pydantic_monty.ExcType); others
 # arrive as RuntimeError with the name in the message.
 _EXC_TYPES = frozenset(pm.ExcType.__args__)  # type: ignore[attr-defined]
@@ -135,6 +137,7 @@ async def _drive(
     seq = spec.resume_seq
     pending: dict[int, _Pending] = {}  # by Monty's call_id
     running_s = 0.0
+    slept_s = 0.0
     error: pm.MontyError | None = None
     value: Any = None
 
@@ -166,6 +169,20 @@ async def _drive(
                 snap = await step(snap.resume(settled))
                 if not pending and isinstance(snap, pm.AsyncFunctionSnapshot):
                     await host.checkpoint(seq, snap.dump(), output.state())
+            elif snap.is_os_function and str(snap.function_name) in _SLEEPS:
+                # feed_start hands sleeps to the host. The clock is pinned, so only this
+                # real wait makes time pass; it counts against the wall-time budget.
+                seconds = max(0.0, float(snap.args[0])) if snap.args else 0.0
+                slept_s += seconds
+                if slept_s > spec.limits.wall_time_s:
+                    answer_sleep: pm.ExternalResult = {
+                        "exc_type": "TimeoutError",
+                        "message": f"sleep limit exceeded ({spec.limits.wall_time_s:g} s in all)",
+                    }
+                else:
+                    await asyncio.sleep(seconds)
+                    answer_sleep = {"return_value": None}
+                snap = await step(snap.resume(answer_sleep))
             elif snap.is_os_function:
                 # No mounts: every OS call is denied, and recorded so the denial is
                 # classified POLICY_VIOLATION.

@@ -1,0 +1,209 @@
+"""Crash recovery with real processes: the server SIGKILLed while a tool run is between
+its second and third tool call, then restarted on the same port and journal; and the
+same with the client process killed and started again. Tools already answered must not
+be called again, and the result must equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox_client import RecoveryPolicy, SandboxClient
+
+CODE = """
+import time, random, datetime
+first = step_one(1)
+second = step_two(first, label="b")
+r = random.random()
+stamp = str(datetime.datetime.now())
+print("after two", r)
+time.sleep(1.5)
+third = step_three([first, second])
+{"first": first, "second": second, "third": third, "r": r, "stamp": stamp}
+"""
+TOOL_PART = ("first", "second", "third")
+
+
+class Server:
+    """`sandbox serve` as a child process, restartable on the same port and state dir."""
+
+    def __init__(self, tmp: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.config = tmp / "sandbox.toml"
+        self.config.write_text(
+            f"port = {self.port}\nlog_format = 'json'\nmonty_min_workers = 1\n"
+            f"monty_warm_sessions = 0\nstate_dir = '{tmp / 'state'}'\n"
+        )
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox", "serve", "--config", str(self.config)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert json.loads(line)["address"].endswith(f":{self.port}"), line
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        self.proc = proc
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def tools(calls: dict[str, int], after_second: Any = None) -> dict[str, Any]:
+    def step_one(x: int) -> int:
+        calls["step_one"] = calls.get("step_one", 0) + 1
+        return x + 10
+
+    def step_two(x: int, label: str = "") -> str:
+        calls["step_two"] = calls.get("step_two", 0) + 1
+        if after_second is not None:
+            # Once the answer is on its way: the server journals it and the code sleeps.
+            threading.Timer(0.4, after_second).start()
+        return f"{label}{x}"
+
+    def step_three(items: list[Any]) -> int:
+        calls["step_three"] = calls.get("step_three", 0) + 1
+        return len(items)
+
+    return {"step_one": step_one, "step_two": step_two, "step_three": step_three}
+
+
+PATIENT = RecoveryPolicy(wait_initial_s=0.2, wait_max_s=1.0, wait_jitter_s=0.1)
+
+
+def test_a_run_survives_the_server_being_killed_after_the_second_answer(
+    server: Server,
+) -> None:
+    def kill_and_restart() -> None:
+        server.kill()
+        server.start()
+
+    calls: dict[str, int] = {}
+    with SandboxClient(server.address, timeout_s=60) as client:
+        outcome = client.run(
+            CODE,
+            tools=tools(calls, after_second=kill_and_restart),
+            idempotency_key="run-server-killed",
+            recovery=PATIENT,
+        )
+        assert outcome.ok, outcome.failure
+        assert calls == {"step_one": 1, "step_two": 1, "step_three": 1}
+        assert len(outcome.attempts) >= 2  # the first attempt died with the server
+        assert outcome.attempts[0].idempotency_key == outcome.attempts[-1].idempotency_key
+
+        plain: dict[str, int] = {}
+        uninterrupted = client.run(CODE, tools=tools(plain))
+    assert uninterrupted.ok
+    result, expected = outcome.result.result, uninterrupted.result.result
+    assert {k: result[k] for k in TOOL_PART} == {k: expected[k] for k in TOOL_PART}
+    # Printed once, by the leg that finished, with the value the result carries.
+    assert outcome.result.stdout == f"after two {result['r']}\n"
+
+
+CLIENT = textwrap.dedent(
+    """
+    import json, os, signal, sys, threading
+    from sandbox_client import SandboxClient, RecoveryPolicy
+
+    address, key, log, die = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "die"
+    code = sys.stdin.read()
+
+    def record(name):
+        with open(log, "a") as out:
+            out.write(name + "\\n")
+
+    def step_one(x):
+        record("step_one")
+        return x + 10
+
+    def step_two(x, label=""):
+        record("step_two")
+        if die:
+            threading.Timer(0.4, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+        return f"{label}{x}"
+
+    def step_three(items):
+        record("step_three")
+        return len(items)
+
+    with SandboxClient(address, timeout_s=60) as client:
+        outcome = client.run(
+            code,
+            tools={"step_one": step_one, "step_two": step_two, "step_three": step_three},
+            idempotency_key=key,
+        )
+    print(json.dumps({"ok": outcome.ok, "result": outcome.result.result,
+                      "stdout": outcome.result.stdout}))
+    """
+)
+
+
+def test_a_run_survives_the_client_being_killed_and_restarted(
+    server: Server, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls.log"
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+
+    def client(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), server.address, "run-client-killed", str(log), mode],
+            input=CODE,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    killed = client("die")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert log.read_text().split() == ["step_one", "step_two"]
+
+    finished = client("live")
+    assert finished.returncode == 0, finished.stderr
+    answer = json.loads(finished.stdout)
+    assert answer["ok"]
+    assert log.read_text().split() == ["step_one", "step_two", "step_three"]
+    assert {k: answer["result"][k] for k in TOOL_PART} == {
+        "first": 11,
+        "second": "b11",
+        "third": 2,
+    }
+    assert answer["stdout"] == f"after two {answer['result']['r']}\n"
+    assert os.path.exists(server.config.parent / "state" / "journal.sqlite3")
