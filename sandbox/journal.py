@@ -160,10 +160,21 @@ class SqliteJournal:
                 " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
                 (tenant, key, digest, owner, pinned.time_iso, pinned.seed, now, now),
             )
-            created = cur.rowcount == 1
+            if cur.rowcount == 1:  # the common case: no need to read back what we wrote
+                fresh = Entry(
+                    tenant=tenant,
+                    key=key,
+                    digest=digest,
+                    state="running",
+                    owner=owner,
+                    pinned=pinned,
+                    created_at=now,
+                    updated_at=now,
+                )
+                return fresh, True
             entry = self._get(tenant, key)
         assert entry is not None
-        return entry, created
+        return entry, False
 
     def get(self, tenant: str, key: str) -> Entry | None:
         with self._lock:

@@ -281,7 +281,7 @@ def answer_two_then_disconnect(address: str, code: str, key: str) -> list[str]:
         sent = 0
         while not done.is_set():
             with cond:
-                cond.wait_for(lambda: len(outgoing) > sent or done.is_set(), timeout=0.1)
+                cond.wait_for(lambda n=sent: len(outgoing) > n or done.is_set(), timeout=0.1)
                 pending = outgoing[sent:]
             for msg in pending:
                 sent += 1
@@ -333,14 +333,10 @@ def test_a_tampered_checkpoint_is_corrupt_state(durable_server: ServerThread) ->
     wait_until_suspended(durable_server, "k-tamper")
     path = durable_server.server.settings.state_dir / "journal.sqlite3"
     with sqlite3.connect(path) as db:
-        (blob,) = db.execute(
-            "SELECT checkpoint FROM executions WHERE key = 'k-tamper'"
-        ).fetchone()
+        (blob,) = db.execute("SELECT checkpoint FROM executions WHERE key = 'k-tamper'").fetchone()
         flipped = bytearray(blob)
         flipped[len(flipped) // 2] ^= 0x01
-        db.execute(
-            "UPDATE executions SET checkpoint = ? WHERE key = 'k-tamper'", (bytes(flipped),)
-        )
+        db.execute("UPDATE executions SET checkpoint = ? WHERE key = 'k-tamper'", (bytes(flipped),))
     counter = Counter()
     with SandboxClient(durable_server.address) as client:
         corrupt = client._run_tools(counter.tools(), THREE_TOOLS, idempotency_key="k-tamper")
