@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import structlog
@@ -15,11 +16,10 @@ from sandbox_client import ExecutionResult, FailureKind
 from sandbox_client._convert import result_to_proto
 from sandbox_client._proto import sandbox_pb2
 
-from . import wire
 from .backends.monty_tools import ToolCallRequest, ToolReply
 from .durable import ToolDecl, args_json, kwargs_json
 from .errors import RequestError, invalid
-from .executor import Executor
+from .executor import ExecuteCall, Executor
 from .output import StreamName
 
 log = structlog.get_logger("sandbox.run")
@@ -79,9 +79,14 @@ def _reply(msg: sandbox_pb2.ToolResult) -> ToolReply:
 
 
 async def serve_run(
-    executor: Executor, requests: AsyncIterator[Any]
+    executor: Executor,
+    requests: AsyncIterator[Any],
+    make_call: Callable[[sandbox_pb2.ExecuteRequest], ExecuteCall],
+    admitted: Callable[[ExecuteCall], AbstractContextManager[None]],
 ) -> AsyncIterator[sandbox_pb2.RunResponse]:
-    """Raises RequestError for a request that cannot be served; the caller aborts."""
+    """Raises RequestError for a request that cannot be served; the caller aborts.
+    `make_call` validates and authenticates the request (tenant, policy) as the edge does
+    for Execute; `admitted` holds the tenant's concurrency slot for the whole run."""
     journal = executor.journal
     if journal is None:
         raise RequestError(
@@ -90,7 +95,7 @@ async def serve_run(
     first = await anext(requests, None)
     if first is None or not hasattr(first, "HasField") or not first.HasField("start"):
         raise invalid("a Run stream must begin with `start`", field="start")
-    call = wire.execute_call(first.start.request)
+    call = make_call(first.start.request)
     tools = tuple(
         ToolDecl(name=t.name, is_async=t.is_async, json_schema=t.json_schema, stub=t.stub)
         for t in first.start.tools
@@ -107,7 +112,8 @@ async def serve_run(
 
     async def run() -> ExecutionResult:
         try:
-            return await journal.run_tools(executor, call, tools, relay, on_output=forward)
+            with admitted(call):
+                return await journal.run_tools(executor, call, tools, relay, on_output=forward)
         finally:
             loop.call_soon_threadsafe(events.put_nowait, None)
 

@@ -205,7 +205,10 @@ class SandboxService:
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[sandbox_pb2.RunResponse]:
         try:
-            async for event in serve_run(self._executor, requests):
+            # Authenticated and admitted like Execute: the tenant's policy and quotas apply.
+            async for event in serve_run(
+                self._executor, requests, lambda msg: self._call(msg, context), self._admitted
+            ):
                 yield event
         except RequestError as error:
             await _abort(context, error)

@@ -1,0 +1,60 @@
+"""Tool runs at the edge: authenticated like Execute, and journaled per tenant."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+
+from sandbox.tenants import new_api_key
+from sandbox_client import ExecutionResult, FailureKind, SandboxClient
+
+from .conftest import ServerThread, running_server
+
+KEY_A, DIGEST_A = new_api_key()
+KEY_B, DIGEST_B = new_api_key()
+
+
+@pytest.fixture(scope="module")
+def tserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    tenants = tmp_path_factory.mktemp("durable-tenants") / "tenants.toml"
+    tenants.write_text(
+        textwrap.dedent(f"""
+        [tenants.a]
+        api_key_sha256 = ["{DIGEST_A}"]
+        [tenants.b]
+        api_key_sha256 = ["{DIGEST_B}"]
+        """)
+    )
+    with running_server(tenants_file=tenants) as srv:
+        yield srv
+
+
+def test_a_tool_run_without_credentials_is_refused(tserver: ServerThread) -> None:
+    called = []
+    with SandboxClient(tserver.address, timeout_s=30) as anonymous:
+        result = anonymous._run_tools({"ping": lambda: called.append(1)}, "ping()")
+    assert result.failure is not None and result.failure.grpc_code == "UNAUTHENTICATED"
+    assert called == []
+
+
+def test_the_same_key_under_two_tenants_is_two_executions(tserver: ServerThread) -> None:
+    answers = {"a": 0, "b": 0}
+
+    def run_as(api_key: str, who: str, code: str) -> ExecutionResult:
+        def whoami() -> str:
+            answers[who] += 1
+            return who
+
+        with SandboxClient(tserver.address, timeout_s=30, api_key=api_key) as c:
+            return c._run_tools({"whoami": whoami}, code, idempotency_key="shared-key")
+
+    a = run_as(KEY_A, "a", "whoami()")
+    b = run_as(KEY_B, "b", "[whoami()]")  # other code: no conflict across tenants
+    again = run_as(KEY_A, "a", "whoami()")
+    assert a.result == "a" and b.result == ["b"]
+    assert again.replayed and answers == {"a": 1, "b": 1}
+    conflict = run_as(KEY_B, "b", "whoami()")
+    assert conflict.failure is not None
+    assert conflict.failure.kind is FailureKind.INVALID_REQUEST
