@@ -113,9 +113,22 @@ async def serve_run(
     async def run() -> ExecutionResult:
         try:
             with admitted(call):
-                return await journal.run_tools(executor, call, tools, relay, on_output=forward)
+                result = await journal.run_tools(executor, call, tools, relay, on_output=forward)
+        except RequestError as error:
+            await record(None, error)
+            raise
         finally:
             loop.call_soon_threadsafe(events.put_nowait, None)
+        await record(result, None)
+        return result
+
+    async def record(result: ExecutionResult | None, error: RequestError | None) -> None:
+        # Audited and counted like an Execute (a replay too: it is an answer given).
+        written = executor.recorder.execution(
+            call, policy=None, limits=None, result=result, error=error, method="Run"
+        )
+        if written is not None:
+            await asyncio.wrap_future(written)
 
     async def read() -> None:
         async for msg in requests:

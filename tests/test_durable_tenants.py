@@ -1,12 +1,15 @@
-"""Tool runs at the edge: authenticated like Execute, and journaled per tenant."""
+"""Tool runs at the edge: authenticated and audited like Execute, journaled per tenant."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from sandbox.audit import log_files
 from sandbox.tenants import new_api_key
 from sandbox_client import ExecutionResult, FailureKind, SandboxClient
 
@@ -58,3 +61,17 @@ def test_the_same_key_under_two_tenants_is_two_executions(tserver: ServerThread)
     conflict = run_as(KEY_B, "b", "whoami()")
     assert conflict.failure is not None
     assert conflict.failure.kind is FailureKind.INVALID_REQUEST
+
+
+def test_tool_runs_are_audited(tmp_path: Path) -> None:
+    with running_server(audit_dir=tmp_path / "audit") as srv:
+        with SandboxClient(srv.address, timeout_s=30) as c:
+            done = c._run_tools({"ping": lambda: 1}, "ping()", idempotency_key="k-audit")
+            again = c._run_tools({"ping": lambda: 1}, "ping()", idempotency_key="k-audit")
+        assert done.ok and again.replayed
+        assert srv.server.audit is not None
+        srv.server.audit.flush()
+    (log,) = log_files(tmp_path / "audit")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    runs = [r for r in records if r.get("method") == "Run"]
+    assert len(runs) == 2
