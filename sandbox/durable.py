@@ -293,7 +293,6 @@ class Durability:
                 tools={t.name: t.is_async for t in tools},
                 inputs=call.inputs,
                 stdin=call.stdin,
-                pinned_time=datetime.datetime.fromisoformat(entry.pinned.time_iso),
                 seed=entry.pinned.seed,
                 resume_blob=checkpoint.blob if checkpoint else None,
                 resume_seq=checkpoint.seq if checkpoint else 0,
@@ -361,6 +360,23 @@ class _JournalHost:
         )
         self._d.store.record_answer(self._tenant, self._key, answer, now=self._d._clock())
         return reply
+
+    def clock(self, n: int, name: str, read: Callable[[], Any]) -> Any:
+        # Clock readings share the journal with tool answers, at negative positions.
+        recorded = self._recorded.get(-n)
+        if recorded is not None:
+            if recorded.name != name:
+                raise CheckpointMismatch(
+                    f"the resumed run read {name!r} as clock reading {n}; "
+                    f"the journal recorded {recorded.name!r}"
+                )
+            return json.loads(recorded.answer_json)
+        value = read()
+        reading = ToolAnswer(
+            seq=-n, name=name, args_json="[]", kwargs_json="{}", answer_json=json.dumps(value)
+        )
+        self._d.store.record_answer(self._tenant, self._key, reading, now=self._d._clock())
+        return value
 
     async def checkpoint(self, seq: int, blob: bytes, output: dict[str, Any]) -> None:
         mac = self._d._sign(self._tenant, self._key, seq, blob)

@@ -20,10 +20,10 @@ State = Literal["running", "suspended", "done"]
 
 @dataclass(frozen=True, kw_only=True)
 class Pinned:
-    """What makes a run repeatable: the clock it sees and its random seed."""
+    """What makes a run repeatable beyond its journaled answers and clock readings."""
 
-    time_iso: str  # the frozen instant `datetime.now()` returns, UTC, ISO 8601
-    seed: int
+    time_iso: str  # when the execution was first claimed, UTC, ISO 8601
+    seed: int  # `random`'s seed
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,7 @@ tampered checkpoints, retention. (Crash recovery with real processes: test_recov
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -251,13 +252,36 @@ def test_undeclared_names_are_name_errors(durable_server: ServerThread) -> None:
     assert result.failure.exception_type == "NameError"
 
 
-def test_pinned_time_and_random_are_per_execution(durable_server: ServerThread) -> None:
-    code = "import random, datetime\n[str(datetime.datetime.now()), random.random(), ping()]"
+def test_random_is_seeded_per_execution_and_time_passes(durable_server: ServerThread) -> None:
+    code = (
+        "import random, time\n"
+        "a = time.time()\n"
+        "time.sleep(0.2)\n"
+        "[time.time() - a, random.random(), ping()]"
+    )
     with SandboxClient(durable_server.address) as client:
         a = client._run_tools({"ping": lambda: 1}, code, idempotency_key="k-pin-a")
         b = client._run_tools({"ping": lambda: 1}, code, idempotency_key="k-pin-b")
     assert a.ok and b.ok
+    assert a.result[0] >= 0.2  # clock reads are journaled, not frozen
     assert a.result[1] != b.result[1]  # seeded per execution, not a global constant
+
+
+def test_clock_readings_are_journaled(durable_server: ServerThread) -> None:
+    journal = durable_server.server.executor.journal
+    assert journal is not None
+    seen: list[float] = []
+
+    def probe() -> int:
+        entry = journal.store.get("local", "k-clock")
+        assert entry is not None
+        seen.extend(json.loads(a.answer_json) for a in entry.answers.values() if a.seq < 0)
+        return 1
+
+    code = "import time\nt = time.time()\nprobe()\nt"
+    with SandboxClient(durable_server.address) as client:
+        result = client._run_tools({"probe": probe}, code, idempotency_key="k-clock")
+    assert result.ok and seen == [result.result]
 
 
 # -- interrupted runs, and tampered checkpoints -------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,6 +55,11 @@ class ToolHost(Protocol):
         """Keeps the run's state after `seq` answered calls."""
         ...
 
+    def clock(self, n: int, name: str, read: Callable[[], Any]) -> Any:
+        """The run's `n`-th clock reading: `read()` (a JSON value) the first time, the
+        recorded value when a resumed run reads it again."""
+        ...
+
 
 class CheckpointMismatch(Exception):
     """A resumed run did not repeat what its journal recorded (CORRUPT_STATE)."""
@@ -66,8 +72,7 @@ class ToolRunSpec:
     tools: Mapping[str, bool]  # name -> is_async
     inputs: Mapping[str, Any] = field(default_factory=dict)
     stdin: str = ""
-    pinned_time: datetime.datetime
-    seed: int
+    seed: int  # `random`'s; the clock is read through ToolHost.clock
     # Set to resume: a verified dump, the number of calls answered before it, and what
     # the code had printed by then.
     resume_blob: bytes | None = None
@@ -76,6 +81,7 @@ class ToolRunSpec:
     on_output: OutputSink | None = None
 
 
+_CLOCKS = frozenset({"time.time", "datetime.now", "date.today"})
 _SLEEPS = frozenset({"time.sleep", "system.sleep", "asyncio.sleep", "system.async_sleep"})
 
 # Exception names Monty can raise from a tool answer (pydantic_monty.ExcType); others
@@ -98,11 +104,13 @@ class _Output:
     def text(self, stream: StreamName) -> str:
         return self.prior[stream] + self.capture.text(stream)
 
-    def state(self) -> dict[str, Any]:
+    def state(self, clock_reads: int) -> dict[str, Any]:
+        """What a checkpoint keeps beside the dump."""
         return {
             "stdout": self.text("stdout"),
             "stderr": self.text("stderr"),
             "truncated": self.prior_truncated or self.capture.exceeded,
+            "clock_reads": clock_reads,
         }
 
 
@@ -112,7 +120,9 @@ async def run_with_tools(
     """Runs (or resumes) `spec` to completion. Never raises for the code's outcome;
     CheckpointMismatch and cancellation propagate."""
     os_policy: pm.OSPolicy = {
-        "datetime": spec.pinned_time,
+        # Clock reads come to the host, which journals them: time passes as usual, and a
+        # resumed run sees the values the interrupted one saw.
+        "datetime": "call_host",
         "random_start": {"seed": spec.seed},
         "sleep_system_max": float("inf"),
     }
@@ -138,6 +148,7 @@ async def _drive(
     pending: dict[int, _Pending] = {}  # by Monty's call_id
     running_s = 0.0
     slept_s = 0.0
+    clock_reads = int(spec.resume_output.get("clock_reads", 0))
     error: pm.MontyError | None = None
     value: Any = None
 
@@ -168,7 +179,12 @@ async def _drive(
                 settled = await _settle(pending, snap.pending_call_ids, signals)
                 snap = await step(snap.resume(settled))
                 if not pending and isinstance(snap, pm.AsyncFunctionSnapshot):
-                    await host.checkpoint(seq, snap.dump(), output.state())
+                    await host.checkpoint(seq, snap.dump(), output.state(clock_reads))
+            elif snap.is_os_function and str(snap.function_name) in _CLOCKS:
+                clock_reads += 1
+                name, args = str(snap.function_name), snap.args
+                raw = host.clock(clock_reads, name, functools.partial(_read_clock, name, args))
+                snap = await step(snap.resume({"return_value": _clock_value(name, raw)}))
             elif snap.is_os_function and str(snap.function_name) in _SLEEPS:
                 # feed_start hands sleeps to the host. The clock is pinned, so only this
                 # real wait makes time pass; it counts against the wall-time budget.
@@ -218,7 +234,7 @@ async def _drive(
                     result = await reply
                     snap = await step(snap.resume(_external(result, name, seq, signals)))
                     if not pending and isinstance(snap, pm.AsyncFunctionSnapshot):
-                        await host.checkpoint(seq, snap.dump(), output.state())
+                        await host.checkpoint(seq, snap.dump(), output.state(clock_reads))
         value = snap.output
     except pm.MontyError as exc:
         error = exc
@@ -295,3 +311,23 @@ def _external(
         )
     )
     return {"exc_type": exc_type, "message": message}  # type: ignore[typeddict-item]
+
+
+def _read_clock(name: str, args: tuple[Any, ...]) -> Any:
+    """The host clock as Monty asked for it, in JSON. Naive readings are UTC, the
+    sandbox's zone."""
+    now = datetime.datetime.now(datetime.UTC)
+    if name == "time.time":  # time.monotonic and friends too (args[0] names which)
+        return now.timestamp()
+    if name == "date.today":
+        return now.date().isoformat()
+    tz = args[0] if args else None
+    return (now.astimezone(tz) if tz is not None else now.replace(tzinfo=None)).isoformat()
+
+
+def _clock_value(name: str, raw: Any) -> Any:
+    if name == "time.time":
+        return float(raw)
+    if name == "date.today":
+        return datetime.date.fromisoformat(raw)
+    return datetime.datetime.fromisoformat(raw)
