@@ -35,9 +35,12 @@ class _StreamRelay:
     def __init__(self, events: asyncio.Queue[_Event]) -> None:
         self._events = events
         self._waiting: dict[int, asyncio.Future[ToolReply]] = {}
+        self._closed = False
 
     async def call(self, request: ToolCallRequest) -> ToolReply:
         answer: asyncio.Future[ToolReply] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            answer.cancel()
         self._waiting[request.seq] = answer
         self._events.put_nowait(
             sandbox_pb2.RunResponse(
@@ -53,6 +56,13 @@ class _StreamRelay:
             return await answer
         finally:
             self._waiting.pop(request.seq, None)
+
+    def close(self) -> None:
+        """The client will send nothing more: calls left unanswered never will be. The
+        run stops there (its journal entry stays, so the same key resumes it)."""
+        self._closed = True
+        for waiting in self._waiting.values():
+            waiting.cancel()
 
     def answer(self, msg: sandbox_pb2.ToolResult) -> None:
         waiting = self._waiting.get(msg.call_id)
@@ -134,14 +144,24 @@ async def serve_run(
         async for msg in requests:
             if hasattr(msg, "HasField") and msg.HasField("tool_result"):
                 relay.answer(msg.tool_result)
-        # The client closed its side: nothing can answer the calls still pending.
+        relay.close()
 
     task = asyncio.create_task(run())
     reader = asyncio.create_task(read())
     try:
         while (event := await events.get()) is not None:
             yield event
-        result = await task
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the RPC itself was cancelled
+            raise RequestError(
+                FailureKind.CANCELLED,
+                "the client closed the stream with tool calls unanswered; "
+                "the same idempotency key resumes the run",
+            ) from None
     finally:
         for pending in (task, reader):
             if not pending.done():

@@ -377,3 +377,32 @@ def test_a_tampered_checkpoint_is_corrupt_state(durable_server: ServerThread) ->
         )
     assert outcome.ok
     assert counter.calls == {"step_one": 1, "step_two": 1, "step_three": 1}
+
+
+def test_a_client_that_stops_answering_cancels_the_run_and_can_resume_it(
+    durable_server: ServerThread,
+) -> None:
+    from sandbox_client._request import execute_request
+    from sandbox_client._tool_run import start_message
+
+    counter = Counter()
+    first = start_message(execute_request(THREE_TOOLS, idempotency_key="k-halfclose"), {})
+    first.start.tools.add(name="step_one")
+    first.start.tools.add(name="step_two")
+    first.start.tools.add(name="step_three")
+    gate = threading.Event()
+
+    def requests() -> Iterator[sandbox_pb2.RunRequest]:
+        yield first
+        gate.wait(10)  # then close our side, leaving the call unanswered
+
+    with grpc.insecure_channel(durable_server.address) as channel:
+        stream = sandbox_pb2_grpc.SandboxServiceStub(channel).Run(requests(), timeout=30)
+        with pytest.raises(grpc.RpcError) as caught:
+            for msg in stream:
+                if msg.HasField("tool_call"):
+                    gate.set()
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    with SandboxClient(durable_server.address) as client:
+        outcome = client.run(THREE_TOOLS, tools=counter.tools(), idempotency_key="k-halfclose")
+    assert outcome.ok and counter.calls == {"step_one": 1, "step_two": 1, "step_three": 1}
