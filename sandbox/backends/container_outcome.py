@@ -16,7 +16,7 @@ import requests.exceptions as rq
 from sandbox_client import Failure, FailureKind, Frame
 
 from ..limits import Limits
-from .messages import first_line, one_line
+from .outcome_parts import first_line, one_line, output_limit_failure
 
 
 class RunnerStartError(Exception):
@@ -85,11 +85,7 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
     no error), given `signals`. None means the code ran to completion."""
     limits = signals.limits
     if signals.output_exceeded:
-        return Failure.of(
-            FailureKind.OUTPUT_LIMIT,
-            f"output exceeded the {limits.output_bytes}-byte cap; it was truncated there",
-            details={"limit": "output_bytes", "limit_value": str(limits.output_bytes)},
-        )
+        return output_limit_failure(limits)
     if signals.host_timed_out:
         return _timeout(limits)
     if exc is not None:

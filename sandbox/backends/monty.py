@@ -20,6 +20,7 @@ from ..output import OutputCapture
 from .base import BackendSession, RunSpec
 from .monty_outcome import RunSignals, map_monty_outcome
 from .monty_supply import SessionSupply
+from .outcome_parts import result_too_large_failure
 from .values import value_to_json
 
 # Our wall-clock backstop fires this long after the policy's budget, so Monty's own
@@ -208,30 +209,48 @@ class MontyBackend:
         signals.elapsed_s = time.monotonic() - started
         signals.output_exceeded = capture.exceeded
         signals.denied_os_calls = recorder.denied
-        failure = map_monty_outcome(error, signals)
-
-        result_json = None
-        if failure is None and value is not None:
-            result_json = value_to_json(value)
-            if len(result_json.encode()) > spec.limits.output_bytes:
-                result_json = None
-                failure = Failure.of(
-                    FailureKind.OUTPUT_LIMIT,
-                    f"the result exceeded the {spec.limits.output_bytes}-byte output cap",
-                    details={"limit": "output_bytes", "part": "result"},
-                )
-        return ExecutionResult(
-            ok=failure is None,
-            backend=Backend.MONTY,
+        return monty_result(
+            value,
+            map_monty_outcome(error, signals),
+            limits=spec.limits,
+            elapsed_s=signals.elapsed_s,
             stdout=capture.text("stdout"),
             stdout_truncated=capture.truncated["stdout"],
             stderr=capture.text("stderr"),
             stderr_truncated=capture.truncated["stderr"],
-            result_json=result_json,
-            exit_code=0 if failure is None else 1,
-            failure=failure,
-            usage=Usage(wall_ms=round(signals.elapsed_s * 1000)),
         )
+
+
+def monty_result(
+    value: Any,
+    failure: Failure | None,
+    *,
+    limits: Limits,
+    elapsed_s: float,
+    stdout: str,
+    stdout_truncated: bool,
+    stderr: str,
+    stderr_truncated: bool,
+) -> ExecutionResult:
+    """The result of a Monty run that ended with `value` (its last expression) or `failure`."""
+    result_json = None
+    if failure is None and value is not None:
+        result_json = value_to_json(value)
+        if len(result_json.encode()) > limits.output_bytes:
+            result_json = None
+            failure = result_too_large_failure(limits)
+    return ExecutionResult(
+        ok=failure is None,
+        backend=Backend.MONTY,
+        stdout=stdout,
+        stdout_truncated=stdout_truncated,
+        stderr=stderr,
+        stderr_truncated=stderr_truncated,
+        result_json=result_json,
+        exit_code=0 if failure is None else 1,
+        failure=failure,
+        usage=Usage(wall_ms=round(elapsed_s * 1000)),
+    )
 
 
 # After these a session's interpreter cannot be trusted (Monty: "discard the session

@@ -15,7 +15,7 @@ import pydantic_monty as pm
 from sandbox_client import KIND_DEFAULTS, Failure, FailureKind, Frame
 
 from ..limits import Limits
-from .messages import first_line, one_line
+from .outcome_parts import first_line, one_line, output_limit_failure
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,11 +73,7 @@ def map_monty_outcome(exc: BaseException | None, signals: RunSignals) -> Failure
     """The failure for a run that raised `exc` (None: it completed), given `signals`."""
     limits = signals.limits
     if signals.output_exceeded:
-        return Failure.of(
-            FailureKind.OUTPUT_LIMIT,
-            f"output exceeded the {limits.output_bytes}-byte cap; it was truncated there",
-            details={"limit": "output_bytes", "limit_value": str(limits.output_bytes)},
-        )
+        return output_limit_failure(limits)
     if signals.host_timed_out:
         return _timeout(limits, "the wall-clock budget ran out", ())
     if exc is None:

@@ -17,13 +17,12 @@ from typing import Any, Protocol
 
 import pydantic_monty as pm
 
-from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Usage
+from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
 
 from ..limits import Limits
 from ..output import OutputCapture, OutputLimitExceeded, OutputSink, StreamName
-from .monty import HOST_GRACE_S, MontyBackend
+from .monty import HOST_GRACE_S, MontyBackend, monty_result
 from .monty_outcome import InjectedToolError, RunSignals, map_monty_outcome
-from .values import value_to_json
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,29 +246,15 @@ async def _drive(
             call.answer.cancel()
     signals.elapsed_s = running_s
     signals.output_exceeded = output.capture.exceeded or output.prior_truncated
-    failure = map_monty_outcome(error, signals)
-
-    result_json = None
-    if failure is None and value is not None:
-        result_json = value_to_json(value)
-        if len(result_json.encode()) > spec.limits.output_bytes:
-            result_json = None
-            failure = Failure.of(
-                FailureKind.OUTPUT_LIMIT,
-                f"the result exceeded the {spec.limits.output_bytes}-byte output cap",
-                details={"limit": "output_bytes", "part": "result"},
-            )
-    return ExecutionResult(
-        ok=failure is None,
-        backend=Backend.MONTY,
+    return monty_result(
+        value,
+        map_monty_outcome(error, signals),
+        limits=spec.limits,
+        elapsed_s=running_s,
         stdout=output.text("stdout"),
         stdout_truncated=output.capture.truncated["stdout"],
         stderr=output.text("stderr"),
         stderr_truncated=output.capture.truncated["stderr"],
-        result_json=result_json,
-        exit_code=0 if failure is None else 1,
-        failure=failure,
-        usage=Usage(wall_ms=round(running_s * 1000)),
     )
 
 

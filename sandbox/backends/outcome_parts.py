@@ -1,0 +1,41 @@
+"""Failure pieces every backend's classifier shares, so a kind reads the same whichever
+backend produced it."""
+
+from __future__ import annotations
+
+from sandbox_client import Failure, FailureKind, Frame
+
+from ..limits import Limits
+
+_MAX_CHARS = 500
+
+
+def one_line(text: str, frames: tuple[Frame, ...] = ()) -> str:
+    """The first line of `text`, then where it happened: `(line N: source)`."""
+    text = first_line(text)
+    if frames:
+        where = frames[-1]
+        source = where.source_line.strip()
+        text += f" (line {where.line}" + (f": {source})" if source else ")")
+    return text
+
+
+def first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= _MAX_CHARS else line[: _MAX_CHARS - 3] + "..."
+
+
+def output_limit_failure(limits: Limits) -> Failure:
+    return Failure.of(
+        FailureKind.OUTPUT_LIMIT,
+        f"output exceeded the {limits.output_bytes}-byte cap; it was truncated there",
+        details={"limit": "output_bytes", "limit_value": str(limits.output_bytes)},
+    )
+
+
+def result_too_large_failure(limits: Limits) -> Failure:
+    return Failure.of(
+        FailureKind.OUTPUT_LIMIT,
+        f"the result exceeded the {limits.output_bytes}-byte output cap",
+        details={"limit": "output_bytes", "part": "result"},
+    )
