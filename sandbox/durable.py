@@ -44,7 +44,7 @@ from .backends.monty_tools import (
 from .backends.values import value_to_json
 from .config import Settings
 from .errors import invalid
-from .executor import ExecuteCall, Executor
+from .executor import ExecuteCall, Executor, check_size, policy_violation
 from .journal import Checkpoint, Entry, JournalStore, Pinned, SqliteJournal, ToolAnswer
 from .output import OutputSink
 
@@ -264,7 +264,7 @@ class Durability:
         if call.backend not in (None, Backend.AUTO, Backend.MONTY):
             raise invalid("tool runs execute in Monty only", field="backend")
         policy = executor.policies.get(call.policy)
-        executor._check_size(call, policy)
+        check_size(call, policy)
         if Backend.MONTY not in policy.backends:
             raise invalid(f"policy '{policy.name}' does not allow Monty", field="policy")
         backend = executor.backends.get(Backend.MONTY)
@@ -275,7 +275,7 @@ class Durability:
         tenant = _tenant(call)
 
         async def run(entry: Entry) -> ExecutionResult:
-            violation = executor._violation(call.code, policy, Backend.MONTY)
+            violation = policy_violation(call.code, policy, Backend.MONTY)
             if violation is not None:
                 return violation
             checkpoint = entry.checkpoint

@@ -115,7 +115,7 @@ class Executor:
             self.sessions.get(call.session_id, tenant=call.tenant) if call.session_id else None
         )
         policy = seen.policy = self._policy_for(call, session)
-        self._check_size(call, policy)
+        check_size(call, policy)
         limits = session.limits if session is not None else policy.limits(call.limits)
         seen.limits = limits
         if session is not None and call.limits != RequestedLimits():
@@ -132,7 +132,7 @@ class Executor:
         )
 
         if session is not None:
-            violation = self._violation(call.code, policy, session.backend.kind)
+            violation = policy_violation(call.code, policy, session.backend.kind)
             if violation is not None:
                 result = violation
             else:
@@ -168,7 +168,7 @@ class Executor:
 
     async def _run(self, requested: Backend, spec: RunSpec, policy: Policy) -> ExecutionResult:
         if requested is not Backend.AUTO:
-            violation = self._violation(spec.code, policy, requested)
+            violation = policy_violation(spec.code, policy, requested)
             return violation or await self._backend(requested).run(spec)
 
         can_fall_back = (
@@ -176,10 +176,10 @@ class Executor:
             and Backend.CONTAINER in self.backends
             and Backend.CONTAINER in policy.backends
         )
-        container_violation = self._violation(spec.code, policy, Backend.CONTAINER)
+        container_violation = policy_violation(spec.code, policy, Backend.CONTAINER)
         if container_violation is not None:
             return container_violation
-        monty_violation = self._violation(spec.code, policy, Backend.MONTY)
+        monty_violation = policy_violation(spec.code, policy, Backend.MONTY)
         if monty_violation is not None:
             # Denied in Monty only (e.g. `import os`): a container may still run it.
             if not can_fall_back:
@@ -193,27 +193,6 @@ class Executor:
             log.info("fallback", reason=failure.message)
         fallback = await self._backend(Backend.CONTAINER).run(spec)
         return fallback.model_copy(update={"fallback_from": Backend.MONTY})
-
-    @staticmethod
-    def _violation(code: str, policy: Policy, backend: Backend) -> ExecutionResult | None:
-        denied = policy.denied_imports
-        if backend is Backend.MONTY:
-            denied = denied | policy.monty_denied_imports
-        violation = find_violation(code, denied)
-        if violation is None:
-            return None
-        frame = Frame(
-            line=violation.line,
-            column=violation.column,
-            source_line=_line(code, violation.line),
-        )
-        failure = Failure.of(
-            FailureKind.POLICY_VIOLATION,
-            f"{violation.describe()} '{policy.name}' (line {violation.line})",
-            frames=(frame,),
-            details={"rule": violation.rule, "target": violation.target},
-        )
-        return ExecutionResult.failed(failure, backend=backend)
 
     def _backend(self, kind: Backend) -> ExecutionBackend:
         backend = self.backends.get(kind)
@@ -240,24 +219,6 @@ class Executor:
                 f"session {session.id!r} runs on {session.backend.kind.value}", field="backend"
             )
         return session.policy
-
-    @staticmethod
-    def _check_size(call: ExecuteCall, policy: Policy) -> None:
-        if not call.code.strip():
-            raise invalid("code is empty", field="code")
-        size = len(call.code.encode("utf-8", "surrogatepass"))
-        if size > policy.code_bytes:
-            raise invalid(
-                f"code is {size} bytes; policy '{policy.name}' accepts at most {policy.code_bytes}",
-                field="code",
-            )
-        extra = call.inputs_size + len(call.stdin.encode("utf-8", "surrogatepass"))
-        if extra > policy.inputs_bytes:
-            raise invalid(
-                f"inputs and stdin are {extra} bytes; policy '{policy.name}' accepts at most "
-                f"{policy.inputs_bytes}",
-                field="inputs_json",
-            )
 
     def _policy_named(self, name: str, tenant: str) -> Policy:
         policy = self.policies.get(name)
@@ -305,3 +266,44 @@ class Executor:
 def _line(code: str, number: int) -> str:
     lines = code.splitlines()
     return lines[number - 1].strip() if 0 < number <= len(lines) else ""
+
+
+def policy_violation(code: str, policy: Policy, backend: Backend) -> ExecutionResult | None:
+    """A POLICY_VIOLATION result if `code` breaks the policy's static rules on `backend`."""
+    denied = policy.denied_imports
+    if backend is Backend.MONTY:
+        denied = denied | policy.monty_denied_imports
+    violation = find_violation(code, denied)
+    if violation is None:
+        return None
+    frame = Frame(
+        line=violation.line,
+        column=violation.column,
+        source_line=_line(code, violation.line),
+    )
+    failure = Failure.of(
+        FailureKind.POLICY_VIOLATION,
+        f"{violation.describe()} '{policy.name}' (line {violation.line})",
+        frames=(frame,),
+        details={"rule": violation.rule, "target": violation.target},
+    )
+    return ExecutionResult.failed(failure, backend=backend)
+
+
+def check_size(call: ExecuteCall, policy: Policy) -> None:
+    """Raises INVALID_REQUEST for empty code, or code or inputs larger than the policy takes."""
+    if not call.code.strip():
+        raise invalid("code is empty", field="code")
+    size = len(call.code.encode("utf-8", "surrogatepass"))
+    if size > policy.code_bytes:
+        raise invalid(
+            f"code is {size} bytes; policy '{policy.name}' accepts at most {policy.code_bytes}",
+            field="code",
+        )
+    extra = call.inputs_size + len(call.stdin.encode("utf-8", "surrogatepass"))
+    if extra > policy.inputs_bytes:
+        raise invalid(
+            f"inputs and stdin are {extra} bytes; policy '{policy.name}' accepts at most "
+            f"{policy.inputs_bytes}",
+            field="inputs_json",
+        )
