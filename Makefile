@@ -7,7 +7,7 @@ PROTO_FILES := $(wildcard proto/sandbox/v1/*.proto)
 PROTO_OUT := client/sandbox_client/_proto
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint proto proto-check bench image docker clean
+.PHONY: setup run test lint proto proto-check bench bench-container image docker clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ lint: setup node_modules/.bin/buf proto-check
 
 bench: setup
 	$(BIN)/python -m bench.monty_roundtrip $(ARGS)
+	$(BIN)/python -m bench.tool_relay
+
+# Needs `make docker` first.
+bench-container: setup
+	$(BIN)/python -m bench.container_roundtrip
 
 # The container backend's images, built from the Debian mirror with no registry pull.
 image:
