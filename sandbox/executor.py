@@ -129,6 +129,7 @@ class Executor:
             on_output=on_output,
             image=policy.container_image,
             runtime=policy.container_runtime,
+            mounts=tuple((m.host_path, m.guest_path, m.mode == "ro") for m in policy.mounts),
         )
 
         if session is not None:

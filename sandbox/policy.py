@@ -28,8 +28,8 @@ ANY_TENANT = "*"
 
 
 class Mount(BaseModel):
-    """A host directory shown to Monty code. Declared and linted; not yet applied by the
-    Monty backend (code sees no files at all, which is the safe side of the gap)."""
+    """A host directory shown to Monty code (tool runs see none). Containers never see
+    host directories."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

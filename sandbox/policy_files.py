@@ -156,7 +156,8 @@ def check_policy(
     if policy.mounts:
         add(
             ("mounts",),
-            "declared but not yet applied by the Monty backend: code sees no host files",
+            "applied to Monty runs and sessions only: tool runs and containers see no host "
+            "files",
             "warning",
         )
     return out

@@ -185,8 +185,8 @@ def explain(policy: Policy) -> str:
     if p.mounts:
         for m in p.mounts:
             lines.append(f"Declares {m.host_path} visible at {m.guest_path} "
-                         f"({'read-write' if m.mode == 'rw' else 'read-only'}); "
-                         "not yet applied: code sees no host files.")
+                         f"({'read-write' if m.mode == 'rw' else 'read-only'}) to "
+                         "Monty runs and sessions; tool runs and containers see none.")
     else:
         lines.append("It sees no host files.")
     lines.append(

@@ -135,7 +135,7 @@ def test_warnings_do_not_fail_lint(tmp_path: Path, capsys: pytest.CaptureFixture
     assert f"{path}:2: warning: allow_fallback: has no effect" in out
     assert f"{path}:3: warning: denied_imports: does not deny" in out
     assert f"{path}:4: warning: container_image: has no effect" in out
-    assert "warning: mounts: declared but not yet applied" in out
+    assert "warning: mounts: applied to Monty runs and sessions only" in out
 
 
 def test_lint_cli_exit_status_and_messages(

@@ -26,6 +26,9 @@ class RunSpec:
     # Container image and OCI runtime chosen by the policy; "" means the backend's own.
     image: str = ""
     runtime: Literal["", "runc", "runsc"] = ""
+    # Host directories Monty code may see: (host path, path in the sandbox, read-only).
+    # Containers never get host directories.
+    mounts: tuple[tuple[str, str, bool], ...] = ()
 
 
 class BackendSession(Protocol):

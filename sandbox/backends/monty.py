@@ -8,7 +8,7 @@ import gc
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pydantic_monty as pm
 
@@ -84,6 +84,7 @@ class MontyBackend:
         self._warm = max(0, min(warm_sessions, max_workers - 1))
         self._pool: pm.AsyncMonty | None = None
         self._supply: SessionSupply | None = None
+        self._mount_dirs: dict[tuple[str, str, bool], pm.MountDir] = {}
 
     async def start(self) -> None:
         if self._pool is None:
@@ -96,6 +97,9 @@ class MontyBackend:
         supply, self._supply = self._supply, None
         if supply is not None:
             await supply.close()
+        for mount in self._mount_dirs.values():
+            mount.close()
+        self._mount_dirs.clear()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.__aexit__(None, None, None)
@@ -121,6 +125,22 @@ class MontyBackend:
             # at once with TimeoutError instead of holding the worker.
             os_policy={"sleep_system_max": float("inf"), **(os_policy or {})},
         )
+
+    def _mounts(self, wanted: tuple[tuple[str, str, bool], ...]) -> list[pm.MountDir]:
+        """MountDirs for `wanted`, opened once and reused (Monty's advice: each holds its
+        directory open)."""
+        mounts = []
+        for host, guest, read_only in wanted:
+            key = (host, guest, read_only)
+            mount = self._mount_dirs.get(key)
+            if mount is None:
+                mode: Literal["read-only", "read-write"] = (
+                    "read-only" if read_only else "read-write"
+                )
+                mount = pm.MountDir(host_path=host, virtual_path=guest, mode=mode)
+                self._mount_dirs[key] = mount
+            mounts.append(mount)
+        return mounts
 
     @contextlib.asynccontextmanager
     async def checkout_session(
@@ -187,6 +207,17 @@ class MontyBackend:
             )
 
     async def _feed(self, session: pm.AsyncMontySession, spec: RunSpec) -> ExecutionResult:
+        try:
+            mounts = self._mounts(spec.mounts)
+        except (OSError, ValueError) as exc:
+            return ExecutionResult.failed(
+                Failure.of(
+                    FailureKind.INFRA_UNAVAILABLE,
+                    f"a directory the policy mounts cannot be opened: {exc}",
+                    retry_after_ms=5000,
+                ),
+                backend=Backend.MONTY,
+            )
         capture = OutputCapture(spec.limits.output_bytes, spec.on_output)
         recorder = _OsCallRecorder()
         signals = RunSignals(limits=spec.limits)
@@ -201,6 +232,7 @@ class MontyBackend:
                     external_lookup={"input": _StdinReader(spec.stdin)},
                     print_callback=capture,
                     os=recorder,
+                    mount=mounts or None,
                 )
         except pm.MontyError as exc:
             error = exc
