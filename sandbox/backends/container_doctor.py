@@ -3,7 +3,6 @@ engine answers, whether the image is there, and which OCI runtimes can run it.""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -54,7 +53,3 @@ async def check_runtimes(
             checks.append(RuntimeCheck(runtime, False, why))
     return checks
 
-
-if __name__ == "__main__":
-    for check in asyncio.run(check_runtimes("sandbox-runner:latest")):
-        print(f"{check.runtime}: {'works' if check.works else 'does not work'} ({check.detail})")
