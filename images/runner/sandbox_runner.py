@@ -2,17 +2,35 @@
 
 Protocol (one JSON object per line):
   host -> runner, on stdin:  {"code": ..., "inputs": {...}, "stdin": "...",
-                              "limits": {"max_recursion_depth": N}, "keep": bool}
+                              "limits": {"max_recursion_depth": N, ...}, "keep": bool,
+                              "tools": {name: is_async, ...}, "seed": N}
+                              ("tools" and "seed" only for a tool run);
+                              during a tool call, its answer: {"t": "reply", "seq": N,
+                              "value": v} or {"t": "reply", "seq": N, "error": {"type":
+                              ..., "message": ..., "kind": ...}}.
   runner -> host, on stdout: {"t": "ready"} once, after seccomp is on; then per job any
                               number of {"t": "o", "s": "stdout"|"stderr", "d": text}
-                              and exactly one {"t": "result", ...}.
+                              and {"t": "call", "seq": N, "name": ..., "args": [...],
+                              "kwargs": {...}} (N counts the job's calls from 1), and
+                              exactly one {"t": "result", ...}.
 With "keep" the runner waits for another job in the same interpreter (a session).
+
+Tools: each declared name is a function in the code's globals (an `async def` one for an
+async tool). Calling it flushes the output produced so far, writes a call frame and
+blocks until the host's reply: a value, or an exception raised in the code where the
+tool was called (the tool's own builtin exception type when CPython has one, else
+RuntimeError("Type: message")). Arguments must be JSON values (TypeError otherwise).
+Calls are relayed one at a time, in call order: async tools the code gathers run one
+after another here, not concurrently. With "seed", `random` is seeded with it, so a run
+the host replays after a crash draws the same numbers; the clock is not pinned.
 
 The container is the security boundary; the seccomp filter here narrows the kernel
 surface further, and the audit hook only classifies: it records what the policy forbids
 so that a failure it caused is reported as a policy violation, not a plain exception.
-User code runs in this process and could forge frames; that would only lie about its own
-result, never reach the host."""
+User code runs in this process and could forge frames (or read the host's replies off
+the private stdin); that would only lie about its own result or break its own run,
+never reach the host, which checks every call frame against the tools it declared and
+the calls it has seen."""
 
 from __future__ import annotations
 
@@ -44,6 +62,10 @@ FLUSH_BYTES = 16 * 1024  # also the most text one output frame carries
 FLUSH_AFTER_S = 0.02
 MAX_MESSAGE_CHARS = 2000
 MAX_FRAMES = 50
+CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: the code awaits at top level
+# Frames asyncio's loop adds under code that awaits at top level; not the code's own.
+ASYNC_FRAMES = 15
+TOOL_SEQ_ATTR = "_sandbox_tool_seq"  # marks an exception raised as a tool's answer
 
 # Syscalls denied outright (errno EPERM): debugging other processes, the kernel's
 # namespace, mount, keyring, BPF, perf and module machinery. Docker's own profile denies
@@ -100,9 +122,10 @@ class Emitter:
         self._pending_bytes = 0
 
     def frame(self, obj: dict[str, Any]) -> None:
-        data = (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
-            "utf-8", "surrogatepass"
-        )
+        self.write(encode_frame(obj))
+
+    def write(self, data: bytes) -> None:
+        """One encoded frame, whole."""
         with self._lock:
             view = memoryview(data)
             while view:
@@ -312,6 +335,23 @@ _CHECKS: dict[str, Any] = {
 }
 
 
+def encode_frame(obj: dict[str, Any], *, strict: bool = False) -> bytes:
+    """A frame as one line of UTF-8. `strict`: only JSON values (TypeError or ValueError
+    for anything else, as for a tool's arguments)."""
+    text = json.dumps(
+        obj,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=not strict,
+        default=_not_json if strict else None,
+    )
+    return (text + "\n").encode("utf-8", "surrogatepass")
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"a {type(value).__name__} is not a JSON value")
+
+
 def value_to_json(value: Any) -> str:
     """JSON for a last-expression value; what JSON cannot hold exactly becomes repr()."""
     try:
@@ -358,13 +398,21 @@ def _error(exc: BaseException, source: list[str]) -> dict[str, Any]:
         seen.add(id(link))
         os_error = os_error or isinstance(link, OSError)
         link = link.__cause__ or link.__context__
-    return {
+    error = {
         "type": type(exc).__name__,
         "module": type(exc).__module__,
         "message": _message(exc),
         "frames": _frames(exc.__traceback__, source),
         "os_error": os_error,
     }
+    try:
+        seq = vars(exc).get(TOOL_SEQ_ATTR)
+    except Exception:  # an exception class with no __dict__, or a hostile one
+        seq = None
+    if type(seq) is int:
+        # Raised as a tool's answer (the host checks that call really failed so).
+        error["tool_seq"] = seq
+    return error
 
 
 def _message(exc: BaseException) -> str:
@@ -388,6 +436,9 @@ class Runner:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self.base_depth = 0
         self.value_cap = 1 << 20
+        self.max_call_bytes = 1 << 20
+        self.tool_seq = 0  # calls made by the current job
+        self._call_lock = threading.Lock()
 
     def start(self) -> None:
         try:
@@ -430,10 +481,18 @@ class Runner:
         lines = [s + "\n" for s in source]
         linecache.cache[CODE_FILENAME] = (len(code), None, lines, CODE_FILENAME)
         self.namespace.update(job.get("inputs") or {})
+        self.tool_seq = 0
+        for name, is_async in (job.get("tools") or {}).items():
+            self.namespace[name] = self._tool(str(name), bool(is_async))
+        if job.get("seed") is not None:
+            import random
+
+            random.seed(int(job["seed"]))
         sys.stdin = io.StringIO(job.get("stdin", ""))
         limits = job.get("limits", {})
         depth = int(limits.get("max_recursion_depth", 1000))
         self.value_cap = int(limits.get("output_bytes", 1 << 20))
+        self.max_call_bytes = int(limits.get("max_call_bytes", 1 << 20))
         # The runner's own frames sit below the code's; they do not count against it.
         sys.setrecursionlimit(depth + self.base_depth + 10)
         self.auditor.attempts = []
@@ -468,9 +527,12 @@ class Runner:
         value: Any = None
         self.auditor.active = True
         try:
-            exec(body, self.namespace)
-            if tail is not None:
-                value = eval(tail, self.namespace)
+            if (body.co_flags | (tail.co_flags if tail else 0)) & CO_COROUTINE:
+                value = _run_awaiting(body, tail, self.namespace)
+            else:
+                exec(body, self.namespace)
+                if tail is not None:
+                    value = eval(tail, self.namespace)
         except SystemExit as exc:
             status = exc.code
             if status is None or status == 0:
@@ -504,16 +566,112 @@ class Runner:
         self.pump.drain()
         self.emitter.flush()
 
+    # -- tools ----------------------------------------------------------------------
+
+    def _tool(self, name: str, is_async: bool) -> Any:
+        """The function the code calls for tool `name`."""
+        call = self.call_tool
+
+        if is_async:
+            # Awaiting it relays the call then and there (one at a time, see above).
+            async def tool(*args: Any, **kwargs: Any) -> Any:
+                return call(name, args, kwargs)
+
+        else:
+
+            def tool(*args: Any, **kwargs: Any) -> Any:
+                return call(name, args, kwargs)
+
+        tool.__name__ = tool.__qualname__ = name
+        return tool
+
+    def call_tool(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Relays one call to the host and returns its answer, or raises it."""
+        if os.getpid() != self.pid:
+            raise RuntimeError(f"{name}() cannot be called from a child process")
+        with self._call_lock:  # threads of the code take turns
+            seq = self.tool_seq + 1
+            frame = {"t": "call", "seq": seq, "name": name, "args": list(args), "kwargs": kwargs}
+            try:
+                data = encode_frame(frame, strict=True)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise TypeError(f"{name}() takes JSON values only: {exc}") from None
+            if len(data) > self.max_call_bytes:
+                raise ValueError(
+                    f"{name}() arguments are {len(data)} bytes as JSON; "
+                    f"at most {self.max_call_bytes} can be sent"
+                )
+            self.tool_seq = seq
+            self._flush_output()  # what the code printed before the call comes first
+            self.emitter.write(data)
+            reply = self._read_reply(seq)
+        error = reply.get("error")
+        if isinstance(error, dict):
+            raise _tool_exception(error, seq)
+        return reply.get("value")
+
+    def _read_reply(self, seq: int) -> dict[str, Any]:
+        line = self.job_in.readline()
+        if not line:
+            os._exit(70)  # the host is gone; nobody is left to report to
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict) or reply.get("t") != "reply" or reply.get("seq") != seq:
+            self.emitter.frame(
+                {"t": "fatal", "message": f"expected the reply to call {seq}, got {line[:200]!r}"}
+            )
+            os._exit(70)
+        return reply
+
+
+def _tool_exception(error: dict[str, Any], seq: int) -> Exception:
+    """The exception a tool's error answer raises in the code: the tool's own type where
+    it is a builtin exception (so `except KeyError` works), else RuntimeError("Type:
+    message"), as in Monty."""
+    type_name = str(error.get("type") or "RuntimeError")
+    message = str(error.get("message") or "")
+    cls = getattr(builtins, type_name, None) if type_name.isidentifier() else None
+    exc: Exception | None = None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        with contextlib.suppress(Exception):  # a constructor that wants more arguments
+            exc = cls(message)
+    if exc is None:
+        exc = RuntimeError(f"{type_name}: {message}")
+    setattr(exc, TOOL_SEQ_ATTR, seq)
+    return exc
+
+
+def _run_awaiting(body: CodeType, tail: CodeType | None, namespace: dict[str, Any]) -> Any:
+    """Runs code that awaits at top level (as Monty and notebooks allow) on a fresh event
+    loop, the trailing expression in the same loop."""
+    import asyncio
+
+    sys.setrecursionlimit(sys.getrecursionlimit() + ASYNC_FRAMES)  # run() puts it back
+
+    async def main() -> Any:
+        started = eval(body, namespace)  # a coroutine when the body awaits, else None
+        if body.co_flags & CO_COROUTINE:
+            await started
+        if tail is None:
+            return None
+        value = eval(tail, namespace)
+        return (await value) if tail.co_flags & CO_COROUTINE else value
+
+    return asyncio.run(main())
+
 
 def _compile(code: str) -> tuple[CodeType, CodeType | None]:
     """The code as a module, with a trailing expression split off so its value is kept."""
     tree = ast.parse(code, CODE_FILENAME, "exec")
     tail = None
     last = tree.body[-1] if tree.body else None
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     if isinstance(last, ast.Expr):
         tree.body.pop()
-        tail = compile(ast.Expression(last.value), CODE_FILENAME, "eval")
-    return compile(tree, CODE_FILENAME, "exec"), tail
+        tail = compile(ast.Expression(last.value), CODE_FILENAME, "eval", flags=flags)
+    return compile(tree, CODE_FILENAME, "exec", flags=flags), tail
 
 
 def _syntax_error(exc: SyntaxError) -> dict[str, Any]:
