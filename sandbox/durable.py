@@ -3,10 +3,11 @@
 - `Durability.once()` runs a request at most once per (tenant, idempotency key): a repeat
   gets the recorded result (marked `replayed`), a different request under the same key is
   INVALID_REQUEST, and a repeat that arrives while the first is running waits for it.
-- `Durability.run_tools()` runs Monty code that calls the client's tools. Every answer is
-  journaled and the interpreter checkpointed after it (HMAC-signed with the server's key);
-  a run whose server or client died resumes from its checkpoint, answering calls it had
-  already made from the journal instead of calling the tools again.
+- `Durability.run_tools()` runs code that calls the client's tools, in Monty or a
+  container. Every answer is journaled. Monty's interpreter is checkpointed after each
+  answer (HMAC-signed with the server's key) and a run whose server or client died
+  resumes from its checkpoint; a container run is replayed from the start instead. Either
+  way calls already answered are answered from the journal, not by the tools again.
 
 Only one server process may use a journal file: a `running` entry left by another owner
 is taken to be orphaned by a dead process. A networked store for several replicas would
@@ -33,17 +34,20 @@ import structlog
 
 from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
 
+from .backends.base import RunSpec
+from .backends.container import ContainerBackend
 from .backends.monty import MontyBackend
 from .backends.monty_tools import (
     CheckpointMismatch,
     ToolCallRequest,
+    ToolHost,
     ToolReply,
     ToolRunSpec,
     run_with_tools,
 )
 from .backends.values import value_to_json
 from .config import Settings
-from .errors import invalid
+from .errors import RequestError, invalid
 from .executor import ExecuteCall, Executor, check_size, policy_violation
 from .journal import Checkpoint, Entry, JournalStore, Pinned, SqliteJournal, ToolAnswer
 from .output import OutputSink
@@ -257,27 +261,50 @@ class Durability:
         relay: ToolRelay,
         on_output: OutputSink | None = None,
     ) -> ExecutionResult:
-        """Runs (or resumes, or replays) a tool run; request problems raise RequestError."""
+        """Runs (or resumes, or replays) a tool run; request problems raise RequestError.
+
+        MONTY resumes from the last checkpoint. CONTAINER cannot be checkpointed: a
+        resumed run starts the code again and calls already answered are answered from
+        the journal (same number and tool, else CORRUPT_STATE), so only later calls reach
+        the client; `random` is seeded from the journal, but the container's clock is
+        its own, so code whose calls depend on the time may not repeat itself. AUTO is
+        Monty first, then a container when Monty reports the code UNSUPPORTED before
+        any tool was called (as Execute falls back)."""
         _check_tools(tools)
         if call.session_id:
             raise invalid("tool runs do not take a session", field="session_id")
-        if call.backend not in (None, Backend.AUTO, Backend.MONTY):
-            raise invalid("tool runs execute in Monty only", field="backend")
+        requested = call.backend or Backend.AUTO
         policy = executor.policies.get(call.policy)
         check_size(call, policy)
-        if Backend.MONTY not in policy.backends:
-            raise invalid(f"policy '{policy.name}' does not allow Monty", field="policy")
-        backend = executor.backends.get(Backend.MONTY)
-        assert isinstance(backend, MontyBackend)
+        if requested not in policy.backends:
+            raise RequestError(
+                FailureKind.POLICY_VIOLATION,
+                f"policy '{policy.name}' does not allow backend {requested.value}",
+                field="backend",
+            )
+        monty = executor.backends.get(Backend.MONTY)
+        container = executor.backends.get(Backend.CONTAINER)
+        if requested is Backend.CONTAINER and container is None:
+            raise RequestError(
+                FailureKind.INFRA_UNAVAILABLE,
+                "the container backend is not enabled on this server",
+                field="backend",
+                retry_after_ms=0,
+            )
+        can_fall_back = (
+            requested is Backend.AUTO
+            and policy.allow_fallback
+            and container is not None
+            and Backend.CONTAINER in policy.backends
+        )
         limits = policy.limits(call.limits)
         if not call.idempotency_key:
             call = _with_key(call, "run_" + uuid.uuid4().hex)
         tenant = _tenant(call)
+        declared = {t.name: t.is_async for t in tools}
 
-        async def run(entry: Entry) -> ExecutionResult:
-            violation = policy_violation(call.code, policy, Backend.MONTY)
-            if violation is not None:
-                return violation
+        async def in_monty(entry: Entry, host: ToolHost) -> ExecutionResult:
+            assert isinstance(monty, MontyBackend)
             checkpoint = entry.checkpoint
             if checkpoint is not None and not hmac.compare_digest(
                 checkpoint.mac,
@@ -286,11 +313,11 @@ class Durability:
                 ),
             ):
                 log.warning("checkpoint failed its integrity check", seq=checkpoint.seq)
-                return _corrupt("the run's checkpoint failed its integrity check")
+                return _corrupt("the run's checkpoint failed its integrity check", Backend.MONTY)
             spec = ToolRunSpec(
                 code=call.code,
                 limits=limits,
-                tools={t.name: t.is_async for t in tools},
+                tools=declared,
                 inputs=call.inputs,
                 stdin=call.stdin,
                 seed=entry.pinned.seed,
@@ -299,11 +326,38 @@ class Durability:
                 resume_output=checkpoint.output if checkpoint else {},
                 on_output=on_output,
             )
-            host = _JournalHost(self, tenant, call.idempotency_key, entry.answers, relay)
             try:
-                result = await run_with_tools(backend, spec, host)
+                return await run_with_tools(monty, spec, host)
             except CheckpointMismatch as exc:
-                return _corrupt(str(exc))
+                return _corrupt(str(exc), Backend.MONTY)
+
+        async def in_container(entry: Entry, host: ToolHost) -> ExecutionResult:
+            assert isinstance(container, ContainerBackend)
+            violation = policy_violation(call.code, policy, Backend.CONTAINER)
+            if violation is not None:
+                return violation
+            spec = RunSpec(
+                code=call.code,
+                limits=limits,
+                inputs=call.inputs,
+                stdin=call.stdin,
+                on_output=on_output,
+                image=policy.container_image,
+                runtime=policy.container_runtime,
+            )
+            try:
+                return await container.run_tools(
+                    spec, tools=declared, seed=entry.pinned.seed, host=host
+                )
+            except CheckpointMismatch as exc:
+                return _corrupt(str(exc), Backend.CONTAINER)
+
+        async def run(entry: Entry) -> ExecutionResult:
+            host = _JournalHost(self, tenant, call.idempotency_key, entry.answers, relay)
+            if requested is Backend.CONTAINER:
+                result = await in_container(entry, host)
+            else:
+                result = await in_auto_or_monty(entry, host)
             return result.model_copy(
                 update={
                     "execution_id": "exe_" + uuid.uuid4().hex,
@@ -312,10 +366,49 @@ class Durability:
                 }
             )
 
+        async def in_auto_or_monty(entry: Entry, host: _JournalHost) -> ExecutionResult:
+            if can_fall_back:
+                violation = policy_violation(call.code, policy, Backend.CONTAINER)
+                if violation is not None:
+                    return violation
+            violation = policy_violation(call.code, policy, Backend.MONTY)
+            if violation is None:
+                counted = _CountingHost(host)
+                result = await in_monty(entry, counted)
+                failure = result.failure
+                unsupported = failure is not None and failure.kind is FailureKind.UNSUPPORTED
+                # Only code that called no tool moves: a container starts it again.
+                called = counted.calls > 0 or entry.checkpoint is not None
+                if not (can_fall_back and unsupported) or called:
+                    return result
+                log.info("fallback", reason=failure.message if failure else "")
+            elif not can_fall_back:
+                return violation  # denied in Monty only (e.g. `import os`)
+            result = await in_container(entry, host)
+            return result.model_copy(update={"fallback_from": Backend.MONTY})
+
         return await self.once(call, run, digest=request_digest(call, tools), resumable=True)
 
     def _sign(self, tenant: str, key: str, seq: int, blob: bytes) -> bytes:
         return checkpoint_mac(self._key, tenant, key, seq, blob)
+
+
+class _CountingHost:
+    """A ToolHost that counts the calls the code made through it."""
+
+    def __init__(self, inner: _JournalHost) -> None:
+        self._inner = inner
+        self.calls = 0
+
+    def ask(self, call: ToolCallRequest) -> Awaitable[ToolReply]:
+        self.calls += 1
+        return self._inner.ask(call)
+
+    def clock(self, n: int, name: str, read: Callable[[], Any]) -> Any:
+        return self._inner.clock(n, name, read)
+
+    async def checkpoint(self, seq: int, blob: bytes, output: dict[str, Any]) -> None:
+        await self._inner.checkpoint(seq, blob, output)
 
 
 class _JournalHost:
@@ -344,6 +437,13 @@ class _JournalHost:
                     f"the resumed run called {call.name!r} as call {call.seq}; "
                     f"the journal recorded {recorded.name!r}"
                 )
+            if (recorded.args_json, recorded.kwargs_json) != (
+                args_json(call.args),
+                kwargs_json(call.kwargs),
+            ):
+                # A replay (container runs) that passes other arguments, e.g. ones that
+                # depend on the clock: it still gets the answer the journal holds.
+                log.warning("replayed call's arguments differ", seq=call.seq, tool=call.name)
             done: asyncio.Future[ToolReply] = asyncio.get_running_loop().create_future()
             done.set_result(reply_from_json(recorded.answer_json))
             return done
@@ -441,12 +541,12 @@ def _pin() -> Pinned:
     return Pinned(time_iso=now.isoformat(), seed=secrets.randbits(62))
 
 
-def _corrupt(message: str) -> ExecutionResult:
+def _corrupt(message: str, backend: Backend) -> ExecutionResult:
     return ExecutionResult.failed(
         Failure.of(
             FailureKind.CORRUPT_STATE,
             f"{message}; the run was discarded and a retry starts it afresh "
             "(tools already called will be called again)",
         ),
-        backend=Backend.MONTY,
+        backend=backend,
     )

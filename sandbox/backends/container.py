@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,6 +40,8 @@ from .container_outcome import (
 )
 from .container_owner import OWNER_PROCESS_LABEL, owner_process, owner_process_gone
 from .container_pool import REFILL_PARALLELISM, WarmPool
+from .container_tools import ToolBridge
+from .monty_tools import ToolHost
 
 log = structlog.get_logger("sandbox.container")
 T = TypeVar("T")
@@ -198,6 +200,35 @@ class ContainerBackend:
         except _Busy as busy:
             return _busy_result(busy.message)
 
+    async def run_tools(
+        self, spec: RunSpec, *, tools: Mapping[str, bool], seed: int, host: ToolHost
+    ) -> ExecutionResult:
+        """Runs `spec` in a fresh container whose code may call `tools` (name -> is_async),
+        each call answered through `host` (ToolHost.ask only: a container has no
+        checkpoint, and its clock is its own). `random` is seeded with `seed`, so a run
+        replayed from the start draws the same numbers. Time spent waiting for answers
+        is not charged to the wall-time budget, as in Monty. Cancellation kills the
+        container and propagates; so does CheckpointMismatch from the host."""
+        shape = Shape.of(
+            spec.limits, image=spec.image or self.image, runtime=spec.runtime or self.runtime
+        )
+        bridge = ToolBridge(asyncio.get_running_loop(), host, tools)
+        try:
+            async with self._admission.slot():
+                container = await self._acquire(shape, spec.limits)
+                if isinstance(container, ExecutionResult):
+                    return container
+                try:
+                    result, _ = await self._execute(
+                        container, spec, keep=False, tools=bridge, seed=seed
+                    )
+                finally:
+                    self._discard(container)
+        except _Busy as busy:
+            return _busy_result(busy.message)
+        bridge.reraise()
+        return result
+
     async def open_session(self, limits: Limits) -> ContainerSession:
         shape = Shape.of(limits, image=self.image, runtime=self.runtime)
         container = await self._acquire(shape, limits)
@@ -256,7 +287,13 @@ class ContainerBackend:
         return await self._call(self._engine.launch, shape, max_line_bytes=MiB)
 
     async def _execute(
-        self, container: Container, spec: RunSpec, *, keep: bool
+        self,
+        container: Container,
+        spec: RunSpec,
+        *,
+        keep: bool,
+        tools: ToolBridge | None = None,
+        seed: int | None = None,
     ) -> tuple[ExecutionResult, ContainerSignals]:
         limits = spec.limits
         capture = OutputCapture(limits.output_bytes, spec.on_output)
@@ -273,11 +310,21 @@ class ContainerBackend:
         }
         # A result frame carries the value (at most output_bytes) JSON-encoded twice.
         container.channel.max_line_bytes = 16 * limits.output_bytes + MiB
+        if tools is not None:
+            job["tools"] = dict(tools.tools)
+            job["seed"] = seed
+            # A call frame must fit the channel's line, or the run would break there.
+            job["limits"]["max_call_bytes"] = container.channel.max_line_bytes
+            signals.tool_errors = tools.tool_errors
         error: Exception | None = None
         started = time.monotonic()
         self._busy.add(container.id)
         try:
-            await self._call(self._engine.execute, container, job, capture, signals)
+            await self._call(self._engine.execute, container, job, capture, signals, tools)
+        except asyncio.CancelledError:
+            if tools is not None:
+                tools.cancel()  # wakes the engine thread if it waits on an answer
+            raise
         except Exception as exc:
             error = exc
         finally:
@@ -302,7 +349,8 @@ class ContainerBackend:
             exit_code=exit_code,
             failure=failure,
             usage=Usage(
-                wall_ms=round((time.monotonic() - started) * 1000),
+                # The code's time: waits for tool answers are not its own.
+                wall_ms=round((time.monotonic() - started - signals.tool_wait_s) * 1000),
                 cpu_ms=usage.get("cpu_ms"),
                 peak_memory_bytes=usage.get("peak_memory_bytes"),
             ),

@@ -17,6 +17,7 @@ from ..limits import Limits
 from ..output import OutputCapture, OutputLimitExceeded, StreamName
 from .container_channel import ChannelClosed, ChannelTimeout, ProtocolError, RunnerChannel
 from .container_outcome import ContainerSignals, RunnerStartError
+from .container_tools import ForgedFrame, RelayStopped, ToolBridge
 
 Runtime = Literal["runc", "runsc"]
 
@@ -190,10 +191,13 @@ class Engine:
         job: dict[str, Any],
         capture: OutputCapture,
         signals: ContainerSignals,
+        tools: ToolBridge | None = None,
     ) -> None:
         """Sends `job` and collects frames until its result, the deadline or the runner's
-        end; fills `signals`. Kills the container when a cap is hit. Errors talking to
-        the engine propagate."""
+        end; fills `signals`. With `tools`, answers the runner's call frames through it;
+        the time a call waits for its answer (the runner blocked, reading) does not count
+        against the wall-time budget. Kills the container when a cap is hit, a call
+        frame is forged or the run is stopped. Errors talking to the engine propagate."""
         channel = container.channel
         started = time.monotonic()
         deadline = started + signals.limits.wall_time_s
@@ -205,6 +209,15 @@ class Engine:
                 if kind == "o":
                     stream: StreamName = "stderr" if frame.get("s") == "stderr" else "stdout"
                     capture(stream, str(frame.get("d", "")))
+                elif kind == "call" and tools is not None:
+                    asked = time.monotonic()
+                    try:
+                        reply = tools.answer(frame)
+                    finally:
+                        waited = time.monotonic() - asked
+                        deadline += waited
+                        signals.tool_wait_s += waited
+                    channel.send(reply)
                 elif kind == "result":
                     signals.frame = frame
                     break
@@ -220,11 +233,18 @@ class Engine:
         except ProtocolError as exc:
             signals.protocol_error = str(exc)
             self.kill(container.id)
+        except ForgedFrame as exc:
+            signals.forged_frame = str(exc)
+            self.kill(container.id)
+        except RelayStopped:
+            signals.relay_stopped = True
+            self.kill(container.id)
         except (ChannelClosed, ConnectionError):
             pass  # the container ended; its state says how
         finally:
-            signals.elapsed_s = time.monotonic() - started
-        if signals.frame is None and not (signals.host_timed_out or signals.output_exceeded):
+            signals.elapsed_s = time.monotonic() - started - signals.tool_wait_s
+        stopped = signals.host_timed_out or signals.output_exceeded or signals.relay_stopped
+        if signals.frame is None and not stopped:
             self._read_exit(container.id, signals)
 
     def _read_exit(self, container_id: str, signals: ContainerSignals) -> None:

@@ -7,7 +7,7 @@ container ended, then the runner's own frame."""
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import docker.errors as de
@@ -16,7 +16,8 @@ import requests.exceptions as rq
 from sandbox_client import Failure, FailureKind, Frame
 
 from ..limits import Limits
-from .outcome_parts import first_line, one_line, output_limit_failure
+from .monty_outcome import InjectedToolError
+from .outcome_parts import first_line, one_line, output_limit_failure, tool_failure
 
 
 class RunnerStartError(Exception):
@@ -77,7 +78,14 @@ class ContainerSignals:
     output_exceeded: bool = False  # we killed it at the output cap
     protocol_error: str = ""  # the runner's channel carried something unreadable
     image: str = ""
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # the code's time: waits for tool answers left out
+    # Tool runs: error answers given, by call number; time spent waiting for answers;
+    # a call frame that broke the protocol (only the code can write one); whether the
+    # host stopped the run itself (cancelled, or its ToolHost failed).
+    tool_errors: dict[int, InjectedToolError] = field(default_factory=dict)
+    tool_wait_s: float = 0.0
+    forged_frame: str = ""
+    relay_stopped: bool = False
 
 
 def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) -> Failure | None:
@@ -90,6 +98,13 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
         return _timeout(limits)
     if exc is not None:
         return _engine_failure(exc, signals)
+    if signals.forged_frame:
+        return Failure.of(
+            FailureKind.POLICY_VIOLATION,
+            "the code wrote to the sandbox runner's private channel and was stopped: "
+            f"{signals.forged_frame}",
+            details={"attempted": "forge a runner frame"},
+        )
     if signals.oom_killed and (signals.frame is None or not signals.frame.get("ok")):
         return _memory(limits, "the container was killed at its memory cap", None)
     if signals.fatal:
@@ -106,7 +121,7 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
         )
     if signals.frame is None:
         return _no_frame(signals)
-    return _from_frame(signals.frame, limits)
+    return _from_frame(signals.frame, signals)
 
 
 def _engine_failure(exc: BaseException, signals: ContainerSignals) -> Failure:
@@ -187,7 +202,8 @@ def _signalled(signum: int, status: int) -> Failure:
     )
 
 
-def _from_frame(frame: dict[str, Any], limits: Limits) -> Failure | None:
+def _from_frame(frame: dict[str, Any], signals: ContainerSignals) -> Failure | None:
+    limits = signals.limits
     if frame.get("ok"):
         if "value_bytes" in frame:
             return Failure.of(
@@ -208,6 +224,20 @@ def _from_frame(frame: dict[str, Any], limits: Limits) -> Failure | None:
             FailureKind.SYNTAX_ERROR,
             one_line(f"{type_name}: {message}", frames),
             exception_type=type_name,
+            frames=frames,
+        )
+    # The runner marks the exceptions it raised as tool answers; the mark only counts
+    # for a call this host really answered with an error.
+    tool_seq = error.get("tool_seq")
+    injected = signals.tool_errors.get(tool_seq) if type(tool_seq) is int else None
+    if injected is not None:
+        return tool_failure(
+            tool=injected.tool,
+            seq=injected.seq,
+            exception_type=type_name,
+            # The answer's own words, as Monty shows them (KeyError's str() quotes).
+            message=injected.message if type_name == injected.exception_type else message,
+            tool_kind=injected.kind,
             frames=frames,
         )
     if type_name == "MemoryError" and error.get("module") == "builtins":

@@ -3,7 +3,7 @@ backend produced it."""
 
 from __future__ import annotations
 
-from sandbox_client import Failure, FailureKind, Frame
+from sandbox_client import KIND_DEFAULTS, Failure, FailureKind, Frame
 
 from ..limits import Limits
 
@@ -38,4 +38,32 @@ def result_too_large_failure(limits: Limits) -> Failure:
         FailureKind.OUTPUT_LIMIT,
         f"the result exceeded the {limits.output_bytes}-byte output cap",
         details={"limit": "output_bytes", "part": "result"},
+    )
+
+
+def tool_failure(
+    *,
+    tool: str,
+    seq: int,
+    exception_type: str,
+    message: str,
+    tool_kind: str,
+    frames: tuple[Frame, ...],
+) -> Failure:
+    """TOOL_ERROR for a tool's error answer the code left uncaught. "Per the tool's kind":
+    a tool that failed for a retryable reason makes the whole run retryable, and so on."""
+    details = {"tool": tool, "call_id": str(seq)}
+    fields: dict[str, object] = {}
+    if tool_kind in FailureKind.__members__:
+        retryable, action = KIND_DEFAULTS[FailureKind(tool_kind)]
+        fields = {"retryable": retryable, "suggested_action": action}
+        details["tool_kind"] = tool_kind
+    text = exception_type + (f": {message}" if message else "")
+    return Failure.of(
+        FailureKind.TOOL_ERROR,
+        one_line(f"tool {tool!r} raised {text}", frames),
+        exception_type=exception_type,
+        frames=frames,
+        details=details,
+        **fields,
     )
