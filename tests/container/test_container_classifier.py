@@ -17,6 +17,7 @@ from sandbox.backends.container_outcome import (
     RunnerStartError,
     map_container_outcome,
 )
+from sandbox.backends.monty_outcome import InjectedToolError
 from sandbox_client import FailureKind
 
 from .conftest import LIMITS
@@ -110,6 +111,27 @@ def test_runner_fatal_is_infra_unavailable() -> None:
 
 def test_protocol_error_is_sandbox_crash() -> None:
     assert kind(protocol_error="unreadable frame") is FailureKind.SANDBOX_CRASH
+
+
+def test_forged_tool_frame_is_policy_violation() -> None:
+    assert kind(forged_frame="a tool call numbered 9") is FailureKind.POLICY_VIOLATION
+
+
+def test_uncaught_tool_answer_is_tool_error_with_the_tools_kind() -> None:
+    injected = InjectedToolError(
+        seq=2, tool="fetch", exception_type="ConnectionError", message="m", kind="THROTTLED"
+    )
+    frame = error_frame("ConnectionError", tool_seq=2, frames=[{"line": 4}])
+    failure = map_container_outcome(None, signals(frame=frame, tool_errors={2: injected}))
+    assert failure is not None and failure.kind is FailureKind.TOOL_ERROR
+    assert failure.details == {"tool": "fetch", "call_id": "2", "tool_kind": "THROTTLED"}
+    assert failure.retryable and failure.line == 4
+
+
+def test_a_tool_mark_without_an_error_answer_is_a_plain_runtime_error() -> None:
+    # The code can set the runner's mark on its own exceptions; only the host's records count.
+    frame = error_frame("ValueError", tool_seq=1)
+    assert kind(frame=frame) is FailureKind.RUNTIME_ERROR
 
 
 def test_syntax_error_frame() -> None:
