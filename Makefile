@@ -47,6 +47,7 @@ bench: setup
 # Needs `make docker` first.
 bench-container: setup
 	$(BIN)/python -m bench.container_roundtrip
+	$(BIN)/python -m bench.tool_relay --container
 
 # The container backend's images, built from the Debian mirror with no registry pull.
 image:

@@ -2,20 +2,29 @@
 stream, against the Execute round trip measured in the same run.
 
     python -m bench.tool_relay [--runs 30] [--calls 100] [--n 300]
+    python -m bench.tool_relay --container [--runs 10] [--calls 100] [--n 30]
 
 Per call = (run with N calls - run with 0 calls) / N, so the stream set-up, journal
 entry and final result are not charged to the calls. Each answered call costs one
 relay to the client, one journal write for the answer and one checkpoint (dump + HMAC
 + journal write), which is what durability buys.
+
+--container measures the same in the container backend (needs `make docker`): each
+call crosses the runner's frame protocol (container stdout -> engine thread -> event
+loop -> client, and back on the container's stdin), with a journal write but no
+checkpoint; the baseline is Execute('1+1') in a container from the warm pool. Every run
+takes a fresh container, so runs are paced to let the pool refill.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 
 from sandbox_client import SandboxClient
 
@@ -26,14 +35,84 @@ def noop(i: int) -> int:
     return i
 
 
+IMAGE = "sandbox-runner:latest"
+# Between container runs: long enough for the pool to start a replacement (~0.45 s).
+PACE_S = 0.6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=None, help="tool runs of each kind")
     parser.add_argument("--calls", type=int, default=100)
-    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--n", type=int, default=None, help="Execute round trips")
+    parser.add_argument("--container", action="store_true", help="the container backend")
     args = parser.parse_args()
-    loop_code = f"total = 0\nfor i in range({args.calls}):\n    total += noop(i)\ntotal"
-    empty_code = "total = 0\nfor i in range(0):\n    total += noop(i)\ntotal"
+    if args.container:
+        container(args.runs or 10, args.calls, args.n or 30)
+    else:
+        monty(args.runs or 30, args.calls, args.n or 300)
+
+
+def loop_codes(calls: int) -> tuple[str, str]:
+    loop = "total = 0\nfor i in range({}):\n    total += noop(i)\ntotal"
+    return loop.format(calls), loop.format(0)
+
+
+def container(runs: int, calls: int, n: int) -> None:
+    loop_code, empty_code = loop_codes(calls)
+    settings = (
+        "container_enabled=true",
+        "container_pool_size=2",
+        f"container_scope=bench-{secrets.token_hex(4)}",
+        f"container_image={IMAGE}",
+        "monty_min_workers=1",
+    )
+    with (
+        tempfile.TemporaryDirectory() as state,
+        sandbox_server(f"state_dir={state}", *settings) as server,
+        SandboxClient(server.address, timeout_s=120) as client,
+    ):
+
+        def paced(fn: Callable[[], bool]) -> float:
+            time.sleep(PACE_S)
+            started = time.perf_counter()
+            assert fn()
+            return time.perf_counter() - started
+
+        def execute() -> bool:
+            reply = client.execute("1+1", backend="container", idempotency_key=uuid.uuid4().hex)
+            return reply.ok
+
+        def tool_run(code: str) -> Callable[[], bool]:
+            def run() -> bool:
+                result = client._run_tools(
+                    {"noop": noop}, code, backend="container", idempotency_key=uuid.uuid4().hex
+                )
+                assert result.ok, result.failure
+                return True
+
+            return run
+
+        for _ in range(3):  # warm-up
+            paced(execute), paced(tool_run(loop_code)), paced(tool_run(empty_code))
+        execute_samples = [paced(execute) for _ in range(n)]
+        full = [paced(tool_run(loop_code)) for _ in range(runs)]
+        empty = [paced(tool_run(empty_code)) for _ in range(runs)]
+
+    e50, e99 = percentiles(execute_samples)
+    full_ms = statistics.median(full) * 1000
+    empty_ms = statistics.median(empty) * 1000
+    per_call_ms = (full_ms - empty_ms) / calls
+    print(f"container: runs={runs} calls/run={calls} execute n={n} (paced {PACE_S} s)")
+    print(f"Execute('1+1') in a container  p50 {e50:7.3f} ms  p99 {e99:7.3f} ms")
+    print(f"tool run, 0 calls              p50 {empty_ms:7.3f} ms")
+    print(f"tool run, {calls} calls            p50 {full_ms:7.3f} ms")
+    print(f"relay overhead per tool call       {per_call_ms:7.3f} ms")
+    print(f"ratio per call / Execute p50       {per_call_ms / e50:5.2f}x")
+
+
+def monty(runs: int, calls: int, n: int) -> None:
+    loop_code, empty_code = loop_codes(calls)
 
     with (
         tempfile.TemporaryDirectory() as state,
@@ -51,7 +130,7 @@ def main() -> None:
             return elapsed
 
         execute_samples = []
-        for i in range(args.n + 50):
+        for i in range(n + 50):
             started = time.perf_counter()
             reply = client.execute("1+1", backend="monty", idempotency_key=uuid.uuid4().hex)
             if i >= 50:  # warm-up
@@ -59,15 +138,15 @@ def main() -> None:
             assert reply.ok
         for _ in range(3):
             tool_run(loop_code), tool_run(empty_code)  # warm-up
-        full = [tool_run(loop_code) for _ in range(args.runs)]
-        empty = [tool_run(empty_code) for _ in range(args.runs)]
+        full = [tool_run(loop_code) for _ in range(runs)]
+        empty = [tool_run(empty_code) for _ in range(runs)]
 
     with (
         sandbox_server("journal_enabled=false", "monty_min_workers=2") as server,
         SandboxClient(server.address, timeout_s=120) as client,
     ):
         unjournaled = []
-        for i in range(args.n + 50):
+        for i in range(n + 50):
             started = time.perf_counter()
             reply = client.execute("1+1", backend="monty")
             if i >= 50:
@@ -77,12 +156,12 @@ def main() -> None:
     u50, u99 = percentiles(unjournaled)
     full_ms = statistics.median(full) * 1000
     empty_ms = statistics.median(empty) * 1000
-    per_call_ms = (full_ms - empty_ms) / args.calls
-    print(f"runs={args.runs} calls/run={args.calls} execute n={args.n}")
+    per_call_ms = (full_ms - empty_ms) / calls
+    print(f"runs={runs} calls/run={calls} execute n={n}")
     print(f"Execute('1+1') round trip     p50 {e50:7.3f} ms  p99 {e99:7.3f} ms")
     print(f"Execute, journal off          p50 {u50:7.3f} ms  p99 {u99:7.3f} ms")
     print(f"tool run, 0 calls             p50 {empty_ms:7.3f} ms")
-    print(f"tool run, {args.calls} calls           p50 {full_ms:7.3f} ms")
+    print(f"tool run, {calls} calls           p50 {full_ms:7.3f} ms")
     print(f"relay overhead per tool call      {per_call_ms:7.3f} ms")
     print(f"ratio per call / Execute p50      {per_call_ms / e50:5.2f}x")
 
