@@ -143,10 +143,11 @@ class SandboxClient:
         each attempt; `recovery.max_total_s` bounds the whole run.
 
         With `tools` ({name: callable}), the code may call them like functions (a durable
-        run in Monty): each call runs here and its answer goes back to the code. A retry
-        after a lost connection or server resumes the run from its last checkpoint, so
-        tools already answered are not called again; pass the same `idempotency_key` to
-        resume a run this process did not start (e.g. after the client itself died)."""
+        run, in Monty or a container as `backend` says): each call runs here and its
+        answer goes back to the code. A retry after a lost connection or server resumes
+        the run (Monty: from its last checkpoint; a container: replayed from the start),
+        so tools already answered are not called again; pass the same `idempotency_key`
+        to resume a run this process did not start (e.g. after the client itself died)."""
         state = new_state(
             code,
             recovery=recovery,
