@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import SandboxServer
+    from .server import SandboxServer, new_event_loop
 
     overrides: dict[str, Any] = {}
     if args.host is not None:
@@ -79,7 +79,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, **overrides)
     configure_logging(settings.log_format, settings.log_level)
     server = SandboxServer(settings)
-    asyncio.run(server.serve_forever())
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(settings.event_loop)) as runner:
+        runner.run(server.serve_forever())
     return 0
 
 

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     checkpoint_key: SecretStr | None = None
     checkpoint_key_file: Path | None = None
 
+    # uvloop: libuv's event loop, measurably cheaper per request (bench/monty_roundtrip.py)
+    # because every Monty turn wakes the loop from another thread; asyncio: the standard one.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

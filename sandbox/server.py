@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Literal
 
 import grpc
 import structlog
@@ -164,6 +165,15 @@ class SandboxServer:
         loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
         await stop.wait()
         await self.stop()
+
+
+def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventLoop:
+    """The loop the server runs on (Settings.event_loop)."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:

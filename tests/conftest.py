@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from sandbox.config import Settings
-from sandbox.server import SandboxServer
+from sandbox.server import SandboxServer, new_event_loop
 from sandbox_client import SandboxClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ class ServerThread:
 
     def __init__(self, settings: Settings) -> None:
         self.server = SandboxServer(settings)
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop(settings.event_loop)  # the loop `sandbox serve` uses
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> ServerThread:
