@@ -157,7 +157,9 @@ class Executor:
                 "session_id": call.session_id,
             }
         )
-        log.info(
+        # Successes are counted by metrics and the audit log; a log line each would cost
+        # more than a short run itself.
+        (log.info if result.failure else log.debug)(
             "executed",
             execution_id=result.execution_id,
             backend=result.backend,

@@ -35,4 +35,5 @@ class Limits:
         return self.wall_time_ms / 1000
 
 
+NO_REQUESTED_LIMITS = RequestedLimits()
 LIMIT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Limits))

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sandbox_client import Backend, FailureKind
 
 from .errors import RequestError, invalid
-from .limits import Limits, RequestedLimits
+from .limits import NO_REQUESTED_LIMITS, Limits, RequestedLimits
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -119,9 +119,16 @@ class Policy(BaseModel):
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
+    @functools.cached_property
+    def default_limits(self) -> Limits:
+        """The limits of a request that asks for none: the policy's own."""
+        return Limits(**{f.name: getattr(self, f.name) for f in fields(Limits)})
+
     def limits(self, requested: RequestedLimits | None = None) -> Limits:
         """The effective limits for a request. Raises POLICY_VIOLATION naming the first
         field that asks for more than this policy allows."""
+        if requested is None or requested == NO_REQUESTED_LIMITS:
+            return self.default_limits
         values: dict[str, int] = {}
         for f in fields(Limits):
             ceiling: int = getattr(self, f.name)

@@ -128,16 +128,14 @@ class SandboxService:
     ) -> ExecuteCall:
         tenant = self._tenant(context, "Execute")
         try:
-            call = wire.execute_call(msg)
-            policy = self._access.policy_for(
-                tenant, call.policy, in_session=bool(call.session_id)
-            )
+            call = wire.execute_call(msg, tenant=tenant)
+            policy = self._access.policy_for(tenant, call.policy, in_session=bool(call.session_id))
         except RequestError as error:
             self._executor.recorder.event(
                 "Execute", tenant=tenant, error=error, policy_name=msg.policy
             )
             raise
-        return dataclasses.replace(call, tenant=tenant, policy=policy)
+        return call if policy == call.policy else dataclasses.replace(call, policy=policy)
 
     @contextlib.contextmanager
     def _admitted(self, call: ExecuteCall) -> Iterator[None]:

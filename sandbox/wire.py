@@ -12,7 +12,8 @@ from sandbox_client._proto import sandbox_pb2
 
 from .errors import invalid
 from .executor import ExecuteCall
-from .limits import LIMIT_FIELDS, RequestedLimits
+from .limits import LIMIT_FIELDS, NO_REQUESTED_LIMITS, RequestedLimits
+from .tenants import LOCAL_TENANT
 
 _MAX_KEY_BYTES = 256
 
@@ -25,6 +26,8 @@ def backend_field(value: int, field: str = "backend") -> Backend | None:
 
 
 def requested_limits(msg: sandbox_pb2.Limits) -> RequestedLimits:
+    if msg.ByteSize() == 0:  # asks for nothing (most requests)
+        return NO_REQUESTED_LIMITS
     values: dict[str, int | None] = {}
     for name in LIMIT_FIELDS:
         value = getattr(msg, name)
@@ -49,13 +52,14 @@ def parse_inputs(text: str) -> dict[str, Any]:
     return value
 
 
-def execute_call(msg: sandbox_pb2.ExecuteRequest) -> ExecuteCall:
+def execute_call(msg: sandbox_pb2.ExecuteRequest, *, tenant: str = LOCAL_TENANT) -> ExecuteCall:
     if "\x00" in msg.code:
         raise invalid("code contains a NUL character", field="code")
     return ExecuteCall(
         code=msg.code,
         backend=backend_field(msg.backend),
         policy=msg.policy,
+        tenant=tenant,
         inputs=parse_inputs(msg.inputs_json),
         inputs_size=len(msg.inputs_json.encode("utf-8", "surrogatepass")),
         stdin=msg.stdin,

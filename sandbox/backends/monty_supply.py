@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -96,6 +97,12 @@ def _worker_alive(session: pm.AsyncMontySession) -> bool:
     pid = session.worker_pid
     if pid is None:
         return False
+    try:
+        # Workers are our children: one non-reaping syscall tells whether one has exited
+        # (a killed worker is a zombie until the pool reaps it).
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        pass  # not our child (a differently built pool): ask /proc
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             state = stat.read().rsplit(b")", 1)[1].split()[0]

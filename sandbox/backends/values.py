@@ -6,11 +6,18 @@ import json
 from typing import Any
 
 
+def _reject(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, default=_reject)
+
+
 def value_to_json(value: Any) -> str:
     """JSON for `value`; anything JSON cannot hold exactly (sets, bytes, NaN, objects,
     structures too deep to walk) becomes its repr() string, itself JSON-encoded."""
     try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False, default=_reject)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
         pass
     try:
@@ -18,7 +25,3 @@ def value_to_json(value: Any) -> str:
     except RecursionError:
         text = f"<{type(value).__name__} nested too deeply to show>"
     return json.dumps(text, ensure_ascii=False)
-
-
-def _reject(value: Any) -> Any:
-    raise TypeError(type(value).__name__)
