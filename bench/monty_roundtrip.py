@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,13 @@ from ._server import percentiles, sandbox_server
 
 CONCURRENCY = 16
 REQUEST = sandbox_pb2.ExecuteRequest(code="1+1", backend=sandbox_pb2.MONTY)
+
+
+def keyed(key: str) -> sandbox_pb2.ExecuteRequest:
+    request = sandbox_pb2.ExecuteRequest()
+    request.CopyFrom(REQUEST)
+    request.idempotency_key = key
+    return request
 
 
 def time_calls(call: Callable[[], object], n: int) -> list[float]:
@@ -108,6 +116,10 @@ def main() -> None:
             assert reply.result.ok and reply.result.result_json == "2", reply
             health_samples = time_calls(lambda: check(health_request), args.n)
             execute_samples = time_calls(lambda: execute(REQUEST), args.n)
+            # What SDK callers pay: the client sends an idempotency key, so the server
+            # journals each execution.
+            keys = (f"bench-{i}" for i in itertools.count())
+            keyed_samples = time_calls(lambda: execute(keyed(next(keys))), args.n)
 
             rss_100 = server.rss_bytes()  # after warm-up: well past 100 executions
             for _ in range(args.rss_n):
@@ -116,19 +128,27 @@ def main() -> None:
         served_rate = runner.run(server_throughput(server.address, args.n))
         server.stop()
         library_samples, library_rate = runner.run(library_direct(args.n, workers))
+    # The library as most callers run it: on asyncio's default loop.
+    _, default_loop_rate = asyncio.run(library_direct(args.n, workers))
 
     h50, h99 = percentiles(health_samples)
     e50, e99 = percentiles(execute_samples)
+    k50, k99 = percentiles(keyed_samples)
     l50, l99 = percentiles(library_samples)
     print(f"workers={workers} n={args.n} concurrency={CONCURRENCY} event loop={loop_kind}")
     print(f"health check      p50 {h50:7.3f} ms  p99 {h99:7.3f} ms")
     print(f"Execute('1+1')    p50 {e50:7.3f} ms  p99 {e99:7.3f} ms")
+    print(f"  with a key      p50 {k50:7.3f} ms  p99 {k99:7.3f} ms  (journaled)")
     print(f"Monty library     p50 {l50:7.3f} ms  p99 {l99:7.3f} ms")
     print(f"ratio Execute/health p50   {e50 / h50:5.2f}x   (target <= 2.0, aim 1.5)")
     print(f"ratio Execute/library p50  {e50 / l50:5.2f}x")
     print(
         f"throughput server {served_rate:8.0f}/s  library {library_rate:8.0f}/s  "
         f"ratio {served_rate / library_rate:4.2f}  (target >= 0.5, aim 0.7)"
+    )
+    print(
+        f"           library on asyncio's default loop {default_loop_rate:8.0f}/s  "
+        f"ratio {served_rate / default_loop_rate:4.2f}"
     )
     print(
         f"server RSS after warm-up {rss_100 / 2**20:6.1f} MiB, after {args.rss_n} more "
