@@ -169,13 +169,24 @@ class Durability:
         resumable: bool = False,
     ) -> ExecutionResult:
         """`run(entry)` at most once per key; see the module docstring. With `resumable`
-        the entry survives cancellation and crashes, so the next request resumes it."""
+        the entry survives cancellation and crashes, so the next request resumes it.
+
+        A plain execution is claimed in memory only (the key's lock) and written once, with
+        its result: a `running` row would buy nothing, since a run that dies with its
+        server is run again by the retry either way, and it would cost a write."""
         tenant, key = _tenant(call), call.idempotency_key
         digest = digest or request_digest(call)
         async with self._exclusive(tenant, key):
-            entry, created = self.store.claim(
-                tenant, key, digest=digest, owner=self.owner, pinned=_pin(), now=self._clock()
-            )
+            if resumable:
+                entry, created = self.store.claim(
+                    tenant, key, digest=digest, owner=self.owner, pinned=_pin(), now=self._clock()
+                )
+                stored = True
+            else:
+                found = self.store.get(tenant, key)
+                entry = found or _unstored(tenant, key, digest, self.owner, self._clock())
+                stored = found is not None
+                created = not stored
             if entry.digest != digest:
                 raise invalid(
                     f"idempotency key {key!r} was already used for a different request",
@@ -192,19 +203,24 @@ class Durability:
             try:
                 result = await run(entry)
             except asyncio.CancelledError:
-                if not resumable:
+                if stored and not resumable:
                     self.store.forget(tenant, key)
                 raise
             except BaseException:
-                self.store.forget(tenant, key)
+                if stored:
+                    self.store.forget(tenant, key)
                 raise
             failure = result.failure
             if failure is not None and failure.retryable:
-                if not (resumable and failure.kind in _RESUMABLE):
+                if stored and not (resumable and failure.kind in _RESUMABLE):
                     self.store.forget(tenant, key)
-            else:
+            elif stored:
                 self.store.finish(
                     tenant, key, result_json=result.model_dump_json(), now=self._clock()
+                )
+            else:
+                self.store.record_done(
+                    entry, result_json=result.model_dump_json(), now=self._clock()
                 )
             return result
 
@@ -534,6 +550,20 @@ def _with_key(call: ExecuteCall, key: str) -> ExecuteCall:
     import dataclasses
 
     return dataclasses.replace(call, idempotency_key=key)
+
+
+def _unstored(tenant: str, key: str, digest: str, owner: str, now: float) -> Entry:
+    """The entry of a plain execution claimed in memory only (see Durability.once)."""
+    return Entry(
+        tenant=tenant,
+        key=key,
+        digest=digest,
+        state="running",
+        owner=owner,
+        pinned=_pin(),
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _pin() -> Pinned:

@@ -90,6 +90,11 @@ class JournalStore(Protocol):
         """Records the result; the checkpoint and tool answers are dropped."""
         ...
 
+    def record_done(self, entry: Entry, *, result_json: str, now: float) -> None:
+        """Writes `entry` as done with its result: one write for a run that was never
+        claimed in the store."""
+        ...
+
     def forget(self, tenant: str, key: str) -> None:
         """Deletes the entry, so the key may run again from the start."""
         ...
@@ -273,6 +278,24 @@ class SqliteJournal:
                 (result_json, now, tenant, key),
             )
             self._db.execute("DELETE FROM tool_answers WHERE tenant = ? AND key = ?", (tenant, key))
+
+    def record_done(self, entry: Entry, *, result_json: str, now: float) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO executions (tenant, key, digest, state, owner,"
+            " pinned_time, pinned_seed, result_json, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)",
+            (
+                entry.tenant,
+                entry.key,
+                entry.digest,
+                entry.owner,
+                entry.pinned.time_iso,
+                entry.pinned.seed,
+                result_json,
+                entry.created_at,
+                now,
+            ),
+        )
 
     def forget(self, tenant: str, key: str) -> None:
         with self._lock, self._db:

@@ -101,6 +101,24 @@ def test_a_retried_request_is_answered_from_the_journal(durable_server: ServerTh
     assert runs[0] == 1
 
 
+def test_a_keyed_execution_costs_one_journal_write(durable_server: ServerThread) -> None:
+    journal = durable_server.server.executor.journal
+    assert journal is not None
+    db: Any = journal.store._db  # type: ignore[attr-defined]
+    with SandboxClient(durable_server.address) as client:
+        before = db.total_changes
+        assert client.execute("7 * 6", idempotency_key="k-one-write").ok
+        assert db.total_changes - before == 1  # the result, not a claim and then the result
+        assert client.execute("7 * 6", idempotency_key="k-one-write").replayed
+        assert db.total_changes - before == 1  # a replay writes nothing
+        failed = client.execute("1 / 0", idempotency_key="k-one-write-failed")
+    assert failed.failure is not None and failed.failure.kind is FailureKind.RUNTIME_ERROR
+    entry = journal.store.get("local", "k-one-write-failed") or journal.store.get(
+        "", "k-one-write-failed"
+    )
+    assert entry is not None and entry.state == "done"  # a final failure is replayed too
+
+
 def test_the_same_key_with_different_code_is_invalid(durable_server: ServerThread) -> None:
     with SandboxClient(durable_server.address) as client:
         assert client.execute("1", idempotency_key="k-diff").ok
