@@ -17,12 +17,6 @@ from dataclasses import dataclass
 class ServerProcess:
     address: str
     pid: int
-    process: subprocess.Popen[str]
-
-    def stop(self) -> None:
-        """Stops the server early (so a baseline measured next has the machine to itself)."""
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.pid}/status") as status:
@@ -49,7 +43,7 @@ def sandbox_server(*settings: str) -> Iterator[ServerProcess]:
         address = json.loads(proc.stderr.readline())["address"]
         # Keep reading the server's log, or a full pipe would stall it mid-benchmark.
         threading.Thread(target=proc.stderr.read, daemon=True).start()
-        yield ServerProcess(address=address, pid=proc.pid, process=proc)
+        yield ServerProcess(address=address, pid=proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -45,8 +45,8 @@ class SessionSupply:
                 # Its worker died while parked (killed, OOM): never hand out a dead one.
                 self.release(session)
                 session = None
-        self._refill()
         if session is None:
+            self._refill()
             session = self._checkout(limits)
             await session.__aenter__()
         return session
