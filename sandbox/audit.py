@@ -102,8 +102,11 @@ class AuditLog:
                         break
             self.seq, self.last_hash = seq or 0, prev or GENESIS
             if not clean:
-                log.warning("audit log ends in an incomplete record (a crash mid-write); "
-                            "continuing in a new file", file=str(last))
+                log.warning(
+                    "audit log ends in an incomplete record (a crash mid-write); "
+                    "continuing in a new file",
+                    file=str(last),
+                )
             else:
                 fresh_file = False
         if fresh_file:
@@ -274,9 +277,7 @@ def verify(paths: Sequence[Path]) -> VerifyReport:
                 return report
             if expected is not None and seq != expected:
                 how = "removed" if seq > expected else "reordered or duplicated"
-                report.error = (
-                    f"{where}: {want}: found seq {seq} instead (records {how})"
-                )
+                report.error = f"{where}: {want}: found seq {seq} instead (records {how})"
                 return report
             if prev is not None and linked != prev:
                 report.error = f"{where}: {want}: prev does not match the record before it"

@@ -4,7 +4,7 @@ a result stamped with its id and policy. Knows nothing of gRPC."""
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -151,7 +151,7 @@ class Executor:
 
         result = result.model_copy(
             update={
-                "execution_id": "exe_" + uuid.uuid4().hex,
+                "execution_id": "exe_" + os.urandom(16).hex(),
                 "policy_name": policy.name,
                 "policy_digest": policy.digest,
                 "session_id": call.session_id,

@@ -18,8 +18,7 @@ class Metrics:
         r = self.registry
         self.executions = Counter(
             "sandbox_executions",
-            "Executions finished, by backend, outcome kind (OK when the code succeeded) "
-            "and tenant",
+            "Executions finished, by backend, outcome kind (OK when the code succeeded) and tenant",
             ("backend", "kind", "tenant"),
             registry=r,
         )
@@ -37,9 +36,7 @@ class Metrics:
             ("kind", "tenant"),
             registry=r,
         )
-        self.inflight = Gauge(
-            "sandbox_executions_in_flight", "Executions running now", registry=r
-        )
+        self.inflight = Gauge("sandbox_executions_in_flight", "Executions running now", registry=r)
         self.audit_records = Counter(
             "sandbox_audit_records", "Audit records queued for writing", registry=r
         )
@@ -51,6 +48,18 @@ class Metrics:
         )
         self._http: Any = None
         self.port = 0
+        self._executed: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def executed(self, backend: str, kind: str, tenant: str, seconds: float) -> None:
+        """Counts one finished execution (labels() resolved once per label set: it is
+        on every request's path)."""
+        key = (backend, kind, tenant)
+        children = self._executed.get(key)
+        if children is None:
+            children = (self.executions.labels(*key), self.duration.labels(backend))
+            self._executed[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics HTTP endpoint; returns the bound port."""

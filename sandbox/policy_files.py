@@ -23,8 +23,23 @@ Severity = Literal["error", "warning"]
 SYSTEM_PATHS = tuple(
     PurePosixPath(p)
     for p in (
-        "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
-        "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/usr",
+        "/var",
     )
 )
 # Modules whose absence from denied_imports a reviewer should see.
@@ -156,8 +171,7 @@ def check_policy(
     if policy.mounts:
         add(
             ("mounts",),
-            "applied to Monty runs and sessions only: tool runs and containers see no host "
-            "files",
+            "applied to Monty runs and sessions only: tool runs and containers see no host files",
             "warning",
         )
     return out
@@ -202,9 +216,7 @@ def load_policy_dir(
     if directory is None:
         return policies, []
     if not directory.is_dir():
-        return policies, [
-            Problem(file=str(directory), line=0, field="", message="not a directory")
-        ]
+        return policies, [Problem(file=str(directory), line=0, field="", message="not a directory")]
     problems = lint_files([directory], maximums)
     bad_files = {p.file for p in problems if p.severity == "error"}
     for path in expand([directory]):
@@ -222,9 +234,11 @@ def _message(err: Any) -> str:
     if err["type"] == "missing":
         return "required key is missing"
     message = str(err["msg"])
-    return f"{message} (got {err['input']!r})" if "input" in err and not isinstance(
-        err["input"], dict | list
-    ) else message
+    return (
+        f"{message} (got {err['input']!r})"
+        if "input" in err and not isinstance(err["input"], dict | list)
+        else message
+    )
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")

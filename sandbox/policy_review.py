@@ -118,8 +118,11 @@ def changed(a: Policy, b: Policy) -> list[Difference]:
     for field in ("container_image", "container_runtime", "seccomp", "os_access", "network"):
         va, vb = getattr(a, field), getattr(b, field)
         if va != vb:
-            out.append(Difference(field, f"{field}: {va or '(server default)'!s} vs "
-                                         f"{vb or '(server default)'!s}"))
+            out.append(
+                Difference(
+                    field, f"{field}: {va or '(server default)'!s} vs {vb or '(server default)'!s}"
+                )
+            )
     return out
 
 
@@ -151,20 +154,33 @@ def explain(policy: Policy) -> str:
     lines = [f"Policy '{p.name}' ({p.digest})", ""]
     where = []
     if Backend.MONTY in p.backends or Backend.AUTO in p.backends:
-        where.append("in the Monty interpreter (a Python subset with no file, network or "
-                     "OS access)")
+        where.append(
+            "in the Monty interpreter (a Python subset with no file, network or OS access)"
+        )
     if Backend.CONTAINER in p.backends:
         image = p.container_image or "the server's default image"
-        runtime = {"": "the server's default runtime", "runc": "runc",
-                   "runsc": "gVisor (runsc, a user-space kernel)"}[p.container_runtime]
-        where.append(f"in a Docker container ({image}, {runtime}) with no network, a "
-                     f"read-only root, a non-root user and the runner's seccomp filter")
-    lines.append(f"Code may run {' or '.join(where) if where else 'nowhere'} "
-                 f"(backends: {', '.join(backends) or 'none'}).")
+        runtime = {
+            "": "the server's default runtime",
+            "runc": "runc",
+            "runsc": "gVisor (runsc, a user-space kernel)",
+        }[p.container_runtime]
+        where.append(
+            f"in a Docker container ({image}, {runtime}) with no network, a "
+            f"read-only root, a non-root user and the runner's seccomp filter"
+        )
+    lines.append(
+        f"Code may run {' or '.join(where) if where else 'nowhere'} "
+        f"(backends: {', '.join(backends) or 'none'})."
+    )
     if Backend.AUTO in p.backends:
-        lines.append("Requests for 'auto' run in Monty first; " + (
-            "code Monty cannot run is re-run in a container." if p.allow_fallback
-            and Backend.CONTAINER in p.backends else "they never fall back to a container."))
+        lines.append(
+            "Requests for 'auto' run in Monty first; "
+            + (
+                "code Monty cannot run is re-run in a container."
+                if p.allow_fallback and Backend.CONTAINER in p.backends
+                else "they never fall back to a container."
+            )
+        )
     lines.append("It has no network access at all.")
     lines.append(
         f"Each execution gets at most {p.wall_time_ms / 1000:g} s of wall time, "
@@ -177,27 +193,47 @@ def explain(policy: Policy) -> str:
             f"and threads, and {_size(p.disk_bytes)} of scratch disk (/tmp and the work "
             "directory, in memory); nothing else is writable."
         )
-    lines.append(f"Code may be at most {_size(p.code_bytes)}; inputs and stdin together at "
-                 f"most {_size(p.inputs_bytes)}.")
-    lines.append(f"It may not import: {', '.join(sorted(p.denied_imports))}"
-                 + (f"; in Monty also {', '.join(sorted(p.monty_denied_imports))}"
-                    if p.monty_denied_imports else "") + ".")
+    lines.append(
+        f"Code may be at most {_size(p.code_bytes)}; inputs and stdin together at "
+        f"most {_size(p.inputs_bytes)}."
+    )
+    lines.append(
+        f"It may not import: {', '.join(sorted(p.denied_imports))}"
+        + (
+            f"; in Monty also {', '.join(sorted(p.monty_denied_imports))}"
+            if p.monty_denied_imports
+            else ""
+        )
+        + "."
+    )
     if p.mounts:
         for m in p.mounts:
-            lines.append(f"Declares {m.host_path} visible at {m.guest_path} "
-                         f"({'read-write' if m.mode == 'rw' else 'read-only'}) to "
-                         "Monty runs and sessions; tool runs and containers see none.")
+            lines.append(
+                f"Declares {m.host_path} visible at {m.guest_path} "
+                f"({'read-write' if m.mode == 'rw' else 'read-only'}) to "
+                "Monty runs and sessions; tool runs and containers see none."
+            )
     else:
         lines.append("It sees no host files.")
     lines.append(
-        f"Sessions: up to {p.sessions_per_tenant} per tenant." if p.sessions_per_tenant
+        f"Sessions: up to {p.sessions_per_tenant} per tenant."
+        if p.sessions_per_tenant
         else "Sessions are not allowed."
     )
-    who = ("any tenant that lists it among its allowed policies" if ANY_TENANT in p.tenants
-           else "tenants " + ", ".join(sorted(p.tenants)))
+    who = (
+        "any tenant that lists it among its allowed policies"
+        if ANY_TENANT in p.tenants
+        else "tenants " + ", ".join(sorted(p.tenants))
+    )
     lines.append(f"Usable by {who}.")
-    lines.append("The audit log keeps " + ("the full source of every execution."
-                 if p.audit_code == "full" else "only a digest of the code, not the code."))
+    lines.append(
+        "The audit log keeps "
+        + (
+            "the full source of every execution."
+            if p.audit_code == "full"
+            else "only a digest of the code, not the code."
+        )
+    )
     return "\n".join(lines) + "\n"
 
 

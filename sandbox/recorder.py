@@ -49,8 +49,7 @@ class Recorder:
             if result is not None:
                 backend = result.backend.value if result.backend else "none"
                 kind = result.failure.kind.value if result.failure else "OK"
-                self.metrics.executions.labels(backend, kind, tenant).inc()
-                self.metrics.duration.labels(backend).observe(result.usage.wall_ms / 1000)
+                self.metrics.executed(backend, kind, tenant, result.usage.wall_ms / 1000)
             elif error is not None:
                 self.metrics.refused.labels(error_kind(error), tenant).inc()
         if self.audit is None:
@@ -59,12 +58,12 @@ class Recorder:
             "time": now_iso(),
             "method": method,
             "tenant": tenant,
-            "request_id": result.execution_id if result and result.execution_id
+            "request_id": result.execution_id
+            if result and result.execution_id
             else "req_" + uuid.uuid4().hex,
             "idempotency_key": call.idempotency_key,
-            "code_sha256": "sha256:" + hashlib.sha256(
-                call.code.encode("utf-8", "surrogatepass")
-            ).hexdigest(),
+            "code_sha256": "sha256:"
+            + hashlib.sha256(call.code.encode("utf-8", "surrogatepass")).hexdigest(),
             "policy": policy.name if policy else call.policy,
             "policy_digest": policy.digest if policy else "",
             "session_id": call.session_id,

@@ -91,14 +91,20 @@ class Reloader:
         try:
             policies, problems = load_policies(self.settings)
         except ConfigError as exc:
-            log.error("reload failed; keeping the last good policies and tenants",
-                      reason=reason, error=str(exc))
+            log.error(
+                "reload failed; keeping the last good policies and tenants",
+                reason=reason,
+                error=str(exc),
+            )
             self._count("failed")
             return False
         for problem in problems:
             if problem.severity == "error":
-                log.error("policy file refused; keeping its last good version",
-                          reason=reason, problem=str(problem))
+                log.error(
+                    "policy file refused; keeping its last good version",
+                    reason=reason,
+                    problem=str(problem),
+                )
         current: PolicyRegistry = getattr(self.holder, "policies")  # noqa: B009
         bad = {Path(p.file).stem for p in problems if p.severity == "error"}
         merged = {name: policies.get(name) for name in policies.names()}
@@ -110,14 +116,21 @@ class Reloader:
         try:
             tenants = load_tenants(self.settings, registry)
         except ConfigError as exc:
-            log.error("reload failed; keeping the last good policies and tenants",
-                      reason=reason, error=str(exc))
+            log.error(
+                "reload failed; keeping the last good policies and tenants",
+                reason=reason,
+                error=str(exc),
+            )
             self._count("failed")
             return False
         self.holder.policies = registry  # type: ignore[attr-defined]
         self.access.tenants = tenants
-        log.info("reloaded", reason=reason, policies=sorted(merged),
-                 tenants=len(tenants) if tenants else 0)
+        log.info(
+            "reloaded",
+            reason=reason,
+            policies=sorted(merged),
+            tenants=len(tenants) if tenants else 0,
+        )
         self._count("failed" if bad else "ok")
         return True
 

@@ -90,8 +90,10 @@ class TenantRegistry:
                 )
             for digest in tenant.api_key_sha256:
                 if digest in self._by_key:
-                    raise TenantsError(f"tenants.{tenant.name}: an API key digest is shared "
-                                       f"with tenant {self._by_key[digest].name}")
+                    raise TenantsError(
+                        f"tenants.{tenant.name}: an API key digest is shared "
+                        f"with tenant {self._by_key[digest].name}"
+                    )
                 self._by_key[digest] = tenant
             for cn in tenant.mtls_common_names:
                 self._by_cn[cn] = tenant
@@ -182,8 +184,7 @@ class Access:
                     raise _unauthenticated("unknown or revoked API key")
                 return tenant.name
         raise _unauthenticated(
-            "this server requires an API key (authorization: Bearer <key>) or a client "
-            "certificate"
+            "this server requires an API key (authorization: Bearer <key>) or a client certificate"
         )
 
     def policy_for(self, tenant: str, requested: str, *, in_session: bool = False) -> str:

@@ -52,4 +52,3 @@ async def check_runtimes(
             why = result.failure.message if result.failure else repr(result.stdout)
             checks.append(RuntimeCheck(runtime, False, why))
     return checks
-

@@ -139,8 +139,7 @@ def _engine_failure(exc: BaseException, signals: ContainerSignals) -> Failure:
     if kind is FailureKind.INFRA_UNAVAILABLE:
         return Failure.of(
             kind,
-            "the container engine cannot serve now "
-            f"({type(exc).__name__}: {first_line(str(exc))})",
+            f"the container engine cannot serve now ({type(exc).__name__}: {first_line(str(exc))})",
             retry_after_ms=INFRA_RETRY_AFTER_MS,
         )
     return Failure.of(
@@ -304,4 +303,3 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-

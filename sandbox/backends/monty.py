@@ -193,9 +193,11 @@ class MontyBackend:
                 if failure is not None and failure.kind in _SESSION_ENDING:
                     await self.close_session(session)
                 return result
+        supply = self._supply
+        if supply is None:
+            raise RuntimeError("MontyBackend.start() was not awaited")
         try:
-            async with self.checkout_session(spec.limits) as checked_out:
-                return await self._feed(checked_out, spec)
+            checked_out = await supply.take(spec.limits)
         except TimeoutError:
             return ExecutionResult.failed(
                 Failure.of(
@@ -205,6 +207,10 @@ class MontyBackend:
                 ),
                 backend=Backend.MONTY,
             )
+        try:  # checkout_session() without its context manager: this is the hot path
+            return await self._feed(checked_out, spec)
+        finally:
+            supply.release(checked_out)
 
     async def _feed(self, session: pm.AsyncMontySession, spec: RunSpec) -> ExecutionResult:
         try:

@@ -271,4 +271,3 @@ def _frames(exc: pm.MontySyntaxError | pm.MontyRuntimeError) -> tuple[Frame, ...
         )
         for f in exc.traceback()
     )
-

@@ -64,8 +64,11 @@ class SessionSupply:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _short(self) -> bool:
+        return not self._closed and len(self._parked) + self._parking < self._depth
+
     def _refill(self) -> None:
-        while not self._closed and len(self._parked) + self._parking < self._depth:
+        while self._short():
             assert self._limits is not None
             self._parking += 1
             self._spawn(self._park(self._limits))
@@ -85,6 +88,10 @@ class SessionSupply:
 
     async def _exit(self, session: pm.AsyncMontySession) -> None:
         await _exit_quietly(session)
+        if self._short():  # park the next one in this task: a task per run, not two
+            assert self._limits is not None
+            self._parking += 1
+            await self._park(self._limits)
         self._refill()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
