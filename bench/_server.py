@@ -55,3 +55,19 @@ def percentiles(samples_s: Sequence[float]) -> tuple[float, float]:
     p50 = statistics.median(ordered)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return p50 * 1000, p99 * 1000
+
+
+@contextmanager
+def floor_server(loop_kind: str, workers: int) -> Iterator[str]:
+    """bench/_floor_server.py in its own process; yields its address."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench._floor_server", loop_kind, str(workers)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import itertools
 import os
@@ -27,7 +28,7 @@ from sandbox.config import Settings
 from sandbox.server import new_event_loop
 from sandbox_client._proto import sandbox_pb2, sandbox_pb2_grpc
 
-from ._server import percentiles, sandbox_server
+from ._server import floor_server, percentiles, sandbox_server
 
 CONCURRENCY = 16
 REQUEST = sandbox_pb2.ExecuteRequest(code="1+1", backend=sandbox_pb2.MONTY)
@@ -76,18 +77,19 @@ def library_call(pool: pm.AsyncMonty) -> Callable[[], Awaitable[object]]:
     return one
 
 
-async def against_library(address: str, n: int, workers: int) -> tuple[float, list[float], float]:
-    """(server rate, library latency samples, library rate). The two rates are measured
-    in alternating rounds, so the machine's ups and downs fall on both alike."""
+async def against_library(
+    addresses: list[str], n: int, workers: int
+) -> tuple[list[float], list[float], float]:
+    """(each server's rate, library latency samples, library rate). The rates are
+    measured in alternating rounds, so the machine's ups and downs fall on all alike."""
     async with (
-        grpc.aio.insecure_channel(address) as channel,
+        contextlib.AsyncExitStack() as stack,
         pm.AsyncMonty(min_processes=workers, max_processes=workers) as pool,
     ):
-        stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
-
-        async def served() -> object:
-            return await stub.Execute(REQUEST)
-
+        calls = []
+        for address in addresses:
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
+            calls.append(served_call(sandbox_pb2_grpc.SandboxServiceStub(channel)))
         library = library_call(pool)
         for _ in range(200):
             await library()
@@ -96,14 +98,22 @@ async def against_library(address: str, n: int, workers: int) -> tuple[float, li
             started = time.perf_counter()
             await library()
             samples.append(time.perf_counter() - started)
-        await busy_seconds(served, 200)
+        for call in calls:
+            await busy_seconds(call, 200)
         rounds, per_round = 4, max(1, n // 4)
-        served_s = library_s = 0.0
+        seconds = [0.0] * (len(calls) + 1)
         for _ in range(rounds):
-            served_s += await busy_seconds(served, per_round)
-            library_s += await busy_seconds(library, per_round)
+            for i, call in enumerate([*calls, library]):
+                seconds[i] += await busy_seconds(call, per_round)
     total = rounds * per_round
-    return total / served_s, samples, total / library_s
+    return [total / s for s in seconds[:-1]], samples, total / seconds[-1]
+
+
+def served_call(stub: sandbox_pb2_grpc.SandboxServiceStub) -> Callable[[], Awaitable[object]]:
+    async def one() -> object:
+        return await stub.Execute(REQUEST)
+
+    return one
 
 
 async def library_rate(n: int, workers: int) -> float:
@@ -118,6 +128,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rss-n", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure bench/_floor_server.py: gRPC + AsyncMonty and nothing else",
+    )
     args = parser.parse_args()
     workers = args.workers
 
@@ -128,7 +143,14 @@ def main() -> None:
     with (
         runner,
         sandbox_server(f"monty_min_workers={workers}", f"monty_max_workers={workers}") as server,
+        floor_server(loop_kind, workers) if args.floor else contextlib.nullcontext() as floor,
     ):
+        floor_execute: list[Callable[[], object]] = []
+        if floor is not None:
+            floor_channel = grpc.insecure_channel(floor)
+            floor_execute.append(
+                lambda: sandbox_pb2_grpc.SandboxServiceStub(floor_channel).Execute(REQUEST)
+            )
         with grpc.insecure_channel(server.address) as channel:
             execute = sandbox_pb2_grpc.SandboxServiceStub(channel).Execute
             check = health_pb2_grpc.HealthStub(channel).Check
@@ -138,10 +160,11 @@ def main() -> None:
             # Keyed: what SDK callers pay (the client sends an idempotency key, so the
             # server journals each execution).
             keys = (f"bench-{i}" for i in itertools.count())
-            health_samples, execute_samples, keyed_samples = time_calls(
+            health_samples, execute_samples, keyed_samples, *floor_samples = time_calls(
                 lambda: check(health_request),
                 lambda: execute(REQUEST),
                 lambda: execute(keyed(next(keys))),
+                *floor_execute,
                 n=args.n,
             )
 
@@ -149,8 +172,9 @@ def main() -> None:
             for _ in range(args.rss_n):
                 execute(REQUEST)
             rss_after = server.rss_bytes()
-        served_rate, library_samples, library_rate_same_loop = runner.run(
-            against_library(server.address, args.n, workers)
+        addresses = [server.address, *([floor] if floor is not None else [])]
+        (served_rate, *floor_rate), library_samples, library_rate_same_loop = runner.run(
+            against_library(addresses, args.n, workers)
         )
     # The library as most callers run it: on asyncio's default loop.
     default_loop_rate = asyncio.run(library_rate(args.n, workers))
@@ -164,6 +188,9 @@ def main() -> None:
     print(f"Execute('1+1')    p50 {e50:7.3f} ms  p99 {e99:7.3f} ms")
     print(f"  with a key      p50 {k50:7.3f} ms  p99 {k99:7.3f} ms  (journaled)")
     print(f"Monty library     p50 {l50:7.3f} ms  p99 {l99:7.3f} ms")
+    if floor_samples:
+        f50, f99 = percentiles(floor_samples[0])
+        print(f"floor server      p50 {f50:7.3f} ms  p99 {f99:7.3f} ms  (gRPC + AsyncMonty only)")
     print(f"ratio Execute/health p50   {e50 / h50:5.2f}x   (target <= 2.0, aim 1.5)")
     print(f"ratio Execute/library p50  {e50 / l50:5.2f}x")
     print(
@@ -174,6 +201,12 @@ def main() -> None:
         f"           library on asyncio's default loop {default_loop_rate:8.0f}/s  "
         f"ratio {served_rate / default_loop_rate:4.2f}"
     )
+    if floor_samples:
+        print(
+            f"floor server: Execute/health p50 {f50 / h50:5.2f}x, throughput "
+            f"{floor_rate[0]:6.0f}/s = {floor_rate[0] / library_rate_same_loop:4.2f} of the "
+            f"library; this server does {served_rate / floor_rate[0]:4.2f} of the floor's"
+        )
     print(
         f"server RSS after warm-up {rss_100 / 2**20:6.1f} MiB, after {args.rss_n} more "
         f"{rss_after / 2**20:6.1f} MiB: {100 * (rss_after / rss_100 - 1):+5.1f}%"
