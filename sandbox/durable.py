@@ -37,14 +37,8 @@ from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
 from .backends.base import RunSpec
 from .backends.container import ContainerBackend
 from .backends.monty import MontyBackend
-from .backends.monty_tools import (
-    CheckpointMismatch,
-    ToolCallRequest,
-    ToolHost,
-    ToolReply,
-    ToolRunSpec,
-    run_with_tools,
-)
+from .backends.monty_tools import ToolRunSpec, run_with_tools
+from .backends.tools import CheckpointMismatch, ToolCallRequest, ToolHost, ToolReply
 from .backends.values import value_to_json
 from .config import Settings
 from .errors import RequestError, invalid

@@ -16,7 +16,7 @@ from sandbox_client import ExecutionResult, FailureKind
 from sandbox_client._convert import result_to_proto
 from sandbox_client._proto import sandbox_pb2
 
-from .backends.monty_tools import ToolCallRequest, ToolReply
+from .backends.tools import ToolCallRequest, ToolReply
 from .durable import ToolDecl, args_json, kwargs_json
 from .errors import RequestError, invalid
 from .executor import ExecuteCall, Executor

@@ -41,7 +41,7 @@ from .container_outcome import (
 from .container_owner import OWNER_PROCESS_LABEL, owner_process, owner_process_gone
 from .container_pool import REFILL_PARALLELISM, WarmPool
 from .container_tools import ToolBridge
-from .monty_tools import ToolHost
+from .tools import ToolHost
 
 log = structlog.get_logger("sandbox.container")
 T = TypeVar("T")

@@ -16,8 +16,8 @@ import requests.exceptions as rq
 from sandbox_client import Failure, FailureKind, Frame
 
 from ..limits import Limits
-from .monty_outcome import InjectedToolError
 from .outcome_parts import first_line, one_line, output_limit_failure, tool_failure
+from .tools import InjectedToolError
 
 
 class RunnerStartError(Exception):

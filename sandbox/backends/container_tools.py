@@ -23,8 +23,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .monty_outcome import InjectedToolError
-from .monty_tools import ToolCallRequest, ToolHost, ToolReply
+from .tools import InjectedToolError, ToolCallRequest, ToolHost, ToolReply
 
 
 class ForgedFrame(Exception):

@@ -16,17 +16,7 @@ from sandbox_client import KIND_DEFAULTS, Failure, FailureKind, Frame
 
 from ..limits import Limits
 from .outcome_parts import first_line, one_line, output_limit_failure
-
-
-@dataclass(frozen=True, kw_only=True)
-class InjectedToolError:
-    """An exception the host raised inside the code as a tool's answer."""
-
-    seq: int
-    tool: str
-    exception_type: str
-    message: str
-    kind: str = ""  # the tool's own failure kind, if it reported one
+from .tools import InjectedToolError
 
 
 @dataclass(kw_only=True)

@@ -11,9 +11,9 @@ import asyncio
 import datetime
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import pydantic_monty as pm
 
@@ -22,46 +22,8 @@ from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
 from ..limits import Limits
 from ..output import OutputCapture, OutputLimitExceeded, OutputSink, StreamName
 from .monty import HOST_GRACE_S, MontyBackend, monty_result
-from .monty_outcome import InjectedToolError, RunSignals, map_monty_outcome
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToolCallRequest:
-    seq: int  # 1-based, in the order the code made its calls
-    name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToolReply:
-    """What the code sees: a value, or (error_type set) an exception to raise."""
-
-    value: Any = None
-    error_type: str = ""
-    error_message: str = ""
-    error_kind: str = ""  # the tool's own failure kind, if it reported one
-
-
-class ToolHost(Protocol):
-    def ask(self, call: ToolCallRequest) -> Awaitable[ToolReply]:
-        """Starts the call (relayed to the client, or answered from records on a resume)
-        and returns its answer to await. Raises CheckpointMismatch when a resumed run
-        calls something other than what its records say."""
-        ...
-
-    async def checkpoint(self, seq: int, blob: bytes, output: dict[str, Any]) -> None:
-        """Keeps the run's state after `seq` answered calls."""
-        ...
-
-    def clock(self, n: int, name: str, read: Callable[[], Any]) -> Any:
-        """The run's `n`-th clock reading: `read()` (a JSON value) the first time, the
-        recorded value when a resumed run reads it again."""
-        ...
-
-
-class CheckpointMismatch(Exception):
-    """A resumed run did not repeat what its journal recorded (CORRUPT_STATE)."""
+from .monty_outcome import RunSignals, map_monty_outcome
+from .tools import InjectedToolError, ToolCallRequest, ToolHost, ToolReply
 
 
 @dataclass(frozen=True, kw_only=True)

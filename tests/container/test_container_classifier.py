@@ -17,7 +17,7 @@ from sandbox.backends.container_outcome import (
     RunnerStartError,
     map_container_outcome,
 )
-from sandbox.backends.monty_outcome import InjectedToolError
+from sandbox.backends.tools import InjectedToolError
 from sandbox_client import FailureKind
 
 from .conftest import LIMITS
