@@ -52,6 +52,12 @@ def test_an_uncaught_injected_error_is_tool_error(pool: pm.Monty) -> None:
     failure = map_monty_outcome(exc, RunSignals(limits=LIMITS, tool_errors=[injected()]))
     assert failure is not None and failure.kind is FailureKind.TOOL_ERROR
     assert failure.details == {"tool": "fetch", "call_id": "2"}
+    # Worded by outcome_parts.tool_failure, as the container classifier words it.
+    assert failure.message == (
+        "tool 'fetch' raised ValueError: upstream said no "
+        "(line 2: raise ValueError('upstream said no'))"
+    )
+    assert failure.exception_type == "ValueError"
     assert failure.line == 2 and not failure.retryable
     assert failure.suggested_action is SuggestedAction.REPAIR
 

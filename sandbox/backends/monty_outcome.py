@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import pydantic_monty as pm
 
-from sandbox_client import KIND_DEFAULTS, Failure, FailureKind, Frame
+from sandbox_client import Failure, FailureKind, Frame
 
 from ..limits import Limits
-from .outcome_parts import first_line, one_line, output_limit_failure
+from .outcome_parts import first_line, one_line, output_limit_failure, tool_failure
 from .tools import InjectedToolError
 
 
@@ -112,7 +112,14 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
 
     tool_error = _uncaught_tool_error(type_name, message, signals)
     if tool_error is not None:
-        return _tool_failure(tool_error, frames)
+        return tool_failure(
+            tool=tool_error.tool,
+            seq=tool_error.seq,
+            exception_type=tool_error.exception_type,
+            message=tool_error.message,
+            tool_kind=tool_error.kind,
+            frames=frames,
+        )
     if type_name == "TimeoutError" and is_limit:
         return _timeout(limits, message, frames)
     if type_name == "MemoryError" and is_limit:
@@ -166,28 +173,6 @@ def _uncaught_tool_error(
         ):
             return injected
     return None
-
-
-def _tool_failure(injected: InjectedToolError, frames: tuple[Frame, ...]) -> Failure:
-    details = {"tool": injected.tool, "call_id": str(injected.seq)}
-    fields: dict[str, object] = {}
-    if injected.kind in FailureKind.__members__:
-        # "Per the tool's kind": a tool that failed for a retryable reason makes the
-        # whole run retryable, and so on.
-        retryable, action = KIND_DEFAULTS[FailureKind(injected.kind)]
-        fields = {"retryable": retryable, "suggested_action": action}
-        details["tool_kind"] = injected.kind
-    text = injected.exception_type
-    if injected.message:
-        text += f": {injected.message}"
-    return Failure.of(
-        FailureKind.TOOL_ERROR,
-        one_line(f"tool {injected.tool!r} raised {text}", frames),
-        exception_type=injected.exception_type,
-        frames=frames,
-        details=details,
-        **fields,
-    )
 
 
 def _missing_feature(type_name: str, message: str, frames: tuple[Frame, ...]) -> str | None:
