@@ -241,6 +241,16 @@ def test_an_uncaught_tool_error_is_tool_error(durable_server: ServerThread) -> N
     assert "upstream said no" in failure.message
 
 
+def test_too_many_host_calls_say_so_with_the_cap(durable_server: ServerThread) -> None:
+    code = "total = 0\nfor i in range(1200):\n    total += ping(i)\ntotal"
+    with SandboxClient(durable_server.address, timeout_s=120) as client:
+        result = client._run_tools({"ping": lambda i: 1}, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR
+    assert failure.details == {"limit": "host_calls", "limit_value": "1000"}
+    assert "more than 1000 calls to the host" in failure.message and failure.line == 3
+
+
 async def test_async_tools_the_code_gathers_run_concurrently(
     durable_server: ServerThread,
 ) -> None:

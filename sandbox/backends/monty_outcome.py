@@ -45,6 +45,8 @@ _UNDEFINED_NAME = re.compile(r"name '(\w+)' is not defined")
 _MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
 # Monty phrases its own limits this way; a user's `raise MemoryError()` does not.
 _LIMIT_MESSAGE = re.compile(r"\blimit exceeded\b")
+# pydantic-monty's pool counts host round trips per checkout (`max_suspensions`).
+_SUSPENSION_LIMIT = re.compile(r"^suspension limit (\d+) exceeded$")
 
 # Every MontyError subclass Monty ships, mapped explicitly; test_monty_outcome fails
 # when pydantic_monty grows one this table does not name.
@@ -147,6 +149,21 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
             exception_type=type_name,
             frames=frames,
             details={"missing": missing},
+        )
+    suspensions = _SUSPENSION_LIMIT.search(message) if type_name == "RuntimeError" else None
+    if suspensions is not None:
+        cap = suspensions.group(1)
+        return Failure.of(
+            FailureKind.RUNTIME_ERROR,
+            one_line(
+                f"the run made more than {cap} calls to the host (tool calls, clock reads, "
+                "sleeps, input(), file operations), Monty's cap for one run; make fewer, "
+                "e.g. by batching them",
+                frames,
+            ),
+            exception_type=type_name,
+            frames=frames,
+            details={"limit": "host_calls", "limit_value": cap},
         )
     details = {}
     if type_name == "RecursionError":
