@@ -38,6 +38,7 @@ node_modules/.bin/buf: package.json
 lint: setup node_modules/.bin/buf proto-check
 	node_modules/.bin/buf lint
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: setup

@@ -37,7 +37,7 @@ def test_example_policies_lint_clean() -> None:
     ("body", "expected"),
     [
         # TOML syntax: the line tomllib reports.
-        ('wall_time_ms = 100\nmemory_bytes = = 3\n', ":2: not valid TOML"),
+        ("wall_time_ms = 100\nmemory_bytes = = 3\n", ":2: not valid TOML"),
         # Unknown key, on its own line.
         ("wall_time_ms = 100\nnetwork_access = true\n", ":2: network_access: unknown key"),
         # Wrong type.
@@ -76,8 +76,10 @@ def test_example_policies_lint_clean() -> None:
             ":2: mounts.0.host_path: 'data/../x' must be absolute",
         ),
         # A mount key that does not exist.
-        ('[[mounts]]\nhost_path = "/srv/a"\nguest_path = "/a"\nwritable = true\n',
-         ":4: mounts.0.writable: unknown key"),
+        (
+            '[[mounts]]\nhost_path = "/srv/a"\nguest_path = "/a"\nwritable = true\n',
+            ":4: mounts.0.writable: unknown key",
+        ),
         # A mount missing a required key: the table's header line.
         ('[[mounts]]\nguest_path = "/a"\n', ":1: mounts.0.host_path: required key is missing"),
         # A bad policy name.
@@ -194,6 +196,15 @@ def test_diff_and_explain_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_explain_mentions_every_capability() -> None:
     text = explain(Policy(name="d"))
-    for phrase in ("Monty", "container", "no network", "wall time", "processes", "import",
-                   "host files", "Sessions", "audit log"):
+    for phrase in (
+        "Monty",
+        "container",
+        "no network",
+        "wall time",
+        "processes",
+        "import",
+        "host files",
+        "Sessions",
+        "audit log",
+    ):
         assert phrase in text

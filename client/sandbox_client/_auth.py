@@ -66,7 +66,10 @@ class _SyncAuth(
 
 def _aio_details(d: Any, extra: Metadata) -> grpc.aio.ClientCallDetails:
     return grpc.aio.ClientCallDetails(
-        d.method, d.timeout, grpc.aio.Metadata(*_with(d.metadata, extra)), d.credentials,
+        d.method,
+        d.timeout,
+        grpc.aio.Metadata(*_with(d.metadata, extra)),
+        d.credentials,
         d.wait_for_ready,
     )
 
