@@ -62,6 +62,10 @@ FLUSH_BYTES = 16 * 1024  # also the most text one output frame carries
 FLUSH_AFTER_S = 0.02
 MAX_MESSAGE_CHARS = 2000
 MAX_FRAMES = 50
+# Names and attempts the code chooses (an exception class's name, a path it tried to
+# write) are clipped to this: every frame the runner writes must fit the host's line cap,
+# so that a line over it can only be bytes the code wrote to the channel itself.
+MAX_NAME_CHARS = 500
 CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: the code awaits at top level
 # Frames asyncio's loop adds under code that awaits at top level; not the code's own.
 ASYNC_FRAMES = 15
@@ -256,7 +260,7 @@ class Auditor:
         if check is not None:
             attempt = check(args)
             if attempt and len(self.attempts) < 20:
-                self.attempts.append(attempt)
+                self.attempts.append(_clip(attempt))
 
 
 def _outside(path: Any) -> bool:
@@ -383,7 +387,7 @@ def _frames(tb: Any, source: list[str]) -> list[dict[str, Any]]:
                 "column": (summary.colno or 0) + 1 if summary.colno is not None else 0,
                 "end_line": summary.end_lineno or 0,
                 "end_column": (summary.end_colno or 0) + 1 if summary.end_colno is not None else 0,
-                "function_name": "" if summary.name == "<module>" else summary.name,
+                "function_name": "" if summary.name == "<module>" else _clip(summary.name),
                 "source_line": source[line - 1][:500] if 0 < line <= len(source) else "",
             }
         )
@@ -398,9 +402,10 @@ def _error(exc: BaseException, source: list[str]) -> dict[str, Any]:
         seen.add(id(link))
         os_error = os_error or isinstance(link, OSError)
         link = link.__cause__ or link.__context__
+    module = type(exc).__module__
     error = {
-        "type": type(exc).__name__,
-        "module": type(exc).__module__,
+        "type": _clip(type(exc).__name__),
+        "module": _clip(module) if isinstance(module, str) else "",
         "message": _message(exc),
         "frames": _frames(exc.__traceback__, source),
         "os_error": os_error,
@@ -413,6 +418,10 @@ def _error(exc: BaseException, source: list[str]) -> dict[str, Any]:
         # Raised as a tool's answer (the host checks that call really failed so).
         error["tool_seq"] = seq
     return error
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 3] + "..."
 
 
 def _message(exc: BaseException) -> str:

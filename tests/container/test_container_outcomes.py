@@ -107,6 +107,30 @@ async def test_write_outside_work_dirs_is_policy_violation(backend: ContainerBac
     await assert_healthy(backend)
 
 
+async def test_names_the_code_chooses_are_clipped_to_fit_the_channel(
+    backend: ContainerBackend,
+) -> None:
+    # Past the line cap unclipped (16 x 1 MiB + 1 MiB): this must stay the code's own
+    # error, not look like garbage on the channel.
+    result = await run(backend, "raise type('E' * (20 << 20), (Exception,), {})()")
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type.startswith("EEE") and len(failure.exception_type) == 500
+    code = (
+        "for _ in range(20):\n"
+        "    try:\n"
+        "        open('/' + 'x' * (1 << 20), 'w')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "open('/etc/hosts', 'a')"
+    )
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert failure.details["attempted"].startswith("write to '/xxx")
+    await assert_healthy(backend)
+
+
 async def test_killed_from_outside_is_sandbox_crash(
     backend: ContainerBackend, engine: docker.DockerClient
 ) -> None:
