@@ -226,19 +226,19 @@ class Engine:
                     break
         except OutputLimitExceeded:
             signals.output_exceeded = True
-            self.kill(container.id)
+            self._stop(container)
         except ChannelTimeout:
             signals.host_timed_out = True
-            self.kill(container.id)
+            self._stop(container)
         except ProtocolError as exc:
             signals.protocol_error = str(exc)
-            self.kill(container.id)
+            self._stop(container)
         except ForgedFrame as exc:
             signals.forged_frame = str(exc)
-            self.kill(container.id)
+            self._stop(container)
         except RelayStopped:
             signals.relay_stopped = True
-            self.kill(container.id)
+            self._stop(container)
         except (ChannelClosed, ConnectionError):
             pass  # the container ended; its state says how
         finally:
@@ -262,6 +262,14 @@ class Engine:
         signals.oom_killed = bool(state.get("OOMKilled"))
         if not state.get("Running"):
             signals.exit_code = int(state.get("ExitCode", 0))
+
+    def _stop(self, container: Container) -> None:
+        """Kills a container mid-run. Its channel is closed first: the engine does not
+        finish a kill while it still has the container's output to hand us, and we no
+        longer read it (a kill of a container still writing waited for the client's
+        30 s timeout)."""
+        container.channel.close()
+        self.kill(container.id)
 
     def kill(self, container_id: str) -> None:
         with contextlib.suppress(de.APIError):  # already gone or already stopped
