@@ -30,7 +30,15 @@ class ChannelTimeout(Exception):
 
 
 class ProtocolError(Exception):
-    """The channel carried something that is not a runner frame."""
+    """A line on the runner's stdout that is not a runner frame. The runner never writes
+    one: its frames are JSON objects with a type, each written whole under one lock and
+    bounded below the line cap. The code runs in the runner's process and can write to
+    the channel's fd; garbage there is its doing."""
+
+
+class StreamError(Exception):
+    """The engine's multiplexed stream carried a header no engine writes. The code's
+    bytes only ever arrive inside the engine's frames, so this is not its doing."""
 
 
 class RunnerChannel:
@@ -66,7 +74,8 @@ class RunnerChannel:
 
     def read_frame(self, deadline: float) -> dict[str, Any]:
         """The next frame. Raises ChannelTimeout at `deadline` (time.monotonic()),
-        ChannelClosed at EOF, ProtocolError on garbage."""
+        ChannelClosed at EOF, ProtocolError on a line that is not a frame, StreamError
+        when the engine's stream itself is broken."""
         while not self._lines:
             self._fill(deadline)
         line = self._lines.pop(0)
@@ -110,7 +119,7 @@ class RunnerChannel:
                 self.diagnostics += payload[: max(room, 0)]
         del raw[:offset]
         if len(raw) > self.max_line_bytes + _HEADER.size:
-            raise ProtocolError("a multiplexed frame larger than any runner frame")
+            raise StreamError("a multiplexed frame larger than any runner frame")
 
     def _split_lines(self, payload: bytes) -> None:
         start = 0

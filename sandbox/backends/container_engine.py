@@ -15,7 +15,13 @@ from docker.types import LogConfig, Ulimit
 
 from ..limits import Limits
 from ..output import OutputCapture, OutputLimitExceeded, StreamName
-from .container_channel import ChannelClosed, ChannelTimeout, ProtocolError, RunnerChannel
+from .container_channel import (
+    ChannelClosed,
+    ChannelTimeout,
+    ProtocolError,
+    RunnerChannel,
+    StreamError,
+)
 from .container_outcome import ContainerSignals, RunnerStartError
 from .container_tools import ForgedFrame, RelayStopped, ToolBridge
 
@@ -171,7 +177,7 @@ class Engine:
             api.start(container_id)
             try:
                 frame = channel.read_frame(time.monotonic() + READY_TIMEOUT_S)
-            except (ChannelClosed, ChannelTimeout, ProtocolError) as exc:
+            except (ChannelClosed, ChannelTimeout, ProtocolError, StreamError) as exc:
                 why = channel.diagnostics.decode("utf-8", "replace").strip()[-500:]
                 raise RunnerStartError(
                     f"the runner did not start ({type(exc).__name__}) {why}".strip()
@@ -196,8 +202,9 @@ class Engine:
         """Sends `job` and collects frames until its result, the deadline or the runner's
         end; fills `signals`. With `tools`, answers the runner's call frames through it;
         the time a call waits for its answer (the runner blocked, reading) does not count
-        against the wall-time budget. Kills the container when a cap is hit, a call
-        frame is forged or the run is stopped. Errors talking to the engine propagate."""
+        against the wall-time budget. Kills the container when a cap is hit, the code
+        writes to the channel (garbage, or a forged call frame), the engine's stream
+        breaks or the run is stopped. Errors talking to the engine propagate."""
         channel = container.channel
         started = time.monotonic()
         deadline = started + signals.limits.wall_time_s
@@ -232,6 +239,9 @@ class Engine:
             self._stop(container)
         except ProtocolError as exc:
             signals.protocol_error = str(exc)
+            self._stop(container)
+        except StreamError as exc:
+            signals.stream_error = str(exc)
             self._stop(container)
         except ForgedFrame as exc:
             signals.forged_frame = str(exc)

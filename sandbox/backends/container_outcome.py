@@ -76,7 +76,10 @@ class ContainerSignals:
     oom_killed: bool = False  # State.OOMKilled
     host_timed_out: bool = False  # we killed it at the wall-clock budget
     output_exceeded: bool = False  # we killed it at the output cap
-    protocol_error: str = ""  # the runner's channel carried something unreadable
+    # The runner's channel carried a line that is not a frame: the code wrote to the
+    # channel's fd (the runner's own frames are always readable and fit the line cap).
+    protocol_error: str = ""
+    stream_error: str = ""  # the engine's stream itself broke (not the code's doing)
     image: str = ""
     elapsed_s: float = 0.0  # the code's time: waits for tool answers left out
     # Tool runs: error answers given, by call number; time spent waiting for answers;
@@ -99,12 +102,7 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
     if exc is not None:
         return _engine_failure(exc, signals)
     if signals.forged_frame:
-        return Failure.of(
-            FailureKind.POLICY_VIOLATION,
-            "the code wrote to the sandbox runner's private channel and was stopped: "
-            f"{signals.forged_frame}",
-            details={"attempted": "forge a runner frame"},
-        )
+        return _channel_tampering(signals.forged_frame, "forge a runner frame")
     if signals.oom_killed and (signals.frame is None or not signals.frame.get("ok")):
         return _memory(limits, "the container was killed at its memory cap", None)
     if signals.fatal:
@@ -115,13 +113,25 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
             details={"image": signals.image},
         )
     if signals.protocol_error:
+        # Not a crash: the same code writes the same bytes again, so a retry cannot help.
+        return _channel_tampering(signals.protocol_error, "write to the runner's channel")
+    if signals.stream_error:
         return Failure.of(
             FailureKind.SANDBOX_CRASH,
-            f"the runner's channel broke: {signals.protocol_error}",
+            f"the container's output stream broke: {signals.stream_error}; nothing in the "
+            "code is known to have caused it",
         )
     if signals.frame is None:
         return _no_frame(signals)
     return _from_frame(signals.frame, signals)
+
+
+def _channel_tampering(what: str, attempted: str) -> Failure:
+    return Failure.of(
+        FailureKind.POLICY_VIOLATION,
+        f"the code wrote to the sandbox runner's private channel and was stopped: {what}",
+        details={"attempted": attempted},
+    )
 
 
 def _engine_failure(exc: BaseException, signals: ContainerSignals) -> Failure:

@@ -109,8 +109,19 @@ def test_runner_fatal_is_infra_unavailable() -> None:
     assert kind(fatal="seccomp: ImportError") is FailureKind.INFRA_UNAVAILABLE
 
 
-def test_protocol_error_is_sandbox_crash() -> None:
-    assert kind(protocol_error="unreadable frame") is FailureKind.SANDBOX_CRASH
+def test_garbage_on_the_runners_channel_is_policy_violation() -> None:
+    # Only the code can write it (the runner's frames are always readable): a retry
+    # would run code that writes it again.
+    failure = map_container_outcome(None, signals(protocol_error="unreadable frame (11 bytes)"))
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION
+    assert not failure.retryable
+    assert failure.details == {"attempted": "write to the runner's channel"}
+
+
+def test_a_broken_engine_stream_is_sandbox_crash() -> None:
+    failure = map_container_outcome(None, signals(stream_error="a multiplexed frame larger"))
+    assert failure is not None and failure.kind is FailureKind.SANDBOX_CRASH
+    assert failure.retryable
 
 
 def test_forged_tool_frame_is_policy_violation() -> None:

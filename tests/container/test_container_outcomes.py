@@ -107,6 +107,36 @@ async def test_write_outside_work_dirs_is_policy_violation(backend: ContainerBac
     await assert_healthy(backend)
 
 
+# The runner's frame writer (its stdin reader is PRIVATE_FD_MIN, 200).
+RUNNER_OUT_FD = 201
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        "b'not a frame\\n'",
+        "b'[1, 2]\\n'",  # JSON, but no frame
+        "b'{\"t\": '",  # half a frame: the runner's own next frame completes the garbage
+        "b'x' * (1 << 20)",  # a line that never ends, past the line cap (1 MiB + 16 x 4 KiB)
+    ],
+)
+async def test_bytes_the_code_writes_to_the_runners_channel_are_policy_violation(
+    backend: ContainerBackend, write: str
+) -> None:
+    # Not SANDBOX_CRASH: that is retried, and the same code writes the same bytes again.
+    code = f"import os\nfor _ in range(64):\n    os.write({RUNNER_OUT_FD}, {write})\nprint(1)"
+    started = time.monotonic()
+    result = await run(backend, code, output_bytes=4096)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert "private channel" in failure.message
+    assert failure.details == {"attempted": "write to the runner's channel"}
+    assert not failure.retryable
+    # Stopped while still writing: the kill must not wait on output nobody reads.
+    assert time.monotonic() - started < 10
+    await assert_healthy(backend)
+
+
 async def test_names_the_code_chooses_are_clipped_to_fit_the_channel(
     backend: ContainerBackend,
 ) -> None:

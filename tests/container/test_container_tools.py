@@ -23,6 +23,7 @@ from sandbox.journal import ToolAnswer
 from sandbox_client import (
     AsyncSandboxClient,
     Backend,
+    EscalationRequired,
     ExecutionResult,
     FailureKind,
     Limits,
@@ -232,10 +233,20 @@ def test_frames_the_code_forges_do_not_break_the_host(both: ServerThread) -> Non
     result = container_run(both, forged(reply) + "step_one(1)", tools)
     assert result.ok and result.result == 11
 
-    # Garbage on the channel ends the run as a broken channel, nothing more.
-    garbage = f"import os\nos.write({RUNNER_OUT_FD}, b'not a frame\\n')\n"
-    result = container_run(both, garbage + "step_one(1)", tools)
-    assert result.failure is not None and result.failure.kind is FailureKind.SANDBOX_CRASH
+    # Garbage on the channel is the code's doing too. The same code would write it
+    # again, so the SDK escalates at once instead of retrying it.
+    garbage = f"import os\nos.write({RUNNER_OUT_FD}, b'not a frame\\n')\nstep_one(1)"
+    calls_before = dict(counter.calls)
+    result = container_run(both, garbage, tools)
+    assert result.failure is not None and result.failure.kind is FailureKind.POLICY_VIOLATION
+    assert not result.failure.retryable
+    with (
+        SandboxClient(both.address, timeout_s=60) as client,
+        pytest.raises(EscalationRequired) as escalated,
+    ):
+        client.run(garbage, tools=tools, backend=Backend.CONTAINER)
+    assert len(escalated.value.escalation.attempts) == 1
+    assert counter.calls == calls_before  # stopped before its call, both times
 
     # The server is fine afterwards.
     assert container_run(both, THREE_TOOLS, Counter().tools()).ok
