@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import struct
 import time
@@ -19,6 +20,12 @@ _HEADER = struct.Struct(">BxxxL")
 _STDOUT, _STDERR = 1, 2
 _DIAGNOSTIC_BYTES = 16 * 1024
 _RECV_BYTES = 256 * 1024
+# A lone surrogate: a str in CPython (print("\ud800")), but no Unicode text; nothing past
+# the channel could encode it (protobuf, pydantic). The runner writes one as the bytes
+# "surrogatepass" gives (ED A0-BF xx); any frame can carry one as a JSON escape.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_BYTES = re.compile(rb"\xed[\xa0-\xbf]|\\u[dD][89a-fA-F]")
+REPLACEMENT = "\ufffd"
 
 
 class ChannelClosed(Exception):
@@ -39,6 +46,40 @@ class ProtocolError(Exception):
 class StreamError(Exception):
     """The engine's multiplexed stream carried a header no engine writes. The code's
     bytes only ever arrive inside the engine's frames, so this is not its doing."""
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, one for one, as Monty shows it."""
+    return _SURROGATE.sub(REPLACEMENT, text)
+
+
+def _without_surrogates(frame: dict[str, Any]) -> dict[str, Any]:
+    """Every string in a decoded frame (keys too) without lone surrogates. Iterative: a
+    call frame's arguments may nest as deep as json.loads allows."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return without_surrogates(value)
+        if isinstance(value, dict):
+            copy: dict[str, Any] = {}
+            work.append((value, copy))
+            return copy
+        if isinstance(value, list):
+            items: list[Any] = []
+            work.append((value, items))
+            return items
+        return value
+
+    work: list[tuple[Any, Any]] = []
+    top = clean(frame)
+    while work:
+        source, target = work.pop()
+        if isinstance(source, dict):
+            for key, item in source.items():
+                target[without_surrogates(key)] = clean(item)
+        else:
+            target.extend(clean(item) for item in source)
+    return top
 
 
 class RunnerChannel:
@@ -85,6 +126,8 @@ class RunnerChannel:
             raise ProtocolError(f"unreadable frame ({len(line)} bytes)") from None
         if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
             raise ProtocolError("a frame without a type")
+        if _SURROGATE_BYTES.search(line):
+            frame = _without_surrogates(frame)
         return frame
 
     def _fill(self, deadline: float) -> None:

@@ -78,6 +78,35 @@ def test_a_container_tool_run_returns_what_monty_returns(both: ServerThread) -> 
     assert results[Backend.CONTAINER] == ({"first": 11, "second": "b11", "third": 2}, "done 2\n")
 
 
+# Lone surrogates are a str in CPython but no Unicode text: print('\\ud800') in a container
+# came back as INFRA_UNAVAILABLE (the response could not be serialised), retried 6 times.
+SURROGATES = "import sys\nprint('a\\ud800b')\nprint('\\udfff', file=sys.stderr)\n'\\ud83d\\ude00'"
+
+
+def test_lone_surrogates_come_back_replaced_as_monty_shows_them(both: ServerThread) -> None:
+    seen = {}
+    with SandboxClient(both.address, timeout_s=60) as client:
+        for backend in (Backend.MONTY, Backend.CONTAINER):
+            result = client.execute(SURROGATES, backend=backend)
+            assert result.ok, result.failure
+            assert result.backend is backend
+            seen[backend] = (result.stdout, result.stderr, result.result)
+        chunks = list(client.execute_stream(SURROGATES, backend=Backend.CONTAINER))
+    assert seen[Backend.CONTAINER] == seen[Backend.MONTY]
+    assert seen[Backend.CONTAINER] == ("a\ufffdb\n", "\ufffd\n", "\ufffd\ufffd")
+    streamed = chunks.pop()
+    assert isinstance(streamed, ExecutionResult) and streamed.ok, streamed
+    assert "".join(c.text for c in chunks if c.stream == "stdout") == "a\ufffdb\n"
+
+    # In a tool call's arguments too: the tool gets the replacement, not a surrogate.
+    got: list[Any] = []
+    result = container_run(
+        both, "echo('x\\ud800', k=['\\udc00'])", {"echo": lambda *a, **k: got.append((a, k))}
+    )
+    assert result.ok, result.failure
+    assert got == [(("x\ufffd",), {"k": ["\ufffd"]})]
+
+
 def test_output_printed_before_a_call_reaches_the_client_before_the_call(
     both: ServerThread,
 ) -> None:
