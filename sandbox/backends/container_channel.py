@@ -71,7 +71,7 @@ def _without_surrogates(frame: dict[str, Any]) -> dict[str, Any]:
         return value
 
     work: list[tuple[Any, Any]] = []
-    top = clean(frame)
+    top: dict[str, Any] = clean(frame)
     while work:
         source, target = work.pop()
         if isinstance(source, dict):
@@ -126,9 +126,7 @@ class RunnerChannel:
             raise ProtocolError(f"unreadable frame ({len(line)} bytes)") from None
         if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
             raise ProtocolError("a frame without a type")
-        if _SURROGATE_BYTES.search(line):
-            frame = _without_surrogates(frame)
-        return frame
+        return _without_surrogates(frame) if _SURROGATE_BYTES.search(line) else frame
 
     def _fill(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
