@@ -203,7 +203,7 @@ class Engine:
         end; fills `signals`. With `tools`, answers the runner's call frames through it;
         the time a call waits for its answer (the runner blocked, reading) does not count
         against the wall-time budget. Kills the container when a cap is hit, the code
-        writes to the channel (garbage, or a forged call frame), the engine's stream
+        writes to the channel (garbage, a forged call or fatal frame), the engine's stream
         breaks or the run is stopped. Errors talking to the engine propagate."""
         channel = container.channel
         started = time.monotonic()
@@ -229,8 +229,12 @@ class Engine:
                     signals.frame = frame
                     break
                 elif kind == "fatal":
-                    signals.fatal = str(frame.get("message") or "unknown")
-                    break
+                    # The runner reports its own set-up failures before "ready" (launch()
+                    # turns those into RunnerStartError); once it runs the job, only the
+                    # code can make one appear: written to the channel, or caused by
+                    # reading the host's replies off it. A retry runs the same code.
+                    said = str(frame.get("message") or "").strip().splitlines() or [""]
+                    raise ForgedFrame(f"a fatal frame in the middle of the run: {said[0][:200]!r}")
         except OutputLimitExceeded:
             signals.output_exceeded = True
             self._stop(container)

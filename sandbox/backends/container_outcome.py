@@ -71,7 +71,6 @@ class ContainerSignals:
 
     limits: Limits
     frame: dict[str, Any] | None = None  # the runner's result frame, if one came
-    fatal: str = ""  # the runner's own set-up failure, if it reported one
     exit_code: int | None = None  # the container's status, when it ended without a frame
     oom_killed: bool = False  # State.OOMKilled
     host_timed_out: bool = False  # we killed it at the wall-clock budget
@@ -87,7 +86,7 @@ class ContainerSignals:
     # host stopped the run itself (cancelled, or its ToolHost failed).
     tool_errors: dict[int, InjectedToolError] = field(default_factory=dict)
     tool_wait_s: float = 0.0
-    forged_frame: str = ""
+    forged_frame: str = ""  # a call or fatal frame only the code can have written
     relay_stopped: bool = False
 
 
@@ -105,13 +104,6 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
         return _channel_tampering(signals.forged_frame, "forge a runner frame")
     if signals.oom_killed and (signals.frame is None or not signals.frame.get("ok")):
         return _memory(limits, "the container was killed at its memory cap", None)
-    if signals.fatal:
-        return Failure.of(
-            FailureKind.INFRA_UNAVAILABLE,
-            f"the sandbox runner could not start: {first_line(signals.fatal)}",
-            retry_after_ms=INFRA_RETRY_AFTER_MS,
-            details={"image": signals.image},
-        )
     if signals.protocol_error:
         # Not a crash: the same code writes the same bytes again, so a retry cannot help.
         return _channel_tampering(signals.protocol_error, "write to the runner's channel")

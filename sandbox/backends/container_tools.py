@@ -27,8 +27,9 @@ from .tools import InjectedToolError, ToolCallRequest, ToolHost, ToolReply
 
 
 class ForgedFrame(Exception):
-    """A call frame that breaks the tool protocol: out of sequence, an undeclared tool,
-    malformed. The runner never writes one; the code can."""
+    """A call frame that breaks the tool protocol (out of sequence, an undeclared tool,
+    malformed), or a fatal frame once the job runs. The runner never writes one; the
+    code can."""
 
 
 class RelayStopped(Exception):

@@ -105,8 +105,10 @@ def test_code_exiting_the_interpreter() -> None:
     assert kind(exit_code=0) is None
 
 
-def test_runner_fatal_is_infra_unavailable() -> None:
-    assert kind(fatal="seccomp: ImportError") is FailureKind.INFRA_UNAVAILABLE
+def test_runner_that_cannot_start_is_infra_unavailable() -> None:
+    # Its fatal frame before "ready" (seccomp, say); one during a job is a forged frame.
+    failure = map_container_outcome(RunnerStartError("seccomp: ImportError"), signals())
+    assert failure is not None and failure.kind is FailureKind.INFRA_UNAVAILABLE
 
 
 def test_garbage_on_the_runners_channel_is_policy_violation() -> None:

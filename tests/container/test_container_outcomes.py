@@ -137,6 +137,26 @@ async def test_bytes_the_code_writes_to_the_runners_channel_are_policy_violation
     await assert_healthy(backend)
 
 
+@pytest.mark.parametrize("then", ["import time\ntime.sleep(30)", "print(1)"])
+async def test_a_fatal_frame_the_code_writes_is_policy_violation(
+    backend: ContainerBackend, then: str
+) -> None:
+    # The runner's own fatal frames come before "ready"; during a job only the code can
+    # write one. It was INFRA_UNAVAILABLE ("the runner could not start"), retried.
+    frame = b'{"t": "fatal", "message": "seccomp: forged\\nsecond line"}\n'
+    code = f"import os\nos.write({RUNNER_OUT_FD}, {frame!r})\n{then}"
+    started = time.monotonic()
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert "private channel" in failure.message and "fatal frame" in failure.message
+    assert "seccomp: forged" in failure.message and "second line" not in failure.message
+    assert failure.details == {"attempted": "forge a runner frame"}
+    assert not failure.retryable
+    assert time.monotonic() - started < 10  # stopped, not left to sleep
+    await assert_healthy(backend)
+
+
 async def test_names_the_code_chooses_are_clipped_to_fit_the_channel(
     backend: ContainerBackend,
 ) -> None:
