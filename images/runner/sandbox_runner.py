@@ -414,10 +414,31 @@ def _error(exc: BaseException, source: list[str]) -> dict[str, Any]:
         seq = vars(exc).get(TOOL_SEQ_ATTR)
     except Exception:  # an exception class with no __dict__, or a hostile one
         seq = None
-    if type(seq) is int:
-        # Raised as a tool's answer (the host checks that call really failed so).
+    if type(seq) is int and 0 < seq < 2**31:
+        # Raised as a tool's answer (the host checks that call really failed so). The
+        # code can set the mark too: bounded, so the frame still encodes.
         error["tool_seq"] = seq
     return error
+
+
+def _exit_status(code: Any) -> int:
+    """The process status `raise SystemExit(code)` gives CPython: an int as a C long
+    taken modulo 256 (255 for one past a C long, 10**5000 say), 1 for anything else
+    (printed), 0 for None. Always small: a huge int has no JSON text past 4300 digits."""
+    if code is None:
+        return 0
+    if not isinstance(code, int):
+        return 1
+    return code & 0xFF if -(2**63) <= code < 2**63 else 255
+
+
+def _text(value: Any) -> str:
+    """str(value), clipped, for what the code chooses to show; never raises."""
+    try:
+        text = str(value)
+    except Exception as exc:  # str() of a huge int, or a hostile __str__
+        return f"<{type(value).__name__}: str() raised {type(exc).__name__}>"
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
 def _clip(text: str) -> str:
@@ -425,11 +446,7 @@ def _clip(text: str) -> str:
 
 
 def _message(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:
-        return f"<{type(exc).__name__}: str() raised>"
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+    return _text(exc)
 
 
 class Runner:
@@ -543,16 +560,12 @@ class Runner:
                 if tail is not None:
                     value = eval(tail, self.namespace)
         except SystemExit as exc:
-            status = exc.code
-            if status is None or status == 0:
+            status = _exit_status(exc.code)
+            if status == 0:
                 return {}
             error = _error(exc, source)
-            error["message"] = "" if isinstance(status, int) else str(status)
-            return {
-                "ok": False,
-                "exit_code": status if isinstance(status, int) else 1,
-                "error": error,
-            }
+            error["message"] = "" if isinstance(exc.code, int) else _text(exc.code)
+            return {"ok": False, "exit_code": status, "error": error}
         except BaseException as exc:
             return {"ok": False, "exit_code": 1, "error": _error(exc, source)}
         finally:
@@ -696,7 +709,7 @@ def _syntax_error(exc: SyntaxError) -> dict[str, Any]:
                 "end_line": exc.end_lineno or 0,
                 "end_column": exc.end_offset or 0,
                 "function_name": "",
-                "source_line": (exc.text or "").rstrip("\n"),
+                "source_line": (exc.text or "").rstrip("\n")[:500],
             }
         ],
         "syntax": True,

@@ -207,6 +207,51 @@ async def test_runner_exit_status_is_runtime_error(backend: ContainerBackend) ->
     await assert_healthy(backend)
 
 
+@pytest.mark.parametrize(
+    ("code", "status", "message"),
+    [
+        # The statuses CPython's own `python3 -c 'raise SystemExit(...)'` exits with.
+        ("10**5000", 255, ""),  # past a C long; no JSON text either (4300-digit limit)
+        ("2**63", 255, ""),
+        ("-1", 255, ""),
+        ("257", 1, ""),
+        ("[10**5000]", 1, "<list: str() raised ValueError>"),
+        ("'x' * 10**6", 1, "x" * 1997 + "..."),
+    ],
+)
+async def test_any_exit_code_is_reported_as_the_status_cpython_gives(
+    backend: ContainerBackend, code: str, status: int, message: str
+) -> None:
+    # SystemExit(10**5000) broke the runner's result frame: INFRA_UNAVAILABLE, retried.
+    result = await run(backend, f"raise SystemExit({code})")
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == "SystemExit" and not failure.retryable
+    assert result.exit_code == status
+    assert failure.details == {"exit_code": str(status)}
+    shown = f"SystemExit: {message}" if message else "SystemExit"
+    assert (
+        failure.message.startswith(shown[:60]) and "(line 1: raise SystemExit(" in failure.message
+    )
+    assert len(failure.message) < 3000  # a long message is clipped
+
+
+async def test_huge_ints_the_code_chooses_do_not_break_the_result_frame(
+    backend: ContainerBackend,
+) -> None:
+    # An exit status CPython takes modulo 256 to 0 is a clean exit, as for the process.
+    assert (await run(backend, "raise SystemExit(2**40)")).ok
+    result = await run(backend, "10**5000")
+    assert result.ok and result.result == "<int: repr() raised ValueError>", result
+    # The runner's tool mark on an exception, set by the code to a huge int.
+    code = "e = ValueError('v')\ne._sandbox_tool_seq = 10**5000\nraise e"
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == "ValueError"
+    await assert_healthy(backend)
+
+
 async def test_engine_unreachable_is_infra_unavailable(backend: ContainerBackend) -> None:
     unreachable = ContainerBackend(
         image="sandbox-runner:latest", docker_host="unix:///nonexistent/docker.sock", pool_size=0
