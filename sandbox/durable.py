@@ -34,7 +34,6 @@ import structlog
 
 from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
 
-from .backends.base import RunSpec
 from .backends.container import ContainerBackend
 from .backends.monty import MontyBackend
 from .backends.monty_tools import ToolRunSpec, run_with_tools
@@ -42,7 +41,7 @@ from .backends.tools import CheckpointMismatch, ToolCallRequest, ToolHost, ToolR
 from .backends.values import value_to_json
 from .config import Settings
 from .errors import RequestError, invalid
-from .executor import ExecuteCall, Executor, check_size, policy_violation
+from .executor import ExecuteCall, Executor, check_size, policy_violation, run_spec
 from .journal import Checkpoint, Entry, JournalStore, Pinned, SqliteJournal, ToolAnswer
 from .output import OutputSink
 
@@ -346,15 +345,7 @@ class Durability:
             violation = policy_violation(call.code, policy, Backend.CONTAINER)
             if violation is not None:
                 return violation
-            spec = RunSpec(
-                code=call.code,
-                limits=limits,
-                inputs=call.inputs,
-                stdin=call.stdin,
-                on_output=on_output,
-                image=policy.container_image,
-                runtime=policy.container_runtime,
-            )
+            spec = run_spec(call, policy, limits, on_output)  # mounts: Monty only
             try:
                 return await container.run_tools(
                     spec, tools=declared, seed=entry.pinned.seed, host=host

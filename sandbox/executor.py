@@ -121,16 +121,7 @@ class Executor:
         if session is not None and call.limits != RequestedLimits():
             # A session's sandbox was set up with its limits; lower ones cannot apply now.
             raise invalid("limits are fixed when a session is created", field="limits")
-        spec = RunSpec(
-            code=call.code,
-            limits=limits,
-            inputs=call.inputs,
-            stdin=call.stdin,
-            on_output=on_output,
-            image=policy.container_image,
-            runtime=policy.container_runtime,
-            mounts=tuple((m.host_path, m.guest_path, m.mode == "ro") for m in policy.mounts),
-        )
+        spec = run_spec(call, policy, limits, on_output)
 
         if session is not None:
             violation = policy_violation(call.code, policy, session.backend.kind)
@@ -291,6 +282,22 @@ def policy_violation(code: str, policy: Policy, backend: Backend) -> ExecutionRe
         details={"rule": violation.rule, "target": violation.target},
     )
     return ExecutionResult.failed(failure, backend=backend)
+
+
+def run_spec(
+    call: ExecuteCall, policy: Policy, limits: Limits, on_output: OutputSink | None
+) -> RunSpec:
+    """What a backend is asked to run for `call` under `policy`."""
+    return RunSpec(
+        code=call.code,
+        limits=limits,
+        inputs=call.inputs,
+        stdin=call.stdin,
+        on_output=on_output,
+        image=policy.container_image,
+        runtime=policy.container_runtime,
+        mounts=tuple((m.host_path, m.guest_path, m.mode == "ro") for m in policy.mounts),
+    )
 
 
 def check_size(call: ExecuteCall, policy: Policy) -> None:
