@@ -22,7 +22,7 @@ from .container_channel import (
     RunnerChannel,
     StreamError,
 )
-from .container_outcome import ContainerSignals, RunnerStartError
+from .container_outcome import ContainerSignals, RunnerStartError, checked_result_frame
 from .container_tools import ForgedFrame, RelayStopped, ToolBridge
 
 Runtime = Literal["runc", "runsc"]
@@ -203,7 +203,7 @@ class Engine:
         end; fills `signals`. With `tools`, answers the runner's call frames through it;
         the time a call waits for its answer (the runner blocked, reading) does not count
         against the wall-time budget. Kills the container when a cap is hit, the code
-        writes to the channel (garbage, a forged call or fatal frame), the engine's stream
+        writes to the channel (garbage, a forged call, fatal or result frame), the engine's stream
         breaks or the run is stopped. Errors talking to the engine propagate."""
         channel = container.channel
         started = time.monotonic()
@@ -226,7 +226,7 @@ class Engine:
                         signals.tool_wait_s += waited
                     channel.send(reply)
                 elif kind == "result":
-                    signals.frame = frame
+                    signals.frame = checked_result_frame(frame)
                     break
                 elif kind == "fatal":
                     # The runner reports its own set-up failures before "ready" (launch()

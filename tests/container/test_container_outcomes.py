@@ -157,6 +157,33 @@ async def test_a_fatal_frame_the_code_writes_is_policy_violation(
     await assert_healthy(backend)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b'"exit_code":"x"',
+        b'"exit_code":' + str(10**30).encode(),  # past the wire's int32
+        b'"exit_code":0,"usage":"x"',
+        b'"exit_code":0,"value":"\\"\\\\ud800\\""',  # JSON text escaping a lone surrogate
+    ],
+)
+async def test_a_result_frame_the_code_forges_is_policy_violation(
+    backend: ContainerBackend, fields: bytes
+) -> None:
+    # Fields the runner never writes failed converting the frame (int(), the proto's
+    # int32, the client's json.loads) and escaped as an engine error, or reached the client.
+    frame = b'{"t":"result","ok":true,' + fields + b"}\n"
+    code = f"import os\nos.write({RUNNER_OUT_FD}, {frame!r})\nimport time\ntime.sleep(30)"
+    started = time.monotonic()
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert "private channel" in failure.message and "result frame" in failure.message
+    assert failure.details == {"attempted": "forge a runner frame"}
+    assert not failure.retryable
+    assert time.monotonic() - started < 10  # stopped, not left to sleep
+    await assert_healthy(backend)
+
+
 async def test_names_the_code_chooses_are_clipped_to_fit_the_channel(
     backend: ContainerBackend,
 ) -> None:
