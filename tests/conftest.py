@@ -21,7 +21,9 @@ from sandbox.server import SandboxServer, new_event_loop
 from sandbox_client import SandboxClient
 
 REPO = Path(__file__).resolve().parent.parent
-CORPORA = REPO.parent / "shared" / "corpora"
+# ../shared/corpora beside the repository, or wherever SANDBOX_CORPORA points (a clone
+# made elsewhere).
+CORPORA = Path(os.environ.get("SANDBOX_CORPORA") or REPO.parent / "shared" / "corpora")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

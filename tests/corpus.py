@@ -18,8 +18,12 @@ def read_jsonl(relative: str) -> list[dict[str, Any]]:
     path = CORPORA / relative
     if not path.exists():
         if IN_CI:
-            pytest.fail(f"corpus {path} is missing: CI must have ../shared beside the repo")
-        pytest.skip(f"corpus {path} is not present (../shared is laid beside the repo)")
+            pytest.fail(
+                f"corpus {path} is missing: CI needs ../shared beside the repo or SANDBOX_CORPORA"
+            )
+        pytest.skip(
+            f"corpus {path} is not present (lay ../shared beside the repo or set SANDBOX_CORPORA)"
+        )
     return [json.loads(line) for line in _lines(path)]
 
 
