@@ -85,19 +85,22 @@ class Reloader:
     def _watched(self) -> tuple[tuple[str, int, int], ...]:
         return _fingerprint(self._files())
 
+    def _refused(self, reason: str, exc: ConfigError) -> bool:
+        log.error(
+            "reload failed; keeping the last good policies and tenants",
+            reason=reason,
+            error=str(exc),
+        )
+        self._count("failed")
+        return False
+
     def reload(self, reason: str = "SIGHUP") -> bool:
         """Loads everything anew; on any error keeps what runs now. True when swapped."""
         self._seen = self._watched()
         try:
             policies, problems = load_policies(self.settings)
         except ConfigError as exc:
-            log.error(
-                "reload failed; keeping the last good policies and tenants",
-                reason=reason,
-                error=str(exc),
-            )
-            self._count("failed")
-            return False
+            return self._refused(reason, exc)
         for problem in problems:
             if problem.severity == "error":
                 log.error(
@@ -116,13 +119,7 @@ class Reloader:
         try:
             tenants = load_tenants(self.settings, registry)
         except ConfigError as exc:
-            log.error(
-                "reload failed; keeping the last good policies and tenants",
-                reason=reason,
-                error=str(exc),
-            )
-            self._count("failed")
-            return False
+            return self._refused(reason, exc)
         self.holder.policies = registry  # type: ignore[attr-defined]
         self.access.tenants = tenants
         log.info(

@@ -184,21 +184,7 @@ class ContainerBackend:
         if session is not None:
             assert isinstance(session, ContainerSession)
             return await self._run_in_session(session, spec)
-        shape = Shape.of(
-            spec.limits, image=spec.image or self.image, runtime=spec.runtime or self.runtime
-        )
-        try:
-            async with self._admission.slot():
-                container = await self._acquire(shape, spec.limits)
-                if isinstance(container, ExecutionResult):
-                    return container
-                try:
-                    result, _ = await self._execute(container, spec, keep=False)
-                finally:
-                    self._discard(container)
-                return result
-        except _Busy as busy:
-            return _busy_result(busy.message)
+        return await self._run_fresh(spec)
 
     async def run_tools(
         self, spec: RunSpec, *, tools: Mapping[str, bool], seed: int, host: ToolHost
@@ -209,10 +195,19 @@ class ContainerBackend:
         replayed from the start draws the same numbers. Time spent waiting for answers
         is not charged to the wall-time budget, as in Monty. Cancellation kills the
         container and propagates; so does CheckpointMismatch from the host."""
+        bridge = ToolBridge(asyncio.get_running_loop(), host, tools)
+        result = await self._run_fresh(spec, tools=bridge, seed=seed)
+        bridge.reraise()
+        return result
+
+    async def _run_fresh(
+        self, spec: RunSpec, *, tools: ToolBridge | None = None, seed: int | None = None
+    ) -> ExecutionResult:
+        """One run in a container of its own (warm from the pool when one fits), which is
+        discarded afterwards."""
         shape = Shape.of(
             spec.limits, image=spec.image or self.image, runtime=spec.runtime or self.runtime
         )
-        bridge = ToolBridge(asyncio.get_running_loop(), host, tools)
         try:
             async with self._admission.slot():
                 container = await self._acquire(shape, spec.limits)
@@ -220,14 +215,13 @@ class ContainerBackend:
                     return container
                 try:
                     result, _ = await self._execute(
-                        container, spec, keep=False, tools=bridge, seed=seed
+                        container, spec, keep=False, tools=tools, seed=seed
                     )
                 finally:
                     self._discard(container)
+                return result
         except _Busy as busy:
             return _busy_result(busy.message)
-        bridge.reraise()
-        return result
 
     async def open_session(self, limits: Limits) -> ContainerSession:
         shape = Shape.of(limits, image=self.image, runtime=self.runtime)
