@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/sandbox/v1/*.proto)
-PROTO_OUT := client/sandbox_client/_proto
+PROTO_OUT := client/sandbox_client/protocol/v1
 PYTEST_ARGS ?=
 
 .PHONY: setup run test lint proto proto-check bench bench-container image docker clean

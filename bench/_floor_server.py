@@ -13,26 +13,26 @@ import grpc
 import pydantic_monty as pm
 from grpc_health.v1 import health, health_pb2_grpc
 
-from sandbox.server import new_event_loop
-from sandbox_client._proto import sandbox_pb2, sandbox_pb2_grpc
+from sandbox.app import new_event_loop
+from sandbox_client.protocol.service import generic_handler
+from sandbox_client.protocol.v1 import sandbox_pb2
 
 
 async def serve(workers: int) -> None:
     async with pm.AsyncMonty(min_processes=workers, max_processes=workers) as pool:
 
-        class Floor(sandbox_pb2_grpc.SandboxServiceServicer):
-            async def Execute(
-                self, request: sandbox_pb2.ExecuteRequest, context: Any
-            ) -> sandbox_pb2.ExecuteResponse:
-                async with pool.checkout() as session:
-                    value = await session.feed_run(request.code)
-                reply = sandbox_pb2.ExecuteResponse()
-                reply.result.ok = True
-                reply.result.result_json = repr(value)
-                return reply
+        async def execute(
+            request: sandbox_pb2.ExecuteRequest, context: Any
+        ) -> sandbox_pb2.ExecuteResponse:
+            async with pool.checkout() as session:
+                value = await session.feed_run(request.code)
+            reply = sandbox_pb2.ExecuteResponse()
+            reply.result.ok = True
+            reply.result.result_json = repr(value)
+            return reply
 
         server = grpc.aio.server()
-        sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(Floor(), server)  # type: ignore[no-untyped-call]
+        server.add_generic_rpc_handlers((generic_handler({"Execute": execute}),))
         health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()

@@ -23,7 +23,8 @@ import time
 import docker
 import grpc
 
-from sandbox_client._proto import sandbox_pb2, sandbox_pb2_grpc
+from sandbox_client.protocol.service import ServiceStub
+from sandbox_client.protocol.v1 import sandbox_pb2
 
 from ._server import percentiles, sandbox_server
 
@@ -50,7 +51,7 @@ def docker_run_samples(n: int, runtime: str) -> list[float]:
     return samples
 
 
-async def execute_samples(stub: sandbox_pb2_grpc.SandboxServiceStub, n: int) -> list[float]:
+async def execute_samples(stub: ServiceStub, n: int) -> list[float]:
     samples = []
     for _ in range(n):
         await asyncio.sleep(PACE_S)
@@ -61,7 +62,7 @@ async def execute_samples(stub: sandbox_pb2_grpc.SandboxServiceStub, n: int) -> 
     return samples
 
 
-async def sustained(stub: sandbox_pb2_grpc.SandboxServiceStub, seconds: float) -> tuple[int, int]:
+async def sustained(stub: ServiceStub, seconds: float) -> tuple[int, int]:
     ok = failed = 0
     deadline = time.monotonic() + seconds
 
@@ -103,7 +104,7 @@ async def settle(scope: str, pool: int, timeout_s: float = 60) -> int:
 
 async def bench(address: str, args: argparse.Namespace, scope: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = sandbox_pb2_grpc.SandboxServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = ServiceStub(channel)  # type: ignore[no-untyped-call]
         await settle(scope, args.pool)
         for _ in range(3):
             # Warm-up: first connections, first imports.

@@ -24,9 +24,10 @@ import grpc
 import pydantic_monty as pm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sandbox.app import new_event_loop
 from sandbox.config import Settings
-from sandbox.server import new_event_loop
-from sandbox_client._proto import sandbox_pb2, sandbox_pb2_grpc
+from sandbox_client.protocol.service import ServiceStub
+from sandbox_client.protocol.v1 import sandbox_pb2
 
 from ._server import floor_server, percentiles, sandbox_server
 
@@ -89,7 +90,7 @@ async def against_library(
         calls = []
         for address in addresses:
             channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
-            calls.append(served_call(sandbox_pb2_grpc.SandboxServiceStub(channel)))
+            calls.append(served_call(ServiceStub(channel)))
         library = library_call(pool)
         for _ in range(200):
             await library()
@@ -109,7 +110,7 @@ async def against_library(
     return [total / s for s in seconds[:-1]], samples, total / seconds[-1]
 
 
-def served_call(stub: sandbox_pb2_grpc.SandboxServiceStub) -> Callable[[], Awaitable[object]]:
+def served_call(stub: ServiceStub) -> Callable[[], Awaitable[object]]:
     async def one() -> object:
         return await stub.Execute(REQUEST)
 
@@ -148,11 +149,9 @@ def main() -> None:
         floor_execute: list[Callable[[], object]] = []
         if floor is not None:
             floor_channel = grpc.insecure_channel(floor)
-            floor_execute.append(
-                lambda: sandbox_pb2_grpc.SandboxServiceStub(floor_channel).Execute(REQUEST)
-            )
+            floor_execute.append(lambda: ServiceStub(floor_channel).Execute(REQUEST))
         with grpc.insecure_channel(server.address) as channel:
-            execute = sandbox_pb2_grpc.SandboxServiceStub(channel).Execute
+            execute = ServiceStub(channel).Execute
             check = health_pb2_grpc.HealthStub(channel).Check
             health_request = health_pb2.HealthCheckRequest()
             reply = execute(REQUEST)

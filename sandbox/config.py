@@ -15,7 +15,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .policy import ServerMaximums
+from sandbox.policy.model import ServerMaximums
 
 MiB = 1024 * 1024
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from sandbox.app import SandboxServer, new_event_loop
 from sandbox.config import Settings
-from sandbox.server import SandboxServer, new_event_loop
 from sandbox_client import SandboxClient
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.audit import GENESIS, AuditLog, log_files, query, verify
-from sandbox.cli import main
+from sandbox.audit.log import GENESIS, AuditLog, log_files, query, verify
+from sandbox.cli.commands import main
 from sandbox_client import SandboxClient
 
 from .conftest import REPO, running_server
@@ -104,7 +104,7 @@ def test_swapped_records_fail_at_the_first(big_log: Path, tmp_path: Path) -> Non
 
 def test_rewritten_chain_is_caught_by_its_links(big_log: Path, tmp_path: Path) -> None:
     """A forger who edits a record and recomputes its hash still breaks the next link."""
-    from sandbox.audit import canonical, record_hash
+    from sandbox.audit.log import canonical, record_hash
 
     def forge(lines: list[bytes]) -> list[bytes]:
         record = json.loads(lines[99])

@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 import pytest
 
-from sandbox.durable import Durability, load_checkpoint_key
-from sandbox.journal import Pinned, SqliteJournal
+from sandbox.durable.durability import Durability, load_checkpoint_key
+from sandbox.durable.journal import Pinned, SqliteJournal
 from sandbox_client import (
     AsyncSandboxClient,
     Backend,
@@ -25,7 +25,8 @@ from sandbox_client import (
     RecoveryPolicy,
     SandboxClient,
 )
-from sandbox_client._proto import sandbox_pb2, sandbox_pb2_grpc
+from sandbox_client.protocol.service import ServiceStub
+from sandbox_client.protocol.v1 import sandbox_pb2
 
 from .conftest import ServerThread, running_server
 
@@ -340,7 +341,7 @@ def answer_two_then_disconnect(address: str, code: str, key: str) -> list[str]:
                 yield msg
 
     with grpc.insecure_channel(address) as channel:
-        stream = sandbox_pb2_grpc.SandboxServiceStub(channel).Run(requests(), timeout=30)
+        stream = ServiceStub(channel).Run(requests(), timeout=30)
         for msg in stream:
             if msg.HasField("tool_call"):
                 seen.append(msg.tool_call.name)
@@ -425,7 +426,7 @@ def test_a_client_that_stops_answering_cancels_the_run_and_can_resume_it(
         gate.wait(10)  # then close our side, leaving the call unanswered
 
     with grpc.insecure_channel(durable_server.address) as channel:
-        stream = sandbox_pb2_grpc.SandboxServiceStub(channel).Run(requests(), timeout=30)
+        stream = ServiceStub(channel).Run(requests(), timeout=30)
         with pytest.raises(grpc.RpcError) as caught:
             for msg in stream:
                 if msg.HasField("tool_call"):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.audit import log_files
-from sandbox.tenants import new_api_key
+from sandbox.access.tenants import new_api_key
+from sandbox.audit.log import log_files
 from sandbox_client import ExecutionResult, FailureKind, SandboxClient
 
 from .conftest import ServerThread, running_server

@@ -8,8 +8,8 @@ import pytest
 import uvloop
 from pydantic import ValidationError
 
+from sandbox.app import new_event_loop
 from sandbox.config import Settings
-from sandbox.server import new_event_loop
 from sandbox_client import SandboxClient
 
 from .conftest import running_server

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sandbox_client import FailureKind, SandboxClient
-from sandbox_client._proto import sandbox_pb2
+from sandbox_client.protocol.v1 import sandbox_pb2
 
 from .conftest import ServerThread
 

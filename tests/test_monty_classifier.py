@@ -7,7 +7,7 @@ import inspect
 import pydantic_monty
 import pytest
 
-from sandbox.backends.monty_outcome import ERROR_CLASS_KINDS
+from sandbox.backends.monty.outcome import ERROR_CLASS_KINDS
 from sandbox_client import FailureKind, SandboxClient
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.cli import main
-from sandbox.policy import Policy, ServerMaximums
-from sandbox.policy_files import lint_files, load_policy_dir, load_policy_file
-from sandbox.policy_review import diff, explain, show
+from sandbox.cli.commands import main
+from sandbox.policy.files import lint_files, load_policy_dir, load_policy_file
+from sandbox.policy.model import Policy, ServerMaximums
+from sandbox.policy.review import diff, explain, show
 
 from .conftest import REPO
 

@@ -7,11 +7,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from sandbox.edge.service import generic_handler, status_details
 from sandbox.errors import RequestError
-from sandbox.service import generic_handler, status_details
 from sandbox_client import FailureKind
-from sandbox_client._convert import failure_from_rpc_error
-from sandbox_client._proto import sandbox_pb2, sandbox_pb2_grpc
+from sandbox_client.protocol.convert import failure_from_status
+from sandbox_client.protocol.service import ServiceStub
+from sandbox_client.protocol.v1 import sandbox_pb2
 
 from .conftest import ServerThread
 
@@ -54,7 +55,7 @@ def test_reflection_lists_the_service(server: ServerThread) -> None:
 
 def test_request_errors_carry_google_rpc_error_info(server: ServerThread) -> None:
     with grpc.insecure_channel(server.address) as channel:
-        stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
+        stub = ServiceStub(channel)
         try:
             stub.Execute(sandbox_pb2.ExecuteRequest(code=""), timeout=5)
         except grpc.RpcError as error:
@@ -73,7 +74,7 @@ def test_request_errors_carry_google_rpc_error_info(server: ServerThread) -> Non
 def test_client_subset_decodes_what_the_server_encodes() -> None:
     error = RequestError(FailureKind.THROTTLED, "slow down", field="sessions", retry_after_ms=1500)
     raw = status_details(error, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    failure = failure_from_rpc_error(
+    failure = failure_from_status(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", [("grpc-status-details-bin", raw)]
     )
     assert failure.kind is FailureKind.THROTTLED
@@ -83,10 +84,10 @@ def test_client_subset_decodes_what_the_server_encodes() -> None:
 
 
 def test_errors_without_details_map_by_status_code() -> None:
-    unavailable = failure_from_rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused", ())
+    unavailable = failure_from_status(grpc.StatusCode.UNAVAILABLE, "connection refused", ())
     assert unavailable.kind is FailureKind.INFRA_UNAVAILABLE and unavailable.retryable
-    deadline = failure_from_rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, None, None)
+    deadline = failure_from_status(grpc.StatusCode.DEADLINE_EXCEEDED, None, None)
     assert deadline.kind is FailureKind.CANCELLED
-    assert failure_from_rpc_error(grpc.StatusCode.UNIMPLEMENTED, "", ()).kind is (
+    assert failure_from_status(grpc.StatusCode.UNIMPLEMENTED, "", ()).kind is (
         FailureKind.INVALID_REQUEST
     )

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.access.tenants import new_api_key
+from sandbox.app import SandboxServer
 from sandbox.config import ConfigError, Settings
-from sandbox.server import SandboxServer
-from sandbox.tenants import new_api_key
 from sandbox_client import AsyncSandboxClient, FailureKind, Limits, SandboxClient, SandboxError
 
 from .conftest import ServerThread, running_server

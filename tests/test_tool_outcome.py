@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pydantic_monty as pm
 import pytest
 
-from sandbox.backends.monty_outcome import RunSignals, map_monty_outcome
+from sandbox.backends.monty.outcome import RunSignals, map_monty_outcome
 from sandbox.backends.tools import InjectedToolError
-from sandbox.limits import Limits
+from sandbox.core.limits import Limits
 from sandbox_client import FailureKind, SuggestedAction
 
 LIMITS = Limits(

@@ -1,16 +1,6 @@
 """Client SDK for the sandbox service: run agent code, get classified outcomes."""
 
 from ._client import AsyncSandboxClient, SandboxClient
-from ._models import (
-    KIND_DEFAULTS,
-    Backend,
-    ExecutionResult,
-    Failure,
-    FailureKind,
-    Frame,
-    SuggestedAction,
-    Usage,
-)
 from ._recovery import (
     DEFAULT_ACTIONS,
     DEFAULT_BUDGETS,
@@ -28,7 +18,18 @@ from ._recovery import (
     raise_escalation,
 )
 from ._recovery_run import EscalationHandler, RepairFn
-from ._request import Limits, OutputChunk, SandboxError, Session
+from ._request import OutputChunk, SandboxError, Session
+from .protocol.models import (
+    KIND_DEFAULTS,
+    Backend,
+    ExecutionResult,
+    Failure,
+    FailureKind,
+    Frame,
+    Limits,
+    SuggestedAction,
+    Usage,
+)
 
 __all__ = [
     "DEFAULT_ACTIONS",

@@ -13,9 +13,6 @@ import grpc
 import grpc.aio
 
 from ._auth import async_channel, sync_channel
-from ._convert import result_from_proto
-from ._models import Backend, ExecutionResult
-from ._proto import sandbox_pb2, sandbox_pb2_grpc
 from ._recovery import Outcome, RecoveryPolicy
 from ._recovery_run import (
     AsyncEscalationHandler,
@@ -29,7 +26,6 @@ from ._recovery_run import (
 from ._request import (
     DEFAULT_TARGET,
     BackendName,
-    Limits,
     OutputChunk,
     SandboxError,
     Session,
@@ -49,6 +45,10 @@ from ._tool_run import (
     no_result,
     start_message,
 )
+from .protocol.convert import result_from_proto
+from .protocol.models import Backend, ExecutionResult, Limits
+from .protocol.service import ServiceStub
+from .protocol.v1 import sandbox_pb2
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
@@ -74,7 +74,7 @@ class SandboxClient:
         self._channel = sync_channel(
             target, channel_options, api_key=api_key, credentials=credentials
         )
-        self._stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
+        self._stub = ServiceStub(self._channel)
 
     def __enter__(self) -> Self:
         return self
@@ -267,7 +267,7 @@ class AsyncSandboxClient:
         self._channel = async_channel(
             target, channel_options, api_key=api_key, credentials=credentials
         )
-        self._stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
+        self._stub = ServiceStub(self._channel)
 
     async def __aenter__(self) -> Self:
         return self

@@ -13,8 +13,7 @@ from typing import Annotated, Literal, NoReturn, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ._models import KIND_DEFAULTS, Backend, ExecutionResult, Failure, FailureKind
-from ._request import Limits
+from .protocol.models import KIND_DEFAULTS, Backend, ExecutionResult, Failure, FailureKind, Limits
 
 
 class RecoveryAction(enum.StrEnum):

@@ -10,7 +10,6 @@ from typing import Any
 
 import stamina
 
-from ._models import Backend, ExecutionResult, Failure
 from ._recovery import (
     Escalation,
     Outcome,
@@ -19,7 +18,7 @@ from ._recovery import (
     raise_escalation,
 )
 from ._recovery_state import RunState, Step
-from ._request import Limits
+from .protocol.models import Backend, ExecutionResult, Failure, Limits
 
 # A repair function gets the code and why it failed, and returns new code (None: give
 # up). With AsyncSandboxClient it may also be a coroutine function.

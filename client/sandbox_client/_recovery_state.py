@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ._models import Backend, ExecutionResult, Failure, FailureKind
 from ._recovery import (
     RESIZABLE,
     Abort,
@@ -28,7 +27,8 @@ from ._recovery import (
     Resolution,
     summarize,
 )
-from ._request import Limits
+from ._request import grpc_code
+from .protocol.models import Backend, ExecutionResult, Failure, FailureKind, Limits
 
 A = RecoveryAction
 
@@ -218,7 +218,7 @@ class RunState:
             idempotency_key=request.idempotency_key,
             ok=result.ok,
             failure_kind=failure.kind if failure is not None else None,
-            grpc_code=failure.grpc_code if failure is not None else "",
+            grpc_code=grpc_code(failure),
             message=failure.message if failure is not None else "",
             execution_id=result.execution_id,
             elapsed_s=round(ended - started, 4),
@@ -249,7 +249,7 @@ class RunState:
         elif (
             self._deadline_cut
             and failure.kind is FailureKind.CANCELLED
-            and failure.grpc_code == "DEADLINE_EXCEEDED"
+            and grpc_code(failure) == "DEADLINE_EXCEEDED"
         ):
             return self._finish_attempt(self._escalate("the run used its time budget", failure))
         self._last_failure = failure

@@ -8,36 +8,20 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from ._convert import (
+from .protocol.convert import (
     backend_from_proto,
     backend_to_proto,
-    failure_from_rpc_error,
+    failure_from_status,
+    limits_to_proto,
     result_from_proto,
 )
-from ._models import Backend, ExecutionResult, Failure
-from ._proto import sandbox_pb2
+from .protocol.models import Backend, ExecutionResult, Failure, Limits
+from .protocol.v1 import sandbox_pb2
 
 BackendName = Backend | Literal["auto", "monty", "container"]
 DEFAULT_TARGET = "127.0.0.1:50051"
-
-
-class Limits(BaseModel):
-    """Limits to ask for; None keeps the policy's value. They can only lower it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    wall_time_ms: int | None = Field(default=None, ge=0)
-    memory_bytes: int | None = Field(default=None, ge=0)
-    output_bytes: int | None = Field(default=None, ge=0)
-    max_recursion_depth: int | None = Field(default=None, ge=0)
-    cpu_millis: int | None = Field(default=None, ge=0)
-    pids: int | None = Field(default=None, ge=0)
-    disk_bytes: int | None = Field(default=None, ge=0)
-
-    def to_proto(self) -> sandbox_pb2.Limits:
-        return sandbox_pb2.Limits(**self.model_dump(exclude_none=True))
 
 
 class OutputChunk(BaseModel):
@@ -83,7 +67,7 @@ def execute_request(
         policy=policy,
         inputs_json=json.dumps(dict(inputs)) if inputs else "",
         stdin=stdin,
-        limits=limits.to_proto() if limits is not None else None,
+        limits=limits_to_proto(limits),
         session_id=session_id,
         # Every logical execution carries a key, so a retry can be answered from the
         # server's journal instead of running the code twice.
@@ -97,7 +81,7 @@ def session_request(
     return sandbox_pb2.CreateSessionRequest(
         backend=backend_to_proto(Backend(backend)),
         policy=policy,
-        limits=limits.to_proto() if limits is not None else None,
+        limits=limits_to_proto(limits),
     )
 
 
@@ -119,9 +103,23 @@ def stream_event(msg: sandbox_pb2.ExecuteStreamResponse) -> OutputChunk | Execut
     return OutputChunk(stream=stream, text=msg.output.text)
 
 
+class RequestFailure(Failure):
+    """A failure that came back as a gRPC error rather than a result (a refused request,
+    the transport): `grpc_code` names the status. Client side only."""
+
+    grpc_code: str = ""
+
+
+def grpc_code(failure: Failure | None) -> str:
+    """The gRPC status a failure came back as, "" for a failure inside a result."""
+    return failure.grpc_code if isinstance(failure, RequestFailure) else ""
+
+
 def failure_of(error: grpc.RpcError) -> Failure:
     call: Any = error  # grpc's errors are also Calls; the stubs do not say so
-    return failure_from_rpc_error(call.code(), call.details(), call.trailing_metadata())
+    code: grpc.StatusCode = call.code()
+    failure = failure_from_status(code, call.details(), call.trailing_metadata())
+    return RequestFailure(**dict(failure), grpc_code=code.name)
 
 
 def failed_result(error: grpc.RpcError) -> ExecutionResult:

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from ._convert import result_from_proto
-from ._models import ExecutionResult, Failure, FailureKind
-from ._proto import sandbox_pb2
+from .protocol.convert import result_from_proto
+from .protocol.models import ExecutionResult, Failure, FailureKind
+from .protocol.v1 import sandbox_pb2
 
 # A tool: any callable; an `async def` one is awaited, and the sandboxed code must
 # `await` it too (and may gather several, which then run concurrently).

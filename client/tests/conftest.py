@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sandbox.policy import MiB, Policy, PolicyRegistry  # noqa: E402
+from sandbox.policy.model import MiB, Policy, PolicyRegistry  # noqa: E402
 from sandbox_client import Backend, RecoveryPolicy, SandboxClient  # noqa: E402
 from tests.conftest import (  # noqa: E402
     IN_CI,

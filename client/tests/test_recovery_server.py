@@ -18,7 +18,7 @@ from conftest import (
     running_server,
 )
 
-from sandbox.tenants import new_api_key
+from sandbox.access.tenants import new_api_key
 from sandbox_client import (
     Abort,
     ApprovePolicy,

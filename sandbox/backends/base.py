@@ -9,10 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from sandbox.core.limits import Limits
+from sandbox.core.output import OutputSink
 from sandbox_client import Backend, ExecutionResult
-
-from ..limits import Limits
-from ..output import OutputSink
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,9 +3,8 @@ backend produced it."""
 
 from __future__ import annotations
 
+from sandbox.core.limits import Limits
 from sandbox_client import KIND_DEFAULTS, Failure, FailureKind, Frame
-
-from ..limits import Limits
 
 _MAX_CHARS = 500
 

@@ -15,10 +15,10 @@ import pytest
 import pytest_asyncio
 
 from sandbox.backends.base import BackendSession, RunSpec
-from sandbox.backends.container import ContainerBackend
-from sandbox.backends.container_engine import SCOPE_LABEL
-from sandbox.limits import Limits
-from sandbox.output import OutputSink
+from sandbox.backends.container.backend import ContainerBackend
+from sandbox.backends.container.engine import SCOPE_LABEL
+from sandbox.core.limits import Limits
+from sandbox.core.output import OutputSink
 from sandbox_client import ExecutionResult
 
 from ..conftest import IN_CI

@@ -11,7 +11,7 @@ import pytest
 import requests
 import requests.exceptions
 
-from sandbox.backends.container_outcome import (
+from sandbox.backends.container.outcome import (
     ERROR_CLASS_KINDS,
     ContainerSignals,
     RunnerStartError,

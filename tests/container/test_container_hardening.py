@@ -8,7 +8,7 @@ import json
 import docker
 import pytest
 
-from sandbox.backends.container import ContainerBackend
+from sandbox.backends.container.backend import ContainerBackend
 
 from .conftest import LIMITS, assert_healthy, run
 

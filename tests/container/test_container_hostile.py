@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.backends.container import ContainerBackend
+from sandbox.backends.container.backend import ContainerBackend
 from sandbox_client import ExecutionResult, FailureKind
 
 from ..corpus import read_jsonl, report

@@ -10,7 +10,7 @@ import time
 import docker
 import pytest
 
-from sandbox.backends.container import ContainerBackend
+from sandbox.backends.container.backend import ContainerBackend
 from sandbox_client import FailureKind, SuggestedAction
 
 from .conftest import LIMITS, SCOPE, assert_healthy, make_backend, run, signal_on_output

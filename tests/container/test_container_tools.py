@@ -19,7 +19,7 @@ import docker
 import grpc
 import pytest
 
-from sandbox.journal import ToolAnswer
+from sandbox.durable.journal import ToolAnswer
 from sandbox_client import (
     AsyncSandboxClient,
     Backend,
@@ -29,10 +29,11 @@ from sandbox_client import (
     Limits,
     SandboxClient,
 )
-from sandbox_client._convert import result_from_proto
-from sandbox_client._proto import sandbox_pb2, sandbox_pb2_grpc
 from sandbox_client._request import execute_request
 from sandbox_client._tool_run import call_tool_sync, invocation, start_message
+from sandbox_client.protocol.convert import result_from_proto
+from sandbox_client.protocol.service import ServiceStub
+from sandbox_client.protocol.v1 import sandbox_pb2
 
 from ..conftest import ServerThread, running_server
 from ..test_durable import THREE_TOOLS, Counter
@@ -317,7 +318,7 @@ def interrupted_leg(
 
     calls = 0
     with grpc.insecure_channel(srv.address) as channel:
-        stream = sandbox_pb2_grpc.SandboxServiceStub(channel).Run(requests(), timeout=30)
+        stream = ServiceStub(channel).Run(requests(), timeout=30)
         for msg in stream:
             if msg.HasField("output"):
                 leg.events.append(f"out {msg.output.text}")

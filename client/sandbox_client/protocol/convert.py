@@ -1,0 +1,222 @@
+"""The one wire converter: result and failure models to proto and back, and gRPC errors
+to the same `Failure` model. Both the server and the client use it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from .models import (
+    LIMIT_FIELDS,
+    Backend,
+    ExecutionResult,
+    Failure,
+    FailureKind,
+    Frame,
+    Limits,
+    SuggestedAction,
+    Usage,
+)
+from .v1 import sandbox_pb2
+
+ERROR_DOMAIN = "sandbox.v1"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+_BACKEND_TO_PROTO = {
+    Backend.AUTO: sandbox_pb2.AUTO,
+    Backend.MONTY: sandbox_pb2.MONTY,
+    Backend.CONTAINER: sandbox_pb2.CONTAINER,
+}
+_BACKEND_FROM_PROTO = {v: k for k, v in _BACKEND_TO_PROTO.items()}
+
+
+def backend_to_proto(backend: Backend | None) -> sandbox_pb2.Backend:
+    return sandbox_pb2.BACKEND_UNSPECIFIED if backend is None else _BACKEND_TO_PROTO[backend]
+
+
+def backend_from_proto(value: int) -> Backend | None:
+    """None for BACKEND_UNSPECIFIED; raises ValueError for a number no Backend has."""
+    if value == sandbox_pb2.BACKEND_UNSPECIFIED:
+        return None
+    try:
+        return _BACKEND_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError:
+        raise ValueError(f"unknown backend {value}") from None
+
+
+def limits_to_proto(limits: Limits | None) -> sandbox_pb2.Limits | None:
+    return None if limits is None else sandbox_pb2.Limits(**limits.model_dump(exclude_none=True))
+
+
+def limits_from_proto(msg: sandbox_pb2.Limits) -> Limits:
+    """0 (unset on the wire) means "the policy's value"; raises pydantic's
+    ValidationError for a negative value."""
+    if msg.ByteSize() == 0:  # asks for nothing (most requests)
+        return NO_LIMITS_ASKED
+    return Limits(**{name: getattr(msg, name) or None for name in LIMIT_FIELDS})
+
+
+NO_LIMITS_ASKED = Limits()
+
+
+def failure_to_proto(failure: Failure) -> sandbox_pb2.Failure:
+    return sandbox_pb2.Failure(
+        kind=failure.kind.value,
+        retryable=failure.retryable,
+        suggested_action=failure.suggested_action.value,
+        retry_after_ms=failure.retry_after_ms,
+        message=failure.message,
+        exception_type=failure.exception_type,
+        frames=[sandbox_pb2.Frame(**frame.model_dump()) for frame in failure.frames],
+        details=failure.details,
+    )
+
+
+def failure_from_proto(msg: sandbox_pb2.Failure) -> Failure:
+    return Failure(
+        kind=FailureKind(sandbox_pb2.FailureKind.Name(msg.kind)),
+        retryable=msg.retryable,
+        suggested_action=SuggestedAction(sandbox_pb2.SuggestedAction.Name(msg.suggested_action)),
+        retry_after_ms=msg.retry_after_ms,
+        message=msg.message,
+        exception_type=msg.exception_type,
+        frames=tuple(
+            Frame(
+                filename=f.filename,
+                line=f.line,
+                column=f.column,
+                end_line=f.end_line,
+                end_column=f.end_column,
+                function_name=f.function_name,
+                source_line=f.source_line,
+            )
+            for f in msg.frames
+        ),
+        details=dict(msg.details),
+    )
+
+
+def result_to_proto(result: ExecutionResult) -> sandbox_pb2.ExecutionResult:
+    usage = sandbox_pb2.Usage(wall_ms=result.usage.wall_ms)
+    if result.usage.cpu_ms is not None:
+        usage.cpu_ms = result.usage.cpu_ms
+    if result.usage.peak_memory_bytes is not None:
+        usage.peak_memory_bytes = result.usage.peak_memory_bytes
+    msg = sandbox_pb2.ExecutionResult(
+        ok=result.ok,
+        execution_id=result.execution_id,
+        backend=backend_to_proto(result.backend),
+        fallback_from=backend_to_proto(result.fallback_from),
+        stdout=result.stdout,
+        stdout_truncated=result.stdout_truncated,
+        stderr=result.stderr,
+        stderr_truncated=result.stderr_truncated,
+        exit_code=result.exit_code,
+        usage=usage,
+        policy_name=result.policy_name,
+        policy_digest=result.policy_digest,
+        session_id=result.session_id,
+        replayed=result.replayed,
+    )
+    if result.result_json is not None:
+        msg.result_json = result.result_json
+    if result.failure is not None:
+        msg.failure.CopyFrom(failure_to_proto(result.failure))
+    return msg
+
+
+def result_from_proto(msg: sandbox_pb2.ExecutionResult) -> ExecutionResult:
+    usage = msg.usage
+    return ExecutionResult(
+        ok=msg.ok,
+        execution_id=msg.execution_id,
+        backend=_BACKEND_FROM_PROTO.get(msg.backend),
+        fallback_from=_BACKEND_FROM_PROTO.get(msg.fallback_from),
+        stdout=msg.stdout,
+        stdout_truncated=msg.stdout_truncated,
+        stderr=msg.stderr,
+        stderr_truncated=msg.stderr_truncated,
+        result_json=msg.result_json if msg.HasField("result_json") else None,
+        exit_code=msg.exit_code,
+        failure=failure_from_proto(msg.failure) if msg.HasField("failure") else None,
+        usage=Usage(
+            wall_ms=usage.wall_ms,
+            cpu_ms=usage.cpu_ms if usage.HasField("cpu_ms") else None,
+            peak_memory_bytes=(
+                usage.peak_memory_bytes if usage.HasField("peak_memory_bytes") else None
+            ),
+        ),
+        policy_name=msg.policy_name,
+        policy_digest=msg.policy_digest,
+        session_id=msg.session_id,
+        replayed=msg.replayed,
+    )
+
+
+# A request error without our ErrorInfo (a proxy, the transport, grpc itself) is mapped
+# from its status code alone. RESOURCE_EXHAUSTED is left out on purpose: without our
+# ErrorInfo it is grpc refusing an oversized message, which no retry fixes.
+_KIND_BY_STATUS: dict[grpc.StatusCode, FailureKind] = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: FailureKind.CANCELLED,
+    grpc.StatusCode.CANCELLED: FailureKind.CANCELLED,
+    grpc.StatusCode.UNAVAILABLE: FailureKind.INFRA_UNAVAILABLE,
+    grpc.StatusCode.PERMISSION_DENIED: FailureKind.POLICY_VIOLATION,
+    grpc.StatusCode.DATA_LOSS: FailureKind.CORRUPT_STATE,
+    grpc.StatusCode.INTERNAL: FailureKind.INFRA_UNAVAILABLE,
+    grpc.StatusCode.UNKNOWN: FailureKind.INFRA_UNAVAILABLE,
+}
+
+
+def status_details(
+    code: grpc.StatusCode,
+    kind: FailureKind,
+    message: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    retry_after_ms: int = 0,
+) -> bytes:
+    """The `grpc-status-details-bin` trailer of a request error: google.rpc.Status with
+    ErrorInfo (reason = the kind) and, when waiting helps, RetryInfo."""
+    info = error_details_pb2.ErrorInfo(
+        reason=kind.value, domain=ERROR_DOMAIN, metadata=dict(metadata or {})
+    )
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(info)
+    if retry_after_ms:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(retry_after_ms)
+        status.details.add().Pack(retry)
+    return bytes(status.SerializeToString())
+
+
+def failure_from_status(
+    code: grpc.StatusCode, details: str | None, trailing_metadata: Any
+) -> Failure:
+    """Maps a gRPC error to a Failure: by its ErrorInfo reason when the server attached
+    one, else by status code (anything unlisted is INVALID_REQUEST)."""
+    reason = ""
+    retry_after_ms = 0
+    metadata: dict[str, str] = {}
+    for key, value in trailing_metadata or ():
+        if key != STATUS_DETAILS_KEY:
+            continue
+        status = status_pb2.Status.FromString(value)
+        for packed in status.details:
+            if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                packed.Unpack(info)
+                if info.domain == ERROR_DOMAIN:
+                    reason = info.reason
+                    metadata = dict(info.metadata)
+            elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                packed.Unpack(retry)
+                retry_after_ms = retry.retry_delay.ToMilliseconds()
+    try:
+        kind = FailureKind(reason)
+    except ValueError:
+        kind = _KIND_BY_STATUS.get(code, FailureKind.INVALID_REQUEST)
+    return Failure.of(kind, details or code.name, retry_after_ms=retry_after_ms, details=metadata)

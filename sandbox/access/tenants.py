@@ -1,0 +1,269 @@
+"""Tenants and access: who is calling (API key or client certificate), which policies it
+may use, and whether it is within its rate and concurrency quotas.
+
+API keys are stored as sha256 digests only: keys are long random tokens, so a fast hash
+is enough and a leaked tenants file does not leak usable keys. A tenant may list several
+digests at once, which is how a key is rotated: add the new one, move clients, remove the
+old one, reload."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import re
+import secrets
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sandbox.errors import RequestError
+from sandbox_client import FailureKind
+
+# The tenant name every request gets when no tenants are configured (loopback only).
+LOCAL_TENANT = "local"
+KEY_PREFIX = "sbx_"
+# A THROTTLED reply for the concurrency limit says to wait about this long.
+CONCURRENCY_RETRY_MS = 100
+
+
+def new_api_key() -> tuple[str, str]:
+    """A fresh key and the digest to put in the tenants file."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, key_digest(key)
+
+
+def key_digest(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class Tenant(BaseModel):
+    """One tenant, as written in the tenants file under [tenants.NAME]."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    # sha256 digests of its API keys ("sha256:<hex>"); several during a rotation.
+    api_key_sha256: tuple[str, ...] = ()
+    # Common names of the client certificates that identify it (mutual TLS).
+    mtls_common_names: tuple[str, ...] = ()
+    # Policies it may use, and the one used when a request names none.
+    allowed_policies: frozenset[str] = frozenset({"default"})
+    default_policy: str = "default"
+    # Requests per second, sustained, and the burst allowed above that.
+    rate_per_s: float = Field(default=20.0, gt=0)
+    burst: int = Field(default=40, gt=0)
+    # Executions running at once.
+    max_concurrent: int = Field(default=4, gt=0)
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _digests(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+                raise ValueError(
+                    f"{value[:12]!r}...: expected 'sha256:' and 64 hex digits (the digest, "
+                    "never the key; `sandbox tenant new-key` prints both)"
+                )
+        return values
+
+
+class TenantsError(Exception):
+    """The tenants file cannot be used; the message names the file and field."""
+
+
+class TenantRegistry:
+    def __init__(self, tenants: Sequence[Tenant]) -> None:
+        self.tenants = {t.name: t for t in tenants}
+        self._by_key: dict[str, Tenant] = {}
+        self._by_cn: dict[str, Tenant] = {}
+        for tenant in tenants:
+            if tenant.default_policy not in tenant.allowed_policies:
+                raise TenantsError(
+                    f"tenants.{tenant.name}.default_policy: '{tenant.default_policy}' is not "
+                    "among its allowed_policies"
+                )
+            for digest in tenant.api_key_sha256:
+                if digest in self._by_key:
+                    raise TenantsError(
+                        f"tenants.{tenant.name}: an API key digest is shared "
+                        f"with tenant {self._by_key[digest].name}"
+                    )
+                self._by_key[digest] = tenant
+            for cn in tenant.mtls_common_names:
+                self._by_cn[cn] = tenant
+
+    def __len__(self) -> int:
+        return len(self.tenants)
+
+    @classmethod
+    def load(cls, path: Path) -> TenantRegistry:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise TenantsError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise TenantsError(f"{path}: not valid TOML: {exc}") from None
+        unknown = set(data) - {"tenants"}
+        if unknown:
+            raise TenantsError(f"{path}: unknown top-level keys {sorted(unknown)}")
+        tenants = []
+        for name, body in (data.get("tenants") or {}).items():
+            try:
+                tenants.append(Tenant.model_validate({"name": name, **body}))
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"tenants.{name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                raise TenantsError(f"{path}: {problems}") from None
+        try:
+            return cls(tenants)
+        except TenantsError as exc:
+            raise TenantsError(f"{path}: {exc}") from None
+
+    def by_key(self, key: str) -> Tenant | None:
+        return self._by_key.get(key_digest(key))
+
+    def by_common_name(self, names: Sequence[str]) -> Tenant | None:
+        for name in names:
+            tenant = self._by_cn.get(name)
+            if tenant is not None:
+                return tenant
+        return None
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+    running: int = 0
+    peak: int = 0
+
+
+def _unauthenticated(message: str) -> RequestError:
+    return RequestError(FailureKind.INVALID_REQUEST, message, unauthenticated=True)
+
+
+@dataclass
+class Access:
+    """Authentication, policy choice and quotas. With no tenants configured every caller
+    is the tenant `local` (and the server is on loopback only)."""
+
+    tenants: TenantRegistry | None = None
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+    @property
+    def required(self) -> bool:
+        return self.tenants is not None and len(self.tenants) > 0
+
+    def authenticate(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None, common_names: Sequence[str]
+    ) -> str:
+        """The tenant's name. Raises UNAUTHENTICATED (kind INVALID_REQUEST)."""
+        tenants = self.tenants
+        if tenants is None or not tenants.tenants:
+            return LOCAL_TENANT
+        tenant = tenants.by_common_name(common_names) if common_names else None
+        if tenant is not None:
+            return tenant.name
+        for key, value in metadata or ():
+            if key == "authorization":
+                text = value.decode() if isinstance(value, bytes) else value
+                scheme, _, token = text.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise _unauthenticated("authorization metadata must be 'Bearer <API key>'")
+                tenant = tenants.by_key(token.strip())
+                if tenant is None:
+                    raise _unauthenticated("unknown or revoked API key")
+                return tenant.name
+        raise _unauthenticated(
+            "this server requires an API key (authorization: Bearer <key>) or a client certificate"
+        )
+
+    def policy_for(self, tenant: str, requested: str, *, in_session: bool = False) -> str:
+        """The policy name a request runs under: its own, or the tenant's default.
+        Raises POLICY_VIOLATION when the tenant may not use it."""
+        config = self._tenant(tenant)
+        if config is None:
+            return requested
+        if not requested:
+            return "" if in_session else config.default_policy
+        if requested not in config.allowed_policies:
+            raise RequestError(
+                FailureKind.POLICY_VIOLATION,
+                f"tenant '{tenant}' may not use policy '{requested}' (allowed: "
+                f"{', '.join(sorted(config.allowed_policies))})",
+                field="policy",
+            )
+        return requested
+
+    @contextlib.contextmanager
+    def admit(self, tenant: str) -> Iterator[None]:
+        """Holds one of the tenant's concurrency slots and one rate token, or raises
+        THROTTLED with retry_after_ms."""
+        self.acquire(tenant)
+        try:
+            yield
+        finally:
+            self.release(tenant)
+
+    def acquire(self, tenant: str) -> None:
+        """Takes a concurrency slot and a rate token; release() gives the slot back."""
+        config = self._tenant(tenant)
+        if config is None:
+            return
+        now = self._now()
+        bucket = self._buckets.get(tenant)
+        if bucket is None:
+            bucket = self._buckets[tenant] = _Bucket(tokens=float(config.burst), stamp=now)
+        refill = (now - bucket.stamp) * config.rate_per_s
+        bucket.tokens = min(float(config.burst), bucket.tokens + refill)
+        bucket.stamp = now
+        if bucket.running >= config.max_concurrent:
+            raise RequestError(
+                FailureKind.THROTTLED,
+                f"tenant '{tenant}' already runs its maximum of {config.max_concurrent} "
+                "executions at once",
+                retry_after_ms=CONCURRENCY_RETRY_MS,
+                metadata={"quota": "max_concurrent", "limit_value": str(config.max_concurrent)},
+            )
+        if bucket.tokens < 1.0:
+            wait_ms = max(1, math.ceil((1.0 - bucket.tokens) / config.rate_per_s * 1000))
+            raise RequestError(
+                FailureKind.THROTTLED,
+                f"tenant '{tenant}' is over its rate of {config.rate_per_s:g} requests/s "
+                f"(burst {config.burst})",
+                retry_after_ms=wait_ms,
+                metadata={"quota": "rate_per_s", "limit_value": f"{config.rate_per_s:g}"},
+            )
+        bucket.tokens -= 1.0
+        bucket.running += 1
+        bucket.peak = max(bucket.peak, bucket.running)
+
+    def release(self, tenant: str) -> None:
+        bucket = self._buckets.get(tenant)
+        if bucket is not None and bucket.running > 0:
+            bucket.running -= 1
+
+    def peak_concurrency(self, tenant: str) -> int:
+        bucket = self._buckets.get(tenant)
+        return bucket.peak if bucket else 0
+
+    def _tenant(self, name: str) -> Tenant | None:
+        if self.tenants is None:
+            return None
+        return self.tenants.tenants.get(name)
+
+    def _now(self) -> float:
+        return self.clock()
+
+
+def common_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
+    """Client-certificate common names from a gRPC auth context (mutual TLS only)."""
+    return [v.decode() for v in auth_context.get("x509_common_name", ())]

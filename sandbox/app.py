@@ -1,0 +1,189 @@
+"""Assembles and runs the server: backends, executor, gRPC service, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Literal
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sandbox.access.reload import Reloader, load_policies, load_tenants
+from sandbox.access.tenants import Access
+from sandbox.audit.log import AuditLog
+from sandbox.backends.base import ExecutionBackend
+from sandbox.backends.container.backend import ContainerBackend
+from sandbox.backends.monty.backend import MontyBackend
+from sandbox.config import Settings
+from sandbox.core.executor import Executor
+from sandbox.core.recorder import Recorder
+from sandbox.core.sessions import SessionRegistry
+from sandbox.durable.durability import build_journal
+from sandbox.edge.service import SandboxService, generic_handler
+from sandbox.metrics import Metrics
+from sandbox_client import Backend
+from sandbox_client.protocol.v1 import sandbox_pb2
+
+log = structlog.get_logger("sandbox.server")
+
+SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
+
+
+def build_executor(settings: Settings, recorder: Recorder | None = None) -> Executor:
+    policies, problems = load_policies(settings)
+    for problem in problems:
+        if problem.severity == "error":
+            log.error("policy file refused", problem=str(problem))
+    backends: dict[Backend, ExecutionBackend] = {
+        Backend.MONTY: MontyBackend(
+            min_workers=settings.monty_min_workers,
+            max_workers=settings.monty_max_workers,
+            checkout_timeout_s=settings.monty_checkout_timeout_s,
+            request_timeout_s=settings.monty_request_timeout_s,
+            warm_sessions=settings.monty_warm_sessions,
+        )
+    }
+    if settings.container_enabled:
+        backends[Backend.CONTAINER] = ContainerBackend(
+            image=settings.container_image,
+            runtime=settings.container_runtime,
+            pool_size=settings.container_pool_size,
+            # The pool's containers are shaped for the default policy's limits.
+            pool_limits=policies.get("").limits(),
+            max_concurrency=settings.container_max_concurrency,
+            queue_size=settings.container_queue_size,
+            queue_timeout_s=settings.container_queue_timeout_s,
+            docker_host=settings.docker_host,
+            scope=settings.container_scope,
+        )
+    return Executor(
+        policies=policies,
+        backends=backends,
+        sessions=SessionRegistry(
+            max_sessions=settings.max_sessions, idle_timeout_s=settings.session_idle_timeout_s
+        ),
+        recorder=recorder,
+    )
+
+
+class SandboxServer:
+    """One server instance. `start()` returns the bound port (useful with port 0)."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.check_bind()
+        self.settings = settings
+        self.metrics = Metrics()
+        self.audit = (
+            AuditLog(
+                settings.audit_dir,
+                fsync=settings.audit_fsync,
+                max_file_bytes=settings.audit_max_file_bytes,
+            )
+            if settings.audit_dir is not None
+            else None
+        )
+        self.executor = build_executor(settings, Recorder(self.audit, self.metrics))
+        self.access = Access(load_tenants(settings, self.executor.policies))
+        settings.check_bind(has_credentials=self.access.required)
+        self.reloader = Reloader(
+            settings, holder=self.executor, access=self.access, metrics=self.metrics
+        )
+        self._watch: asyncio.Task[None] | None = None
+        self.executor.journal = build_journal(settings)
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._expiry: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        if self.audit is not None:
+            self.audit.start()
+        for backend in self.executor.backends.values():
+            await backend.start()
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+        )
+        service = SandboxService(self.executor, access=self.access)
+        server.add_generic_rpc_handlers((generic_handler(service),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        host = self.settings.host
+        port = self.settings.port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = bind(server, address, self.settings)
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._expiry = asyncio.create_task(self.executor.sessions.run_expiry())
+        self._watch = asyncio.create_task(self.reloader.watch())
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+        if self.executor.journal is not None:
+            self.executor.journal.start()
+        backends = sorted(b.value for b in self.executor.backends)
+        log.info("serving", address=f"{host}:{self.port}", backends=backends)
+        return self.port
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        for task in (self._expiry, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        await self.executor.sessions.close_all()
+        for backend in self.executor.backends.values():
+            await backend.stop()
+        if self.executor.journal is not None:
+            await self.executor.journal.stop()
+        self.metrics.stop()
+        if self.audit is not None:
+            await asyncio.to_thread(self.audit.close)
+        log.info("stopped")
+
+    async def serve_forever(self) -> None:
+        """Runs until SIGINT or SIGTERM, then drains in-flight calls and stops."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
+        await stop.wait()
+        await self.stop()
+
+
+def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventLoop:
+    """The loop the server runs on (Settings.event_loop)."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:
+    """Adds the listening port: TLS when a certificate is configured (mutual TLS when a
+    client CA is), plaintext otherwise (loopback only, unless tenants hold API keys)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return server.add_insecure_port(address)
+    ca = settings.tls_client_ca_file
+    credentials = grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca.read_bytes() if ca is not None else None,
+        require_client_auth=ca is not None,
+    )
+    return server.add_secure_port(address, credentials)

@@ -1,0 +1,382 @@
+"""Maps every way a container run can end to the failure taxonomy. The only place that
+knows docker-py's error classes, container exit statuses and the runner's result frame.
+Most specific signal first: what the host itself did or saw (its own kill for a time or
+output cap, the kernel's OOM flag), then errors talking to the engine, then how the
+container ended, then the runner's own frame."""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker.errors as de
+import requests.exceptions as rq
+
+from sandbox.backends.container.tools import ForgedFrame
+from sandbox.backends.outcome_parts import first_line, one_line, output_limit_failure, tool_failure
+from sandbox.backends.tools import InjectedToolError
+from sandbox.core.limits import Limits
+from sandbox_client import Failure, FailureKind, Frame
+
+
+class RunnerStartError(Exception):
+    """A container started but its runner never said it was ready (a broken image, or a
+    runtime that cannot run it)."""
+
+
+# Exit status the runner uses when it cannot set itself up (no seccomp, unreadable job).
+RUNNER_FATAL_STATUS = 70
+
+# Every exception class docker.errors defines, mapped explicitly; test_container_outcome
+# fails when docker-py grows one this table does not name. None: decided below.
+ERROR_CLASS_KINDS: dict[type[BaseException], FailureKind | None] = {
+    RunnerStartError: FailureKind.INFRA_UNAVAILABLE,
+    de.ImageNotFound: FailureKind.INFRA_UNAVAILABLE,  # `make image` was not run
+    de.NotFound: FailureKind.SANDBOX_CRASH,  # the container was removed under us
+    de.APIError: None,  # by HTTP status
+    de.ContainerError: FailureKind.SANDBOX_CRASH,
+    de.StreamParseError: FailureKind.SANDBOX_CRASH,
+    de.BuildError: FailureKind.INFRA_UNAVAILABLE,
+    de.ImageLoadError: FailureKind.INFRA_UNAVAILABLE,
+    # Configuration of the engine connection: nothing can run until an operator fixes it.
+    de.InvalidVersion: FailureKind.INFRA_UNAVAILABLE,
+    de.InvalidRepository: FailureKind.INFRA_UNAVAILABLE,
+    de.InvalidConfigFile: FailureKind.INFRA_UNAVAILABLE,
+    de.InvalidArgument: FailureKind.INFRA_UNAVAILABLE,
+    de.DeprecatedMethod: FailureKind.INFRA_UNAVAILABLE,
+    de.TLSParameterError: FailureKind.INFRA_UNAVAILABLE,
+    de.NullResource: FailureKind.INFRA_UNAVAILABLE,
+    de.MissingContextParameter: FailureKind.INFRA_UNAVAILABLE,
+    de.ContextAlreadyExists: FailureKind.INFRA_UNAVAILABLE,
+    de.ContextException: FailureKind.INFRA_UNAVAILABLE,
+    de.ContextNotFound: FailureKind.INFRA_UNAVAILABLE,
+    de.DockerException: FailureKind.INFRA_UNAVAILABLE,  # e.g. from_env with no engine
+    # The engine's socket (requests/urllib3 underneath docker-py).
+    rq.ConnectionError: FailureKind.INFRA_UNAVAILABLE,
+    rq.Timeout: FailureKind.INFRA_UNAVAILABLE,
+    rq.RequestException: FailureKind.INFRA_UNAVAILABLE,
+    # The attach socket to the runner: the container went away mid-conversation.
+    ConnectionError: FailureKind.SANDBOX_CRASH,
+    OSError: FailureKind.SANDBOX_CRASH,
+}
+
+# How long a caller should wait before retrying after an engine or pool problem.
+INFRA_RETRY_AFTER_MS = 1000
+
+
+@dataclass(kw_only=True)
+class ContainerSignals:
+    """What the host saw while a run went on."""
+
+    limits: Limits
+    frame: dict[str, Any] | None = None  # the runner's result frame, if one came
+    exit_code: int | None = None  # the container's status, when it ended without a frame
+    oom_killed: bool = False  # State.OOMKilled
+    host_timed_out: bool = False  # we killed it at the wall-clock budget
+    output_exceeded: bool = False  # we killed it at the output cap
+    # The runner's channel carried a line that is not a frame: the code wrote to the
+    # channel's fd (the runner's own frames are always readable and fit the line cap).
+    protocol_error: str = ""
+    stream_error: str = ""  # the engine's stream itself broke (not the code's doing)
+    image: str = ""
+    elapsed_s: float = 0.0  # the code's time: waits for tool answers left out
+    # Tool runs: error answers given, by call number; time spent waiting for answers;
+    # a call frame that broke the protocol (only the code can write one); whether the
+    # host stopped the run itself (cancelled, or its ToolHost failed).
+    tool_errors: dict[int, InjectedToolError] = field(default_factory=dict)
+    tool_wait_s: float = 0.0
+    forged_frame: str = ""  # a call or fatal frame only the code can have written
+    relay_stopped: bool = False
+
+
+# What the runner's result frame holds (sandbox_runner.py, Runner.run): each field's type.
+_INT32 = 2**31 - 1
+_INT64 = 2**63 - 1
+_RESULT_FIELDS = {"t", "ok", "exit_code", "value", "value_bytes", "error", "blocked", "usage"}
+_ERROR_FIELDS = {"type", "module", "message", "frames", "os_error", "syntax", "tool_seq"}
+_FRAME_INTS = {"line", "column", "end_line", "end_column"}
+_FRAME_TEXTS = {"function_name", "source_line"}
+# A JSON escape of a surrogate (not an escaped backslash before "u"). The runner writes
+# the value with ensure_ascii=False, so never one; a lone one would reach the client as
+# a surrogate from its json.loads.
+_SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u[dD][89a-fA-F]")
+
+
+def checked_result_frame(frame: dict[str, Any]) -> dict[str, Any]:
+    """`frame` if it is a result frame the runner could have written; raises ForgedFrame
+    for any other (the code can write one to the channel). The one place the host checks
+    the fields it later turns into a result: int() and the wire's int32 and int64 fields
+    must not fail on them."""
+    problem = _result_problem(frame)
+    if problem:
+        raise ForgedFrame(f"a result frame the runner does not write ({problem})")
+    return frame
+
+
+def _is_int(value: Any, top: int, bottom: int = 0) -> bool:
+    return type(value) is int and bottom <= value <= top
+
+
+def _result_problem(frame: dict[str, Any]) -> str:
+    if set(frame) - _RESULT_FIELDS:
+        return "unknown fields"
+    ok = frame.get("ok")
+    if type(ok) is not bool or not _is_int(frame.get("exit_code"), 255):
+        return "ok or exit_code"
+    usage = frame.get("usage", {})
+    if not isinstance(usage, dict) or set(usage) - {"cpu_ms", "peak_memory_bytes"}:
+        return "usage"
+    if not all(_is_int(v, _INT64) for v in usage.values()):
+        return "usage"
+    blocked = frame.get("blocked", [])
+    if not isinstance(blocked, list) or not all(isinstance(b, str) for b in blocked):
+        return "blocked"
+    if "value_bytes" in frame and not (ok and _is_int(frame["value_bytes"], _INT64)):
+        return "value_bytes"
+    if "value" in frame:
+        value = frame["value"]
+        if not ok or not isinstance(value, str) or _SURROGATE_ESCAPE.search(value):
+            return "value"
+    if ok:
+        return "error" if "error" in frame else ""
+    error = frame.get("error")
+    if not isinstance(error, dict) or set(error) - _ERROR_FIELDS:
+        return "error"
+    texts = [error.get(k, "") for k in ("type", "module", "message")]
+    flags = [error.get(k, False) for k in ("os_error", "syntax")]
+    if not all(isinstance(t, str) for t in texts) or not all(type(f) is bool for f in flags):
+        return "error"
+    if "tool_seq" in error and not _is_int(error["tool_seq"], _INT32):
+        return "error"
+    frames = error.get("frames", [])
+    if not isinstance(frames, list) or not all(_frame_ok(f) for f in frames):
+        return "error frames"
+    return ""
+
+
+def _frame_ok(frame: Any) -> bool:
+    if not isinstance(frame, dict) or set(frame) - _FRAME_INTS - _FRAME_TEXTS:
+        return False
+    return all(
+        _is_int(v, _INT32, -_INT32 - 1) if k in _FRAME_INTS else isinstance(v, str)
+        for k, v in frame.items()
+    )
+
+
+def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) -> Failure | None:
+    """The failure for a run that raised `exc` talking to the engine or the runner (None:
+    no error), given `signals`. None means the code ran to completion."""
+    limits = signals.limits
+    if signals.output_exceeded:
+        return output_limit_failure(limits)
+    if signals.host_timed_out:
+        return _timeout(limits)
+    if exc is not None:
+        return _engine_failure(exc, signals)
+    if signals.forged_frame:
+        return _channel_tampering(signals.forged_frame, "forge a runner frame")
+    if signals.oom_killed and (signals.frame is None or not signals.frame.get("ok")):
+        return _memory(limits, "the container was killed at its memory cap", None)
+    if signals.protocol_error:
+        # Not a crash: the same code writes the same bytes again, so a retry cannot help.
+        return _channel_tampering(signals.protocol_error, "write to the runner's channel")
+    if signals.stream_error:
+        return Failure.of(
+            FailureKind.SANDBOX_CRASH,
+            f"the container's output stream broke: {signals.stream_error}; nothing in the "
+            "code is known to have caused it",
+        )
+    if signals.frame is None:
+        return _no_frame(signals)
+    return _from_frame(signals.frame, signals)
+
+
+def _channel_tampering(what: str, attempted: str) -> Failure:
+    return Failure.of(
+        FailureKind.POLICY_VIOLATION,
+        f"the code wrote to the sandbox runner's private channel and was stopped: {what}",
+        details={"attempted": attempted},
+    )
+
+
+def _engine_failure(exc: BaseException, signals: ContainerSignals) -> Failure:
+    kind = _class_kind(exc)
+    if kind is None:
+        raise TypeError(f"not a container outcome: {type(exc).__name__}") from exc
+    if isinstance(exc, de.ImageNotFound):
+        return Failure.of(
+            kind,
+            f"the sandbox image {signals.image or '(unknown)'} is missing; "
+            "build it with `make image`",
+            retry_after_ms=INFRA_RETRY_AFTER_MS,
+            details={"image": signals.image},
+        )
+    if kind is FailureKind.INFRA_UNAVAILABLE:
+        return Failure.of(
+            kind,
+            f"the container engine cannot serve now ({type(exc).__name__}: {first_line(str(exc))})",
+            retry_after_ms=INFRA_RETRY_AFTER_MS,
+        )
+    return Failure.of(
+        kind,
+        f"the container went away mid-run ({type(exc).__name__}); nothing in the code is known "
+        "to have caused it",
+    )
+
+
+def _class_kind(exc: BaseException) -> FailureKind | None:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_CLASS_KINDS:
+            kind = ERROR_CLASS_KINDS[cls]
+            if kind is None and isinstance(exc, de.APIError):
+                return _api_status_kind(exc)
+            return kind
+    return None
+
+
+def _api_status_kind(exc: de.APIError) -> FailureKind:
+    # 404: the container vanished; 409: it is no longer running (killed from outside).
+    if exc.status_code in (404, 409):
+        return FailureKind.SANDBOX_CRASH
+    return FailureKind.INFRA_UNAVAILABLE
+
+
+def _no_frame(signals: ContainerSignals) -> Failure | None:
+    status = signals.exit_code
+    if status is None:
+        return Failure.of(
+            FailureKind.SANDBOX_CRASH,
+            "the container ended without a result and its status is unknown",
+        )
+    if status > 128:
+        return _signalled(status - 128, status)
+    if status == 0:
+        return None  # the code ended the interpreter itself with os._exit(0)
+    return Failure.of(
+        FailureKind.RUNTIME_ERROR,
+        f"the code ended the interpreter with exit status {status} before finishing",
+        exception_type="SystemExit",
+        details={"exit_code": str(status)},
+    )
+
+
+def _signalled(signum: int, status: int) -> Failure:
+    name = _signal_name(signum)
+    if signum == signal.SIGSYS:
+        return Failure.of(
+            FailureKind.POLICY_VIOLATION,
+            "the code made a system call the sandbox forbids and was killed for it (SIGSYS)",
+            details={"signal": name, "exit_code": str(status)},
+        )
+    why = "killed from outside" if signum == signal.SIGKILL else f"died of {name}"
+    return Failure.of(
+        FailureKind.SANDBOX_CRASH,
+        f"the sandbox was {why} before the code finished",
+        details={"signal": name, "exit_code": str(status)},
+    )
+
+
+def _from_frame(frame: dict[str, Any], signals: ContainerSignals) -> Failure | None:
+    limits = signals.limits
+    if frame.get("ok"):
+        if "value_bytes" in frame:
+            return Failure.of(
+                FailureKind.OUTPUT_LIMIT,
+                f"the result ({frame['value_bytes']} bytes) exceeded the "
+                f"{limits.output_bytes}-byte output cap",
+                details={"limit": "output_bytes", "part": "result"},
+            )
+        return None
+    error: dict[str, Any] = frame.get("error") or {}
+    type_name = str(error.get("type") or "Exception")
+    message = str(error.get("message") or "")
+    frames = _frames(error.get("frames") or [])
+    blocked = [str(b) for b in frame.get("blocked") or []]
+
+    if error.get("syntax"):
+        return Failure.of(
+            FailureKind.SYNTAX_ERROR,
+            one_line(f"{type_name}: {message}", frames),
+            exception_type=type_name,
+            frames=frames,
+        )
+    # The runner marks the exceptions it raised as tool answers; the mark only counts
+    # for a call this host really answered with an error.
+    tool_seq = error.get("tool_seq")
+    injected = signals.tool_errors.get(tool_seq) if type(tool_seq) is int else None
+    if injected is not None:
+        return tool_failure(
+            tool=injected.tool,
+            seq=injected.seq,
+            exception_type=type_name,
+            # The answer's own words, as Monty shows them (KeyError's str() quotes).
+            message=injected.message if type_name == injected.exception_type else message,
+            tool_kind=injected.kind,
+            frames=frames,
+        )
+    if type_name == "MemoryError" and error.get("module") == "builtins":
+        return _memory(limits, message or "out of memory", frames)
+    if blocked and error.get("os_error"):
+        return Failure.of(
+            FailureKind.POLICY_VIOLATION,
+            one_line(f"the policy forbids this: {blocked[0]} ({type_name}: {message})", frames),
+            exception_type=type_name,
+            frames=frames,
+            details={"attempted": "; ".join(blocked[:5])},
+        )
+    details: dict[str, str] = {}
+    if type_name == "RecursionError":
+        details = {"limit": "max_recursion_depth", "limit_value": str(limits.max_recursion_depth)}
+    if type_name == "SystemExit":
+        details = {"exit_code": str(frame.get("exit_code", 1))}
+    return Failure.of(
+        FailureKind.RUNTIME_ERROR,
+        one_line(f"{type_name}: {message}" if message else type_name, frames),
+        exception_type=type_name,
+        frames=frames,
+        details=details,
+    )
+
+
+def _timeout(limits: Limits) -> Failure:
+    return Failure.of(
+        FailureKind.TIMEOUT,
+        f"time limit of {limits.wall_time_ms} ms exceeded; the container was stopped",
+        exception_type="TimeoutError",
+        details={"limit": "wall_time_ms", "limit_value": str(limits.wall_time_ms)},
+    )
+
+
+def _memory(limits: Limits, why: str, frames: tuple[Frame, ...] | None) -> Failure:
+    return Failure.of(
+        FailureKind.MEMORY_LIMIT,
+        one_line(f"memory limit of {limits.memory_bytes} bytes exceeded: {why}", frames or ()),
+        exception_type="MemoryError",
+        frames=frames or (),
+        details={"limit": "memory_bytes", "limit_value": str(limits.memory_bytes)},
+    )
+
+
+def _frames(raw: list[dict[str, Any]]) -> tuple[Frame, ...]:
+    return tuple(
+        Frame(
+            filename="<code>",
+            line=int(f.get("line") or 0),
+            column=int(f.get("column") or 0),
+            end_line=int(f.get("end_line") or 0),
+            end_column=int(f.get("end_column") or 0),
+            function_name=str(f.get("function_name") or ""),
+            source_line=str(f.get("source_line") or ""),
+        )
+        for f in raw
+        if isinstance(f, dict)
+    )
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -1,0 +1,295 @@
+"""The Monty backend: a pool of Monty worker processes (pydantic-monty's AsyncMonty)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pydantic_monty as pm
+
+from sandbox.backends.base import BackendSession, RunSpec
+from sandbox.backends.monty.outcome import RunSignals, map_monty_outcome
+from sandbox.backends.monty.supply import SessionSupply
+from sandbox.backends.outcome_parts import result_too_large_failure
+from sandbox.backends.values import value_to_json
+from sandbox.core.limits import Limits
+from sandbox.core.output import OutputCapture
+from sandbox.errors import RequestError
+from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Usage
+
+# Our wall-clock backstop fires this long after the policy's budget, so Monty's own
+# in-worker limit (which keeps the worker alive) normally wins the race.
+HOST_GRACE_S = 0.5
+
+
+@dataclass(eq=False)
+class MontySessionHandle:
+    session: pm.AsyncMontySession
+    limits: Limits
+    alive: bool = True
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class _OsCallRecorder:
+    """The `os=` handler: records every OS call Monty could not serve (all of them, with
+    no mounts) so a denial is classified POLICY_VIOLATION, then lets Monty deny it."""
+
+    def __init__(self) -> None:
+        self.denied: list[str] = []
+
+    def __call__(self, *, name: str, args: tuple[Any, ...], **_: Any) -> Any:
+        shown = ", ".join(repr(str(a)) for a in args[:2])
+        self.denied.append(f"{name}({shown})")
+        return pm.NOT_HANDLED
+
+
+class _StdinReader:
+    """Backs `input()`: Monty has no stdin, so the request's stdin is served line by line."""
+
+    def __init__(self, stdin: str) -> None:
+        self._lines: Iterator[str] = iter(stdin.splitlines())
+
+    def __call__(self, prompt: str = "") -> str:
+        try:
+            return next(self._lines)
+        except StopIteration:
+            raise EOFError("EOF when reading a line") from None
+
+
+class MontyBackend:
+    kind = Backend.MONTY
+
+    def __init__(
+        self,
+        *,
+        min_workers: int = 1,
+        max_workers: int = 8,
+        checkout_timeout_s: float = 10.0,
+        request_timeout_s: float = 120.0,
+        warm_sessions: int = 1,
+    ) -> None:
+        self._pool_args: dict[str, Any] = {
+            "min_processes": min_workers,
+            "max_processes": max_workers,
+            "checkout_timeout": checkout_timeout_s,
+            "request_timeout": request_timeout_s,
+        }
+        # Parked sessions hold workers; keep at least one worker free of them.
+        self._warm = max(0, min(warm_sessions, max_workers - 1))
+        self._pool: pm.AsyncMonty | None = None
+        self._supply: SessionSupply | None = None
+        self._mount_dirs: dict[tuple[str, str, bool], pm.MountDir] = {}
+
+    async def start(self) -> None:
+        if self._pool is None:
+            pool = pm.AsyncMonty(**self._pool_args)
+            await pool.__aenter__()
+            self._pool = pool
+            self._supply = SessionSupply(self._checkout, self._warm)
+
+    async def stop(self) -> None:
+        supply, self._supply = self._supply, None
+        if supply is not None:
+            await supply.close()
+        for mount in self._mount_dirs.values():
+            mount.close()
+        self._mount_dirs.clear()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.__aexit__(None, None, None)
+            del pool
+            # pydantic-monty aborts the interpreter if a pool that lost a worker is
+            # finalized during interpreter shutdown; collect it while the runtime is whole.
+            gc.collect()
+
+    def _checkout(
+        self, limits: Limits, os_policy: pm.OSPolicy | None = None
+    ) -> pm.AsyncMontySession:
+        if self._pool is None:
+            raise RuntimeError("MontyBackend.start() was not awaited")
+        return self._pool.checkout(
+            limits={
+                "max_feed_duration_secs": limits.wall_time_s,
+                "max_total_sleep_secs": limits.wall_time_s,
+                "max_memory": limits.memory_bytes,
+                "max_recursion_depth": limits.max_recursion_depth,
+            },
+            # No per-call cap: a capped sleep would return early and lie to the code. The
+            # total-sleep budget is charged before each wait, so an over-long sleep fails
+            # at once with TimeoutError instead of holding the worker.
+            os_policy={"sleep_system_max": float("inf"), **(os_policy or {})},
+        )
+
+    def _mounts(self, wanted: tuple[tuple[str, str, bool], ...]) -> list[pm.MountDir]:
+        """MountDirs for `wanted`, opened once and reused (Monty's advice: each holds its
+        directory open)."""
+        mounts = []
+        for host, guest, read_only in wanted:
+            key = (host, guest, read_only)
+            mount = self._mount_dirs.get(key)
+            if mount is None:
+                mode: Literal["read-only", "read-write"] = (
+                    "read-only" if read_only else "read-write"
+                )
+                mount = pm.MountDir(host_path=host, virtual_path=guest, mode=mode)
+                self._mount_dirs[key] = mount
+            mounts.append(mount)
+        return mounts
+
+    @contextlib.asynccontextmanager
+    async def checkout_session(
+        self, limits: Limits, *, os_policy: pm.OSPolicy | None = None
+    ) -> AsyncIterator[pm.AsyncMontySession]:
+        """A fresh, entered session for one execution; returned to the pool afterwards
+        (in the background, off the caller's path). `os_policy` (e.g. a pinned clock and
+        seed, for durable runs) is fixed at checkout, so such a session is never a warm one."""
+        if self._supply is None:
+            raise RuntimeError("MontyBackend.start() was not awaited")
+        if os_policy is not None:
+            async with self._checkout(limits, os_policy) as pinned:
+                yield pinned
+            return
+        session = await self._supply.take(limits)
+        try:
+            yield session
+        finally:
+            self._supply.release(session)
+
+    async def open_session(self, limits: Limits) -> MontySessionHandle:
+        session = self._checkout(limits)
+        try:
+            await session.__aenter__()
+        except TimeoutError:
+            raise RequestError(
+                FailureKind.INFRA_UNAVAILABLE,
+                "every Monty worker is busy; no session can be opened now",
+                retry_after_ms=1000,
+            ) from None
+        return MontySessionHandle(session=session, limits=limits)
+
+    async def close_session(self, session: BackendSession) -> None:
+        assert isinstance(session, MontySessionHandle)
+        session.alive = False
+        # A lost worker's session raises on exit; the pool has already replaced it.
+        with contextlib.suppress(pm.MontyError, RuntimeError):
+            await session.session.__aexit__(None, None, None)
+
+    async def run(self, spec: RunSpec, session: BackendSession | None = None) -> ExecutionResult:
+        if session is not None:
+            assert isinstance(session, MontySessionHandle)
+            async with session.lock:
+                if not session.alive:
+                    return ExecutionResult.failed(
+                        Failure.of(FailureKind.CORRUPT_STATE, "the session's sandbox was lost")
+                    )
+                result = await self._feed(session.session, spec)
+                failure = result.failure
+                if failure is not None and failure.kind in _SESSION_ENDING:
+                    await self.close_session(session)
+                return result
+        supply = self._supply
+        if supply is None:
+            raise RuntimeError("MontyBackend.start() was not awaited")
+        try:
+            checked_out = await supply.take(spec.limits)
+        except TimeoutError:
+            return ExecutionResult.failed(
+                Failure.of(
+                    FailureKind.INFRA_UNAVAILABLE,
+                    "every Monty worker is busy",
+                    retry_after_ms=1000,
+                ),
+                backend=Backend.MONTY,
+            )
+        try:  # checkout_session() without its context manager: this is the hot path
+            return await self._feed(checked_out, spec)
+        finally:
+            supply.release(checked_out)
+
+    async def _feed(self, session: pm.AsyncMontySession, spec: RunSpec) -> ExecutionResult:
+        try:
+            mounts = self._mounts(spec.mounts)
+        except (OSError, ValueError) as exc:
+            return ExecutionResult.failed(
+                Failure.of(
+                    FailureKind.INFRA_UNAVAILABLE,
+                    f"a directory the policy mounts cannot be opened: {exc}",
+                    retry_after_ms=5000,
+                ),
+                backend=Backend.MONTY,
+            )
+        capture = OutputCapture(spec.limits.output_bytes, spec.on_output)
+        recorder = _OsCallRecorder()
+        signals = RunSignals(limits=spec.limits)
+        started = time.monotonic()
+        error: pm.MontyError | None = None
+        value: Any = None
+        try:
+            async with asyncio.timeout(spec.limits.wall_time_s + HOST_GRACE_S):
+                value = await session.feed_run(
+                    spec.code,
+                    inputs=dict(spec.inputs) or None,
+                    external_lookup={"input": _StdinReader(spec.stdin)},
+                    print_callback=capture,
+                    os=recorder,
+                    mount=mounts or None,
+                )
+        except pm.MontyError as exc:
+            error = exc
+        except TimeoutError:
+            signals.host_timed_out = True
+        signals.elapsed_s = time.monotonic() - started
+        signals.output_exceeded = capture.exceeded
+        signals.denied_os_calls = recorder.denied
+        return monty_result(
+            value,
+            map_monty_outcome(error, signals),
+            limits=spec.limits,
+            elapsed_s=signals.elapsed_s,
+            stdout=capture.text("stdout"),
+            stdout_truncated=capture.truncated["stdout"],
+            stderr=capture.text("stderr"),
+            stderr_truncated=capture.truncated["stderr"],
+        )
+
+
+def monty_result(
+    value: Any,
+    failure: Failure | None,
+    *,
+    limits: Limits,
+    elapsed_s: float,
+    stdout: str,
+    stdout_truncated: bool,
+    stderr: str,
+    stderr_truncated: bool,
+) -> ExecutionResult:
+    """The result of a Monty run that ended with `value` (its last expression) or `failure`."""
+    result_json = None
+    if failure is None and value is not None:
+        result_json = value_to_json(value)
+        if len(result_json.encode()) > limits.output_bytes:
+            result_json = None
+            failure = result_too_large_failure(limits)
+    return ExecutionResult(
+        ok=failure is None,
+        backend=Backend.MONTY,
+        stdout=stdout,
+        stdout_truncated=stdout_truncated,
+        stderr=stderr,
+        stderr_truncated=stderr_truncated,
+        result_json=result_json,
+        exit_code=0 if failure is None else 1,
+        failure=failure,
+        usage=Usage(wall_ms=round(elapsed_s * 1000)),
+    )
+
+
+# After these a session's interpreter cannot be trusted (Monty: "discard the session
+# rather than feeding it again" after a time limit) or is gone.
+_SESSION_ENDING = frozenset({FailureKind.TIMEOUT, FailureKind.SANDBOX_CRASH})

@@ -1,0 +1,154 @@
+"""The reviewer and operator commands: `sandbox policy ...`, `sandbox audit ...`,
+`sandbox tenant ...`. Thin: the logic lives in policy_files, policy_review, audit, tenants."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sandbox.config import load_settings
+
+
+def add_commands(sub: Any) -> None:
+    policy = sub.add_parser("policy", help="lint, show, diff and explain execution policies")
+    psub = policy.add_subparsers(required=True, metavar="ACTION")
+    lint = psub.add_parser("lint", help="check policy files; exit 1 on any error")
+    lint.add_argument("files", nargs="+", type=Path, help="policy files or directories")
+    lint.add_argument("--config", type=Path, help="server settings (for its maximums)")
+    lint.set_defaults(func=_lint)
+    for name, helptext, func in (
+        ("show", "the effective policy (defaults filled in) and its digest", _show),
+        ("explain", "what code under the policy may do, in plain English", _explain),
+    ):
+        p = psub.add_parser(name, help=helptext)
+        p.add_argument("policy", help="a policy name, or a policy file")
+        p.add_argument("--config", type=Path, help="server settings (policy_dir)")
+        p.add_argument("--dir", type=Path, help="policy directory (overrides --config)")
+        p.set_defaults(func=func)
+    diff = psub.add_parser("diff", help="what one policy permits that the other does not")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.add_argument("--config", type=Path, help="server settings (policy_dir)")
+    diff.add_argument("--dir", type=Path, help="policy directory (overrides --config)")
+    diff.set_defaults(func=_diff)
+
+    audit = sub.add_parser("audit", help="verify and query the audit log")
+    asub = audit.add_subparsers(required=True, metavar="ACTION")
+    verify = asub.add_parser("verify", help="check the hash chain; exit 1 at the first bad record")
+    verify.add_argument("files", nargs="+", type=Path, help="audit files or the log directory")
+    verify.set_defaults(func=_verify)
+    query = asub.add_parser("query", help="print matching records as JSON lines")
+    query.add_argument("files", nargs="+", type=Path, help="audit files or the log directory")
+    query.add_argument("--tenant")
+    query.add_argument("--kind", help="OK, or a failure kind such as TIMEOUT or THROTTLED")
+    query.add_argument("--policy")
+    query.add_argument("--since", help="ISO 8601 time, inclusive (UTC unless stated)")
+    query.add_argument("--until", help="ISO 8601 time, exclusive")
+    query.set_defaults(func=_query)
+
+    tenant = sub.add_parser("tenant", help="tenant credentials")
+    tsub = tenant.add_subparsers(required=True, metavar="ACTION")
+    key = tsub.add_parser("new-key", help="print a new API key and the digest to store")
+    key.set_defaults(func=_new_key)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    return load_settings(getattr(args, "config", None))
+
+
+def _policy_dir(args: argparse.Namespace) -> Path | None:
+    if getattr(args, "dir", None) is not None:
+        return Path(args.dir)
+    directory: Path | None = _settings(args).policy_dir
+    return directory
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from sandbox.policy.files import lint_files
+
+    problems = lint_files(args.files, _settings(args).policy_maximums)
+    for problem in problems:
+        print(problem)
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _find(args: argparse.Namespace, name: str) -> Any:
+    from sandbox.policy.review import ReviewError, find_policy
+
+    try:
+        return find_policy(name, _policy_dir(args), _settings(args).policy_maximums)
+    except ReviewError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _show(args: argparse.Namespace) -> int:
+    from sandbox.policy.review import show
+
+    print(show(_find(args, args.policy)), end="")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from sandbox.policy.review import explain
+
+    print(explain(_find(args, args.policy)), end="")
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from sandbox.policy.review import diff
+
+    text, same = diff(_find(args, args.a), _find(args, args.b))
+    print(text, end="")
+    return 0 if same else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from sandbox.audit.log import verify
+
+    started = time.perf_counter()
+    report = verify(args.files)
+    elapsed = time.perf_counter() - started
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not report.ok:
+        print(f"FAILED after {report.records} good record(s): {report.error}")
+        return 1
+    print(
+        f"OK: {report.records} record(s) in {report.files} file(s), seq "
+        f"{report.first_seq}..{report.last_seq}, last hash {report.last_hash} "
+        f"({elapsed:.2f} s)"
+    )
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from sandbox.audit.log import query
+
+    for record in query(
+        args.files,
+        tenant=args.tenant,
+        kind=args.kind,
+        policy=args.policy,
+        since=args.since,
+        until=args.until,
+    ):
+        print(json.dumps(record, sort_keys=True))
+    return 0
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    from sandbox.access.tenants import new_api_key
+
+    key, digest = new_api_key()
+    print(f"key:    {key}   (give this to the tenant; it is not stored)")
+    print(f"digest: {digest}   (put this in api_key_sha256)")
+    return 0

@@ -1,0 +1,174 @@
+"""The `sandbox` command: serve, run, doctor; policy, audit and tenant (cli_admin)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from sandbox.cli.admin import add_commands as add_admin_commands
+from sandbox.config import ConfigError, Settings, load_settings
+from sandbox.errors import RequestError
+from sandbox.logs import configure_logging
+from sandbox_client import Backend, ExecutionResult, Failure, SandboxClient
+from sandbox_client.protocol.convert import result_to_proto
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    # Collect Monty's pool objects now: finalizing them during interpreter shutdown can
+    # abort the process and turn a clean exit status into 134.
+    gc.collect()
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sandbox", description="Run agent-written code in Monty or a container."
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gRPC service")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.set_defaults(func=_serve)
+
+    run = sub.add_parser("run", help="run code once and print the result")
+    run.add_argument("file", nargs="?", default="-", help="a Python file, or - for stdin")
+    run.add_argument("--backend", choices=[b.value for b in Backend], default="auto")
+    run.add_argument("--policy", default="", help="policy name (default: the server's)")
+    run.add_argument("--server", help="ADDR of a running server; default: run in-process")
+    run.add_argument("--inputs-json", default="", help="a JSON object bound as variables")
+    run.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    run.add_argument("--config", type=Path, help="TOML settings file (in-process runs)")
+    run.set_defaults(func=_run)
+
+    doctor = sub.add_parser("doctor", help="say what works on this machine")
+    doctor.add_argument("--config", type=Path, help="TOML settings file")
+    doctor.set_defaults(func=_doctor)
+
+    add_admin_commands(sub)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sandbox.app import SandboxServer, new_event_loop
+
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = load_settings(args.config, **overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    server = SandboxServer(settings)
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(settings.event_loop)) as runner:
+        runner.run(server.serve_forever())
+    return 0
+
+
+def _read_code(file: str) -> str:
+    if file == "-":
+        return sys.stdin.read()
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {file}: {exc}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    code = _read_code(args.file)
+    if args.inputs_json:
+        try:
+            inputs = json.loads(args.inputs_json)
+        except ValueError as exc:
+            raise ConfigError(f"--inputs-json is not JSON: {exc}") from None
+        if not isinstance(inputs, dict):
+            raise ConfigError("--inputs-json must be a JSON object")
+    else:
+        inputs = {}
+    if args.server:
+        with SandboxClient(args.server) as client:
+            result = client.execute(code, backend=args.backend, policy=args.policy, inputs=inputs)
+    else:
+        settings = load_settings(args.config, monty_min_workers=1)
+        configure_logging(settings.log_format, "warning")
+        result = asyncio.run(_run_in_process(settings, code, args, inputs))
+    _print_result(result, as_json=args.json)
+    return 0 if result.ok else 1
+
+
+async def _run_in_process(
+    settings: Settings, code: str, args: argparse.Namespace, inputs: dict[str, Any]
+) -> ExecutionResult:
+    from sandbox.app import build_executor
+    from sandbox.core.executor import ExecuteCall
+
+    executor = build_executor(settings)
+    for backend in executor.backends.values():
+        await backend.start()
+    try:
+        call = ExecuteCall(
+            code=code, backend=Backend(args.backend), policy=args.policy, inputs=inputs
+        )
+        return await executor.execute(call)
+    except RequestError as exc:
+        details = {"field": exc.field} if exc.field else {}
+        failure = Failure.of(
+            exc.kind, exc.message, retry_after_ms=exc.retry_after_ms, details=details
+        )
+        return ExecutionResult.failed(failure)
+    finally:
+        for backend in executor.backends.values():
+            await backend.stop()
+
+
+def _print_result(result: ExecutionResult, *, as_json: bool) -> None:
+    if as_json:
+        message = result_to_proto(result)
+        text = json_format.MessageToJson(
+            message,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+            indent=2,
+        )
+        print(text)
+        return
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    if result.result_json is not None:
+        print(result.result_json)
+    if result.failure is not None:
+        failure = result.failure
+        print(f"{failure.kind.value}: {failure.message}", file=sys.stderr)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from sandbox.cli.doctor import run_checks
+
+    settings = load_settings(args.config, monty_min_workers=1)
+    checks = asyncio.run(run_checks(settings))
+    for check in checks:
+        mark = "ok " if check.ok else "-- "
+        print(f"{mark} {check.name}: {check.detail}")
+    return 0 if all(c.ok for c in checks if c.required) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The Run RPC's stream: the client's start and tool answers in, output, tool calls and
+the final result out. The run itself is Durability.run_tools; this is only the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import structlog
+
+from sandbox.backends.tools import ToolCallRequest, ToolReply
+from sandbox.core.executor import ExecuteCall, Executor
+from sandbox.core.output import StreamName
+from sandbox.durable.durability import ToolDecl, args_json, kwargs_json
+from sandbox.errors import RequestError, invalid
+from sandbox_client import ExecutionResult, FailureKind
+from sandbox_client.protocol.convert import result_to_proto
+from sandbox_client.protocol.v1 import sandbox_pb2
+
+log = structlog.get_logger("sandbox.run")
+
+_STREAMS: dict[StreamName, Any] = {"stdout": sandbox_pb2.STDOUT, "stderr": sandbox_pb2.STDERR}
+_Event = sandbox_pb2.RunResponse | None
+
+
+class _StreamRelay:
+    """ToolRelay over one stream: a call goes out as an event, its answer comes back
+    through `answer()` from the reader."""
+
+    def __init__(self, events: asyncio.Queue[_Event]) -> None:
+        self._events = events
+        self._waiting: dict[int, asyncio.Future[ToolReply]] = {}
+        self._closed = False
+
+    async def call(self, request: ToolCallRequest) -> ToolReply:
+        answer: asyncio.Future[ToolReply] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            answer.cancel()
+        self._waiting[request.seq] = answer
+        self._events.put_nowait(
+            sandbox_pb2.RunResponse(
+                tool_call=sandbox_pb2.ToolCall(
+                    call_id=request.seq,
+                    name=request.name,
+                    args_json=args_json(request.args),
+                    kwargs_json=kwargs_json(request.kwargs),
+                )
+            )
+        )
+        try:
+            return await answer
+        finally:
+            self._waiting.pop(request.seq, None)
+
+    def close(self) -> None:
+        """The client will send nothing more: calls left unanswered never will be. The
+        run stops there (its journal entry stays, so the same key resumes it)."""
+        self._closed = True
+        for waiting in self._waiting.values():
+            waiting.cancel()
+
+    def answer(self, msg: sandbox_pb2.ToolResult) -> None:
+        waiting = self._waiting.get(msg.call_id)
+        if waiting is None or waiting.done():
+            log.info("answer to no pending call", call_id=msg.call_id)
+            return
+        waiting.set_result(_reply(msg))
+
+
+def _reply(msg: sandbox_pb2.ToolResult) -> ToolReply:
+    if msg.HasField("error"):
+        kind = sandbox_pb2.FailureKind.Name(msg.error.kind) if msg.error.kind else ""
+        return ToolReply(
+            error_type=msg.error.exception_type or "RuntimeError",
+            error_message=msg.error.message,
+            error_kind=kind if kind in FailureKind.__members__ else "",
+        )
+    try:
+        return ToolReply(value=json.loads(msg.value_json) if msg.value_json else None)
+    except ValueError as exc:
+        return ToolReply(
+            error_type="ValueError", error_message=f"the tool's answer is not JSON: {exc}"
+        )
+
+
+async def serve_run(
+    executor: Executor,
+    requests: AsyncIterator[Any],
+    make_call: Callable[[sandbox_pb2.ExecuteRequest], ExecuteCall],
+    admitted: Callable[[ExecuteCall], AbstractContextManager[None]],
+) -> AsyncIterator[sandbox_pb2.RunResponse]:
+    """Raises RequestError for a request that cannot be served; the caller aborts.
+    `make_call` validates and authenticates the request (tenant, policy) as the edge does
+    for Execute; `admitted` holds the tenant's concurrency slot for the whole run."""
+    journal = executor.journal
+    if journal is None:
+        raise RequestError(
+            FailureKind.INFRA_UNAVAILABLE, "tool runs need the journal, which is off on this server"
+        )
+    first = await anext(requests, None)
+    if first is None or not hasattr(first, "HasField") or not first.HasField("start"):
+        raise invalid("a Run stream must begin with `start`", field="start")
+    call = make_call(first.start.request)
+    tools = tuple(
+        ToolDecl(name=t.name, is_async=t.is_async, json_schema=t.json_schema, stub=t.stub)
+        for t in first.start.tools
+    )
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[_Event] = asyncio.Queue()
+    relay = _StreamRelay(events)
+
+    def forward(stream: StreamName, text: str) -> None:
+        event = sandbox_pb2.RunResponse(
+            output=sandbox_pb2.OutputChunk(stream=_STREAMS[stream], text=text)
+        )
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    async def run() -> ExecutionResult:
+        try:
+            with admitted(call):
+                result = await journal.run_tools(executor, call, tools, relay, on_output=forward)
+        except RequestError as error:
+            await record(None, error)
+            raise
+        finally:
+            loop.call_soon_threadsafe(events.put_nowait, None)
+        await record(result, None)
+        return result
+
+    async def record(result: ExecutionResult | None, error: RequestError | None) -> None:
+        # Audited and counted like an Execute (a replay too: it is an answer given).
+        written = executor.recorder.execution(
+            call, policy=None, limits=None, result=result, error=error, method="Run"
+        )
+        if written is not None:
+            await asyncio.wrap_future(written)
+
+    async def read() -> None:
+        async for msg in requests:
+            if hasattr(msg, "HasField") and msg.HasField("tool_result"):
+                relay.answer(msg.tool_result)
+        relay.close()
+
+    task = asyncio.create_task(run())
+    reader = asyncio.create_task(read())
+    try:
+        while (event := await events.get()) is not None:
+            yield event
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the RPC itself was cancelled
+            raise RequestError(
+                FailureKind.CANCELLED,
+                "the client closed the stream with tool calls unanswered; "
+                "the same idempotency key resumes the run",
+            ) from None
+    finally:
+        for pending in (task, reader):
+            if not pending.done():
+                pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+    yield sandbox_pb2.RunResponse(result=result_to_proto(result))
