@@ -18,7 +18,7 @@ from sandbox.audit.log import AuditLog
 from sandbox.backends.base import ExecutionBackend
 from sandbox.backends.container.backend import ContainerBackend
 from sandbox.backends.monty.backend import MontyBackend
-from sandbox.config import Settings
+from sandbox.config import Settings, TlsSettings
 from sandbox.core.executor import Executor
 from sandbox.core.recorder import Recorder
 from sandbox.core.sessions import SessionRegistry
@@ -34,38 +34,20 @@ SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_na
 
 
 def build_executor(settings: Settings, recorder: Recorder | None = None) -> Executor:
-    policies, problems = load_policies(settings)
+    policies, problems = load_policies(settings.policies)
     for problem in problems:
         if problem.severity == "error":
             log.error("policy file refused", problem=str(problem))
-    backends: dict[Backend, ExecutionBackend] = {
-        Backend.MONTY: MontyBackend(
-            min_workers=settings.monty_min_workers,
-            max_workers=settings.monty_max_workers,
-            checkout_timeout_s=settings.monty_checkout_timeout_s,
-            request_timeout_s=settings.monty_request_timeout_s,
-            warm_sessions=settings.monty_warm_sessions,
-        )
-    }
-    if settings.container_enabled:
+    backends: dict[Backend, ExecutionBackend] = {Backend.MONTY: MontyBackend(settings.monty)}
+    if settings.container.enabled:
+        # The pool's containers are shaped for the default policy's limits.
         backends[Backend.CONTAINER] = ContainerBackend(
-            image=settings.container_image,
-            runtime=settings.container_runtime,
-            pool_size=settings.container_pool_size,
-            # The pool's containers are shaped for the default policy's limits.
-            pool_limits=policies.get("").limits(),
-            max_concurrency=settings.container_max_concurrency,
-            queue_size=settings.container_queue_size,
-            queue_timeout_s=settings.container_queue_timeout_s,
-            docker_host=settings.docker_host,
-            scope=settings.container_scope,
+            settings.container, pool_limits=policies.get("").limits()
         )
     return Executor(
         policies=policies,
         backends=backends,
-        sessions=SessionRegistry(
-            max_sessions=settings.max_sessions, idle_timeout_s=settings.session_idle_timeout_s
-        ),
+        sessions=SessionRegistry(settings.sessions),
         recorder=recorder,
     )
 
@@ -77,23 +59,19 @@ class SandboxServer:
         settings.check_bind()
         self.settings = settings
         self.metrics = Metrics()
-        self.audit = (
-            AuditLog(
-                settings.audit_dir,
-                fsync=settings.audit_fsync,
-                max_file_bytes=settings.audit_max_file_bytes,
-            )
-            if settings.audit_dir is not None
-            else None
-        )
+        self.audit = AuditLog(settings.audit) if settings.audit.dir is not None else None
         self.executor = build_executor(settings, Recorder(self.audit, self.metrics))
-        self.access = Access(load_tenants(settings, self.executor.policies))
+        self.access = Access(load_tenants(settings.tenants, self.executor.policies))
         settings.check_bind(has_credentials=self.access.required)
         self.reloader = Reloader(
-            settings, holder=self.executor, access=self.access, metrics=self.metrics
+            settings.policies,
+            settings.tenants,
+            holder=self.executor,
+            access=self.access,
+            metrics=self.metrics,
         )
         self._watch: asyncio.Task[None] | None = None
-        self.executor.journal = build_journal(settings)
+        self.executor.journal = build_journal(settings.journal)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._expiry: asyncio.Task[None] | None = None
@@ -104,7 +82,7 @@ class SandboxServer:
             self.audit.start()
         for backend in self.executor.backends.values():
             await backend.start()
-        limit = self.settings.max_message_bytes
+        limit = self.settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -117,18 +95,18 @@ class SandboxServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        host = self.settings.host
-        port = self.settings.port
+        host = self.settings.server.host
+        port = self.settings.server.port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = bind(server, address, self.settings)
+        self.port = bind(server, address, self.settings.tls)
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._expiry = asyncio.create_task(self.executor.sessions.run_expiry())
         self._watch = asyncio.create_task(self.reloader.watch())
-        if self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+        if self.settings.metrics.port is not None:
+            self.metrics.serve(self.settings.metrics)
         if self.executor.journal is not None:
             self.executor.journal.start()
         backends = sorted(b.value for b in self.executor.backends)
@@ -167,7 +145,7 @@ class SandboxServer:
 
 
 def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventLoop:
-    """The loop the server runs on (Settings.event_loop)."""
+    """The loop the server runs on (ServerSettings.event_loop)."""
     if kind == "uvloop":
         import uvloop
 
@@ -175,14 +153,14 @@ def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventL
     return asyncio.new_event_loop()
 
 
-def bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:
+def bind(server: grpc.aio.Server, address: str, tls: TlsSettings) -> int:
     """Adds the listening port: TLS when a certificate is configured (mutual TLS when a
     client CA is), plaintext otherwise (loopback only, unless tenants hold API keys)."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
+    if tls.cert_file is None or tls.key_file is None:
         return server.add_insecure_port(address)
-    ca = settings.tls_client_ca_file
+    ca = tls.client_ca_file
     credentials = grpc.ssl_server_credentials(
-        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
         root_certificates=ca.read_bytes() if ca is not None else None,
         require_client_auth=ca is not None,
     )

@@ -1,17 +1,52 @@
-"""Server settings: defaults, then a TOML file, then SANDBOX_* environment variables."""
+"""Server settings: defaults, then a TOML file, then SANDBOX_* environment variables, then
+keyword overrides (the command line's --host and --port).
+
+Settings come in sections, each a frozen value object handed whole to the one component
+that uses it:
+
+    [server]     host, port, max_message_bytes, event_loop          SandboxServer
+    [tls]        cert_file, key_file, client_ca_file                 bind()
+    [monty]      worker counts, warm sessions, timeouts              MontyBackend
+    [container]  enabled, image, runtime, pool, admission, engine    ContainerBackend
+    [sessions]   max_open, idle_timeout_s                            SessionRegistry
+    [policies]   dir, default, maximums, reload_poll_s               load_policies, Reloader
+    [tenants]    file                                                load_tenants, Reloader
+    [audit]      dir, fsync, max_file_bytes                          AuditLog
+    [metrics]    port, host                                          Metrics.serve
+    [journal]    enabled, state_dir, path, retention_s, checkpoint   build_journal
+    [log]        format, level                                       configure_logging
+
+In TOML a section is a table (`[monty]` then `min_workers = 4`); in the environment it is
+`SANDBOX_<SECTION>__<FIELD>` (`SANDBOX_MONTY__MIN_WORKERS=4`); as a keyword, a mapping
+(`load_settings(monty={"min_workers": 4})`) or the section object itself.
+
+The flat names of 0.2 (`monty_min_workers`, `SANDBOX_MONTY_MIN_WORKERS`, ...) still work
+for this release, in all three places, with a DeprecatedSettingWarning naming the new
+spelling: RENAMED is the one table of old to new. Where one place gives both spellings of
+a field, the new one wins; between places, the usual order holds (a keyword beats the
+environment, which beats the file).
+
+Import direction: components import their section type from here; this module imports no
+component (only pydantic and the policy value type ServerMaximums), so it cannot cycle."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import sys
 import tomllib
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -24,113 +59,338 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message says which file and field."""
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="forbid", frozen=True)
+class DeprecatedSettingWarning(DeprecationWarning):
+    """A setting was given by its old flat name; the message names the new spelling."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """The gRPC listener and the loop it runs on."""
 
     # Loopback by default; any other address is refused unless tenants (credentials) are
-    # configured in `tenants_file`.
+    # configured in [tenants] file.
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
     # Largest request or response on the wire.
     max_message_bytes: int = Field(default=8 * MiB, gt=0)
-
-    # Monty worker processes kept warm, and the most that may run at once.
-    monty_min_workers: int = Field(default=2, ge=0)
-    # Sessions hold a worker each while open, so this is well above the core count.
-    monty_max_workers: int = Field(default=16, gt=0)
-    # Fresh sessions checked out ahead of demand (capped below max workers): a run then
-    # skips the checkout. 0 turns it off.
-    monty_warm_sessions: int = Field(default=2, ge=0)
-    # How long a request waits for a free worker before INFRA_UNAVAILABLE.
-    monty_checkout_timeout_s: float = Field(default=10.0, gt=0)
-    # Host-side backstop per worker turn, above any policy's wall-time budget.
-    monty_request_timeout_s: float = Field(default=120.0, gt=0)
-
-    # The container backend (Docker). Off by default: it needs an engine and `make image`.
-    container_enabled: bool = False
-    # Image the runner ships in (images/Dockerfile, built by `make image`).
-    container_image: str = "sandbox-runner:latest"
-    # OCI runtime: runc, or gVisor's runsc (a user-space kernel; register it with dockerd).
-    container_runtime: Literal["runc", "runsc"] = "runc"
-    # Containers kept started and waiting for a job, for the default policy's limits.
-    container_pool_size: int = Field(default=2, ge=0)
-    # Container runs at once, and how many more may wait (then INFRA_UNAVAILABLE).
-    container_max_concurrency: int = Field(default=4, gt=0)
-    container_queue_size: int = Field(default=32, ge=0)
-    container_queue_timeout_s: float = Field(default=30.0, gt=0)
-    # Engine address; None: DOCKER_HOST, else the local socket.
-    docker_host: str | None = None
-    # Containers are labelled with this; start-up reaps those of this scope whose server died.
-    container_scope: str = "default"
-
-    # Sessions kept at once, and how long an unused one lives.
-    max_sessions: int = Field(default=100, ge=0)
-    session_idle_timeout_s: float = Field(default=300.0, gt=0)
-
-    # Policy files (*.toml, one policy each) beside the built-in `default`; None: only it.
-    policy_dir: Path | None = None
-    # The policy a request that names none runs under (a tenant's own default wins).
-    default_policy: str = "default"
-    # The most any policy may grant; a policy file above them is refused.
-    policy_maximums: ServerMaximums = ServerMaximums()
-    # How often to look for changed policy or tenant files (SIGHUP reloads at once); 0: never.
-    reload_poll_s: float = Field(default=2.0, ge=0)
-
-    # Tenants, their API key digests, policies and quotas (TOML). None: no authentication,
-    # every caller is tenant `local`, and only a loopback bind is allowed.
-    tenants_file: Path | None = None
-    # TLS: server certificate and key (PEM). With a client CA, client certificates are
-    # required and their common name identifies the tenant (mutual TLS).
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_client_ca_file: Path | None = None
-
-    # Audit log directory (hash-chained JSON lines, rotated by size); None: no audit log.
-    audit_dir: Path | None = None
-    # always: a response waits for its record's fsync; batch: records are fsynced by the
-    # writer thread as they come, off the request path; never: the OS flushes.
-    audit_fsync: Literal["always", "batch", "never"] = "batch"
-    audit_max_file_bytes: int = Field(default=64 * MiB, gt=0)
-
-    # Prometheus metrics over HTTP (/metrics); None: off. Loopback unless stated.
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    metrics_host: str = "127.0.0.1"
-
-    # Durable runs (durable.py). The server's own files: the journal and, unless
-    # checkpoint_key is given, the checkpoint HMAC key (generated here on first start).
-    state_dir: Path = Path.home() / ".local" / "state" / "sandbox"
-    # The execution journal (exactly-once replies, tool-run checkpoints); off: no
-    # idempotency and no tool runs. None: state_dir/journal.sqlite3.
-    journal_enabled: bool = True
-    journal_path: Path | None = None
-    # How long a finished (or abandoned) execution's record is kept for replays.
-    journal_retention_s: float = Field(default=24 * 3600.0, gt=0)
-    # The HMAC key checkpoints are signed with (SANDBOX_CHECKPOINT_KEY), or a file holding
-    # it; neither: state_dir/checkpoint.key. Never logged.
-    checkpoint_key: SecretStr | None = None
-    checkpoint_key_file: Path | None = None
-
     # uvloop: libuv's event loop, measurably cheaper per request (bench/monty_roundtrip.py)
     # because every Monty turn wakes the loop from another thread; asyncio: the standard one.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
-    log_format: Literal["console", "json"] = "console"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+class TlsSettings(_Section):
+    """TLS: server certificate and key (PEM). None: plaintext (loopback only, unless tenants
+    hold API keys). With a client CA, client certificates are required and their common
+    name identifies the tenant (mutual TLS)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+
+class MontySettings(_Section):
+    """The Monty backend's worker pool."""
+
+    # Monty worker processes kept warm, and the most that may run at once.
+    min_workers: int = Field(default=2, ge=0)
+    # Sessions hold a worker each while open, so this is well above the core count.
+    max_workers: int = Field(default=16, gt=0)
+    # Fresh sessions checked out ahead of demand (capped below max workers): a run then
+    # skips the checkout. 0 turns it off.
+    warm_sessions: int = Field(default=2, ge=0)
+    # How long a request waits for a free worker before INFRA_UNAVAILABLE.
+    checkout_timeout_s: float = Field(default=10.0, gt=0)
+    # Host-side backstop per worker turn, above any policy's wall-time budget.
+    request_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class ContainerSettings(_Section):
+    """The container backend (Docker). The pool's containers are shaped for the default
+    policy's limits, which the backend is handed beside this section."""
+
+    # Off by default: it needs an engine and `make image`.
+    enabled: bool = False
+    # Image the runner ships in (images/Dockerfile, built by `make image`).
+    image: str = "sandbox-runner:latest"
+    # OCI runtime: runc, or gVisor's runsc (a user-space kernel; register it with dockerd).
+    runtime: Literal["runc", "runsc"] = "runc"
+    # Containers kept started and waiting for a job, for the default policy's limits.
+    pool_size: int = Field(default=2, ge=0)
+    # Container runs at once, and how many more may wait (then INFRA_UNAVAILABLE).
+    max_concurrency: int = Field(default=4, gt=0)
+    queue_size: int = Field(default=32, ge=0)
+    queue_timeout_s: float = Field(default=30.0, gt=0)
+    # Engine address; None: DOCKER_HOST, else the local socket.
+    docker_host: str | None = None
+    # Containers are labelled with this; start-up reaps those of this scope whose server died.
+    scope: str = "default"
+
+
+class SessionSettings(_Section):
+    """Sessions (a backend's interpreter kept between runs)."""
+
+    # Sessions kept open at once (then THROTTLED), and how long an unused one lives.
+    max_open: int = Field(default=100, ge=0)
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+
+
+class PolicySettings(_Section):
+    """Where execution policies come from and what they may grant."""
+
+    # Policy files (*.toml, one policy each) beside the built-in `default`; None: only it.
+    dir: Path | None = None
+    # The policy a request that names none runs under (a tenant's own default wins).
+    default: str = "default"
+    # The most any policy may grant; a policy file above them is refused.
+    maximums: ServerMaximums = ServerMaximums()
+    # How often to look for changed policy or tenant files (SIGHUP reloads at once); 0: never.
+    reload_poll_s: float = Field(default=2.0, ge=0)
+
+
+class TenantSettings(_Section):
+    """Who may call."""
+
+    # Tenants, their API key digests, policies and quotas (TOML). None: no authentication,
+    # every caller is tenant `local`, and only a loopback bind is allowed.
+    file: Path | None = None
+
+
+class AuditSettings(_Section):
+    """The hash-chained audit log."""
+
+    # Audit log directory (JSON lines, rotated by size); None: no audit log.
+    dir: Path | None = None
+    # always: a response waits for its record's fsync; batch: records are fsynced by the
+    # writer thread as they come, off the request path; never: the OS flushes.
+    fsync: Literal["always", "batch", "never"] = "batch"
+    max_file_bytes: int = Field(default=64 * MiB, gt=0)
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics over HTTP (/metrics)."""
+
+    # None: off. Loopback unless stated.
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
+class JournalSettings(_Section):
+    """Durable runs (sandbox/durable): the execution journal and the checkpoint key."""
+
+    # Off: no idempotency and no tool runs.
+    enabled: bool = True
+    # The server's own files: the journal and, unless checkpoint_key is given, the
+    # checkpoint HMAC key (generated here on first start).
+    state_dir: Path = Path.home() / ".local" / "state" / "sandbox"
+    # The journal (exactly-once replies, tool-run checkpoints); None: state_dir/journal.sqlite3.
+    path: Path | None = None
+    # How long a finished (or abandoned) execution's record is kept for replays.
+    retention_s: float = Field(default=24 * 3600.0, gt=0)
+    # The HMAC key checkpoints are signed with (SANDBOX_JOURNAL__CHECKPOINT_KEY), or a file
+    # holding it; neither: state_dir/checkpoint.key. Never logged.
+    checkpoint_key: SecretStr | None = None
+    checkpoint_key_file: Path | None = None
+
+
+class LogSettings(_Section):
+    """The server's own log (stderr, one line per event)."""
+
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+# The flat names of 0.2 and where each lives now. Kept for one release; then this table,
+# _Renamed and _legacy_environment go.
+RENAMED: dict[str, tuple[str, str]] = {
+    "host": ("server", "host"),
+    "port": ("server", "port"),
+    "max_message_bytes": ("server", "max_message_bytes"),
+    "event_loop": ("server", "event_loop"),
+    "tls_cert_file": ("tls", "cert_file"),
+    "tls_key_file": ("tls", "key_file"),
+    "tls_client_ca_file": ("tls", "client_ca_file"),
+    "monty_min_workers": ("monty", "min_workers"),
+    "monty_max_workers": ("monty", "max_workers"),
+    "monty_warm_sessions": ("monty", "warm_sessions"),
+    "monty_checkout_timeout_s": ("monty", "checkout_timeout_s"),
+    "monty_request_timeout_s": ("monty", "request_timeout_s"),
+    "container_enabled": ("container", "enabled"),
+    "container_image": ("container", "image"),
+    "container_runtime": ("container", "runtime"),
+    "container_pool_size": ("container", "pool_size"),
+    "container_max_concurrency": ("container", "max_concurrency"),
+    "container_queue_size": ("container", "queue_size"),
+    "container_queue_timeout_s": ("container", "queue_timeout_s"),
+    "docker_host": ("container", "docker_host"),
+    "container_scope": ("container", "scope"),
+    "max_sessions": ("sessions", "max_open"),
+    "session_idle_timeout_s": ("sessions", "idle_timeout_s"),
+    "policy_dir": ("policies", "dir"),
+    "default_policy": ("policies", "default"),
+    "policy_maximums": ("policies", "maximums"),
+    "reload_poll_s": ("policies", "reload_poll_s"),
+    "tenants_file": ("tenants", "file"),
+    "audit_dir": ("audit", "dir"),
+    "audit_fsync": ("audit", "fsync"),
+    "audit_max_file_bytes": ("audit", "max_file_bytes"),
+    "metrics_port": ("metrics", "port"),
+    "metrics_host": ("metrics", "host"),
+    "state_dir": ("journal", "state_dir"),
+    "journal_enabled": ("journal", "enabled"),
+    "journal_path": ("journal", "path"),
+    "journal_retention_s": ("journal", "retention_s"),
+    "checkpoint_key": ("journal", "checkpoint_key"),
+    "checkpoint_key_file": ("journal", "checkpoint_key_file"),
+    "log_format": ("log", "format"),
+    "log_level": ("log", "level"),
+}
+
+_Style = Literal["keyword", "env", "toml"]
+
+
+def _spellings(style: _Style, old: str, section: str, field: str) -> tuple[str, str]:
+    """(old, new) as the user would write them in that place."""
+    if style == "env":
+        return f"SANDBOX_{old.upper()}", f"SANDBOX_{section.upper()}__{field.upper()}"
+    if style == "toml":
+        return f"`{old}`", f"`{field}` under [{section}]"
+    return f"keyword `{old}`", f"{section}={{{field!r}: ...}}"
+
+
+def _renamed(values: dict[str, Any], style: _Style, where: str = "") -> dict[str, Any]:
+    """`values` with every old flat name moved into its section, each with a warning. A
+    new-style value given here for the same field wins."""
+    out = dict(values)
+    for old in [key for key in out if key in RENAMED]:
+        section, field = RENAMED[old]
+        value = out.pop(old)
+        current = out.get(section, {})
+        # A section object counts as giving all its fields; a section that is neither
+        # mapping nor object is left for validation to refuse.
+        taken = not isinstance(current, dict) or field in current
+        if not taken:
+            out[section] = {**current, field: value}
+        old_text, new_text = _spellings(style, old, section, field)
+        message = f"{where}{old_text} is deprecated; use {new_text}"
+        if taken:
+            message += f" (given too, so {old_text} is ignored)"
+        warnings.warn(
+            message + "; the flat names go in the next release",
+            DeprecatedSettingWarning,
+            stacklevel=_outside_stacklevel(),
+        )
+    return out
+
+
+def _outside_stacklevel() -> int:
+    """The stacklevel of the first frame outside this module and pydantic: the code that
+    built the settings, which is where a warning filter should look."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        (__name__, "pydantic")
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _legacy_environment() -> dict[str, Any]:
+    """SANDBOX_<OLD_NAME> variables (case-insensitive, as pydantic-settings reads them)."""
+    environ = {key.lower(): value for key, value in os.environ.items()}
+    found: dict[str, Any] = {}
+    for old, (section, field) in RENAMED.items():
+        value = environ.get(f"sandbox_{old}")
+        if value is None:
+            continue
+        target = Settings.model_fields[section].annotation
+        assert isinstance(target, type) and issubclass(target, BaseModel)
+        annotation = target.model_fields[field].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            # A nested model comes as JSON, as pydantic-settings reads it.
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ConfigError(f"SANDBOX_{old.upper()}: not valid JSON: {exc}") from None
+        found[old] = value
+    return found
+
+
+class _Renamed(PydanticBaseSettingsSource):
+    """Another source's values, with old flat names moved into their sections."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        inner: PydanticBaseSettingsSource,
+        style: _Style,
+        *,
+        where: str = "",
+        extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(settings_cls)
+        self.inner, self.style, self.where, self.extra = inner, style, where, extra
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        values = self.inner()
+        if self.extra is not None:
+            values = {**self.extra(), **values}
+        return _renamed(values, self.style, self.where)
+
+
+class Settings(BaseSettings):
+    """Everything the server is configured with, one section per component."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SANDBOX_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerSettings = ServerSettings()
+    tls: TlsSettings = TlsSettings()
+    monty: MontySettings = MontySettings()
+    container: ContainerSettings = ContainerSettings()
+    sessions: SessionSettings = SessionSettings()
+    policies: PolicySettings = PolicySettings()
+    tenants: TenantSettings = TenantSettings()
+    audit: AuditSettings = AuditSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    journal: JournalSettings = JournalSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            _Renamed(settings_cls, init_settings, "keyword"),
+            _Renamed(settings_cls, env_settings, "env", extra=_legacy_environment),
+        )
 
     def check_bind(self, has_credentials: bool | None = None) -> None:
         """Refuses a non-loopback bind unless credentials (tenants) are configured."""
         if has_credentials is None:
-            has_credentials = self.tenants_file is not None
-        if not _is_loopback(self.host) and not has_credentials:
+            has_credentials = self.tenants.file is not None
+        host = self.server.host
+        if not _is_loopback(host) and not has_credentials:
             raise ConfigError(
-                f"refusing to listen on {self.host}: without credentials configured "
-                "(tenants_file with API keys or client certificates) the server binds to "
+                f"refusing to listen on {host}: without credentials configured "
+                "([tenants] file with API keys or client certificates) the server binds to "
                 "loopback only (127.0.0.1 or ::1)"
             )
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError("tls_cert_file and tls_key_file go together")
-        if self.tls_client_ca_file and not self.tls_cert_file:
-            raise ConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        tls = self.tls
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise ConfigError("tls.cert_file and tls.key_file go together")
+        if tls.client_ca_file and not tls.cert_file:
+            raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file")
 
 
 def _is_loopback(host: str) -> bool:
@@ -143,12 +403,16 @@ def _is_loopback(host: str) -> bool:
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from `config_file` (TOML) and the environment; `overrides` win over both."""
+    """Settings from `config_file` (TOML) and the environment; `overrides` (section name
+    -> mapping or section object) win over both. Raises ConfigError naming the file (or
+    the environment) and the field."""
     if config_file is not None:
         try:
-            tomllib.loads(config_file.read_text())
+            tomllib.loads(config_file.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{config_file}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{config_file}: not UTF-8 text: {exc.reason}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
 
@@ -162,16 +426,22 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+            sources = super().settings_customise_sources(
+                settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+            )
             if config_file is not None:
-                sources += (TomlConfigSettingsSource(settings_cls, toml_file=config_file),)
+                toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file)
+                sources += (_Renamed(settings_cls, toml, "toml", where=f"{config_file}: "),)
             return sources
 
+    where = str(config_file) if config_file else "settings"
     try:
         return _Settings(**overrides)
     except ValidationError as exc:
-        where = str(config_file) if config_file else "settings"
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
+    except SettingsError as exc:
+        # An environment variable that should hold JSON (a whole section) does not.
+        raise ConfigError(f"environment: {exc}") from None

@@ -7,11 +7,13 @@ import sys
 
 import structlog
 
+from sandbox.config import LogSettings
 
-def configure_logging(fmt: str = "console", level: str = "info") -> None:
+
+def configure_logging(settings: LogSettings) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
-        if fmt == "json"
+        if settings.format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
@@ -21,7 +23,9 @@ def configure_logging(fmt: str = "console", level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelName(settings.level.upper())
+        ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )

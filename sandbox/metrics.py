@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from sandbox.config import MetricsSettings
+
 # Execution wall time buckets, in seconds: Monty runs take about a millisecond, containers
 # hundreds, and a policy may allow minutes.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -61,9 +63,14 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def serve(self, host: str, port: int) -> int:
-        """Starts the /metrics HTTP endpoint; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, settings: MetricsSettings) -> int:
+        """Starts the /metrics HTTP endpoint (`settings.port` must be set; 0 picks a free
+        one); returns the bound port."""
+        if settings.port is None:
+            raise ValueError("metrics.port is not set")
+        server, _thread = start_http_server(
+            settings.port, addr=settings.host, registry=self.registry
+        )
         self._http = server
         self.port = int(server.server_port)
         return self.port

@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 
 from sandbox.access.tenants import Access, TenantRegistry, TenantsError
-from sandbox.config import ConfigError, Settings
+from sandbox.config import ConfigError, PolicySettings, TenantSettings
 from sandbox.metrics import Metrics
 from sandbox.policy.files import Problem, load_policy_dir
 from sandbox.policy.model import PolicyRegistry
@@ -20,21 +20,21 @@ from sandbox.policy.model import PolicyRegistry
 log = structlog.get_logger("sandbox.reload")
 
 
-def load_policies(settings: Settings) -> tuple[PolicyRegistry, list[Problem]]:
+def load_policies(settings: PolicySettings) -> tuple[PolicyRegistry, list[Problem]]:
     """The server's policies. Raises ConfigError when the default policy is missing."""
-    policies, problems = load_policy_dir(settings.policy_dir, settings.policy_maximums)
+    policies, problems = load_policy_dir(settings.dir, settings.maximums)
     try:
-        return PolicyRegistry(policies, settings.default_policy), problems
+        return PolicyRegistry(policies, settings.default), problems
     except ValueError as exc:
-        raise ConfigError(f"default_policy: {exc}") from None
+        raise ConfigError(f"policies.default: {exc}") from None
 
 
-def load_tenants(settings: Settings, policies: PolicyRegistry) -> TenantRegistry | None:
+def load_tenants(settings: TenantSettings, policies: PolicyRegistry) -> TenantRegistry | None:
     """The configured tenants, or None. Raises ConfigError (file and field named)."""
-    if settings.tenants_file is None:
+    if settings.file is None:
         return None
     try:
-        tenants = TenantRegistry.load(settings.tenants_file)
+        tenants = TenantRegistry.load(settings.file)
     except TenantsError as exc:
         raise ConfigError(str(exc)) from None
     known = set(policies.names())
@@ -60,14 +60,16 @@ def _fingerprint(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
 class Reloader:
     def __init__(
         self,
-        settings: Settings,
+        policies: PolicySettings,
+        tenants: TenantSettings,
         *,
         holder: object,
         access: Access,
         metrics: Metrics | None = None,
     ) -> None:
         """`holder` has a `policies` attribute (the executor) that reloads replace."""
-        self.settings = settings
+        self.policies = policies
+        self.tenants = tenants
         self.holder = holder
         self.access = access
         self.metrics = metrics
@@ -75,11 +77,12 @@ class Reloader:
 
     def _files(self) -> list[Path]:
         files: list[Path] = []
-        if self.settings.policy_dir is not None and self.settings.policy_dir.is_dir():
-            files += sorted(self.settings.policy_dir.glob("*.toml"))
-            files.append(self.settings.policy_dir)
-        if self.settings.tenants_file is not None:
-            files.append(self.settings.tenants_file)
+        directory = self.policies.dir
+        if directory is not None and directory.is_dir():
+            files += sorted(directory.glob("*.toml"))
+            files.append(directory)
+        if self.tenants.file is not None:
+            files.append(self.tenants.file)
         return files
 
     def _watched(self) -> tuple[tuple[str, int, int], ...]:
@@ -98,7 +101,7 @@ class Reloader:
         """Loads everything anew; on any error keeps what runs now. True when swapped."""
         self._seen = self._watched()
         try:
-            policies, problems = load_policies(self.settings)
+            policies, problems = load_policies(self.policies)
         except ConfigError as exc:
             return self._refused(reason, exc)
         for problem in problems:
@@ -117,7 +120,7 @@ class Reloader:
                 merged[name] = current.get(name)
         registry = PolicyRegistry(merged, policies.default)
         try:
-            tenants = load_tenants(self.settings, registry)
+            tenants = load_tenants(self.tenants, registry)
         except ConfigError as exc:
             return self._refused(reason, exc)
         self.holder.policies = registry  # type: ignore[attr-defined]
@@ -137,7 +140,7 @@ class Reloader:
 
     async def watch(self) -> None:
         """Polls the files every `reload_poll_s` and reloads when they change."""
-        interval = self.settings.reload_poll_s
+        interval = self.policies.reload_poll_s
         if interval <= 0:
             return
         while True:

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import structlog
 
+from sandbox.config import AuditSettings
+
 log = structlog.get_logger("sandbox.audit")
 
 FsyncPolicy = Literal["always", "batch", "never"]
@@ -64,16 +66,13 @@ _FLUSH: dict[str, Any] = {}
 
 
 class AuditLog:
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        fsync: FsyncPolicy = "batch",
-        max_file_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
-        self.directory = directory
-        self.fsync = fsync
-        self.max_file_bytes = max_file_bytes
+    def __init__(self, settings: AuditSettings) -> None:
+        """Writes to `settings.dir`, which must be set (None means no audit log)."""
+        if settings.dir is None:
+            raise ValueError("an AuditLog needs a directory (audit.dir)")
+        self.directory = settings.dir
+        self.fsync: FsyncPolicy = settings.fsync
+        self.max_file_bytes = settings.max_file_bytes
         self.seq = 0
         self.last_hash = GENESIS
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()

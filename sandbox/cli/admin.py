@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.config import load_settings
+from sandbox.cli.settings import load_printing_notes
+from sandbox.config import Settings
 
 
 def add_commands(sub: Any) -> None:
@@ -26,13 +27,13 @@ def add_commands(sub: Any) -> None:
     ):
         p = psub.add_parser(name, help=helptext)
         p.add_argument("policy", help="a policy name, or a policy file")
-        p.add_argument("--config", type=Path, help="server settings (policy_dir)")
+        p.add_argument("--config", type=Path, help="server settings ([policies] dir)")
         p.add_argument("--dir", type=Path, help="policy directory (overrides --config)")
         p.set_defaults(func=func)
     diff = psub.add_parser("diff", help="what one policy permits that the other does not")
     diff.add_argument("a")
     diff.add_argument("b")
-    diff.add_argument("--config", type=Path, help="server settings (policy_dir)")
+    diff.add_argument("--config", type=Path, help="server settings ([policies] dir)")
     diff.add_argument("--dir", type=Path, help="policy directory (overrides --config)")
     diff.set_defaults(func=_diff)
 
@@ -56,21 +57,24 @@ def add_commands(sub: Any) -> None:
     key.set_defaults(func=_new_key)
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    return load_settings(getattr(args, "config", None))
+def _settings(args: argparse.Namespace) -> Settings:
+    # Loaded once per command, so a deprecated name is reported once.
+    loaded: Settings | None = getattr(args, "_settings", None)
+    if loaded is None:
+        loaded = args._settings = load_printing_notes(getattr(args, "config", None))
+    return loaded
 
 
 def _policy_dir(args: argparse.Namespace) -> Path | None:
     if getattr(args, "dir", None) is not None:
         return Path(args.dir)
-    directory: Path | None = _settings(args).policy_dir
-    return directory
+    return _settings(args).policies.dir
 
 
 def _lint(args: argparse.Namespace) -> int:
     from sandbox.policy.files import lint_files
 
-    problems = lint_files(args.files, _settings(args).policy_maximums)
+    problems = lint_files(args.files, _settings(args).policies.maximums)
     for problem in problems:
         print(problem)
     errors = sum(p.severity == "error" for p in problems)
@@ -83,7 +87,7 @@ def _find(args: argparse.Namespace, name: str) -> Any:
     from sandbox.policy.review import ReviewError, find_policy
 
     try:
-        return find_policy(name, _policy_dir(args), _settings(args).policy_maximums)
+        return find_policy(name, _policy_dir(args), _settings(args).policies.maximums)
     except ReviewError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -11,14 +11,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
 from google.protobuf import json_format
 
 from sandbox.cli.admin import add_commands as add_admin_commands
-from sandbox.config import ConfigError, Settings, load_settings
+from sandbox.cli.settings import load_printing_notes, load_with_notes
+from sandbox.config import ConfigError, Settings
 from sandbox.errors import RequestError
 from sandbox.logs import configure_logging
 from sandbox_client import Backend, ExecutionResult, Failure, SandboxClient
 from sandbox_client.protocol.convert import result_to_proto
+
+log = structlog.get_logger("sandbox.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,15 +74,18 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from sandbox.app import SandboxServer, new_event_loop
 
-    overrides: dict[str, Any] = {}
+    server_overrides: dict[str, Any] = {}
     if args.host is not None:
-        overrides["host"] = args.host
+        server_overrides["host"] = args.host
     if args.port is not None:
-        overrides["port"] = args.port
-    settings = load_settings(args.config, **overrides)
-    configure_logging(settings.log_format, settings.log_level)
+        server_overrides["port"] = args.port
+    settings, notes = load_with_notes(args.config, server=server_overrides)
+    configure_logging(settings.log)
+    for note in notes:
+        log.warning("deprecated setting name", detail=note)
     server = SandboxServer(settings)
-    with asyncio.Runner(loop_factory=lambda: new_event_loop(settings.event_loop)) as runner:
+    loop = settings.server.event_loop
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(loop)) as runner:
         runner.run(server.serve_forever())
     return 0
 
@@ -107,8 +114,8 @@ def _run(args: argparse.Namespace) -> int:
         with SandboxClient(args.server) as client:
             result = client.execute(code, backend=args.backend, policy=args.policy, inputs=inputs)
     else:
-        settings = load_settings(args.config, monty_min_workers=1)
-        configure_logging(settings.log_format, "warning")
+        settings = load_printing_notes(args.config, monty={"min_workers": 1})
+        configure_logging(settings.log.model_copy(update={"level": "warning"}))
         result = asyncio.run(_run_in_process(settings, code, args, inputs))
     _print_result(result, as_json=args.json)
     return 0 if result.ok else 1
@@ -162,7 +169,7 @@ def _print_result(result: ExecutionResult, *, as_json: bool) -> None:
 def _doctor(args: argparse.Namespace) -> int:
     from sandbox.cli.doctor import run_checks
 
-    settings = load_settings(args.config, monty_min_workers=1)
+    settings = load_printing_notes(args.config, monty={"min_workers": 1})
     checks = asyncio.run(run_checks(settings))
     for check in checks:
         mark = "ok " if check.ok else "-- "

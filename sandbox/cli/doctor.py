@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sandbox.backends.base import RunSpec
 from sandbox.backends.container.doctor import check_runtimes
 from sandbox.backends.monty.backend import MontyBackend
-from sandbox.config import Settings
+from sandbox.config import ContainerSettings, MontySettings, Settings
 from sandbox.policy.model import DEFAULT_POLICY
 
 
@@ -23,19 +23,17 @@ class Check:
 
 async def run_checks(settings: Settings) -> list[Check]:
     checks = [await _monty()]
-    engine = await asyncio.to_thread(_docker, settings)
+    engine = await asyncio.to_thread(_docker, settings.container)
     checks += engine
     if all(check.ok for check in engine):
         # Through the real backend, hardening and runner included: what "works" means.
-        for probe in await check_runtimes(
-            settings.container_image, docker_host=settings.docker_host
-        ):
+        for probe in await check_runtimes(settings.container):
             checks.append(Check(f"runtime {probe.runtime}", probe.works, probe.detail))
     return checks
 
 
 async def _monty() -> Check:
-    backend = MontyBackend(min_workers=1, max_workers=1)
+    backend = MontyBackend(MontySettings(min_workers=1, max_workers=1))
     try:
         await backend.start()
         started = time.perf_counter()
@@ -50,19 +48,23 @@ async def _monty() -> Check:
     return Check("monty", True, f"1 + 1 = 2 in {elapsed_ms:.1f} ms", required=True)
 
 
-def _docker(settings: Settings) -> list[Check]:
+def _docker(settings: ContainerSettings) -> list[Check]:
     import docker
     import docker.errors
 
     try:
-        client = docker.from_env(version="auto", timeout=5)
+        client = (
+            docker.DockerClient(base_url=settings.docker_host, version="auto", timeout=5)
+            if settings.docker_host
+            else docker.from_env(version="auto", timeout=5)
+        )
         version = client.version()
     except docker.errors.DockerException as exc:
         return [Check("docker engine", False, f"not reachable ({exc}); container backend off")]
     checks = [
         Check("docker engine", True, f"API {version.get('ApiVersion')}, {version.get('Version')}")
     ]
-    image = settings.container_image
+    image = settings.image
     try:
         client.images.get(image)
     except docker.errors.DockerException:

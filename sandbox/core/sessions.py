@@ -9,6 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from sandbox.backends.base import BackendSession, ExecutionBackend
+from sandbox.config import SessionSettings
 from sandbox.core.limits import Limits
 from sandbox.errors import RequestError, invalid
 from sandbox.policy.model import Policy
@@ -31,9 +32,9 @@ class SessionEntry:
 
 
 class SessionRegistry:
-    def __init__(self, *, max_sessions: int, idle_timeout_s: float) -> None:
-        self.max_sessions = max_sessions
-        self.idle_timeout_s = idle_timeout_s
+    def __init__(self, settings: SessionSettings) -> None:
+        self.max_sessions = settings.max_open
+        self.idle_timeout_s = settings.idle_timeout_s
         self._entries: dict[str, SessionEntry] = {}
         # Lost session id -> the tenant that owned it.
         self._lost: OrderedDict[str, str | None] = OrderedDict()

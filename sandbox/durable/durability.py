@@ -37,7 +37,7 @@ from sandbox.backends.monty.backend import MontyBackend
 from sandbox.backends.monty.tools import ToolRunSpec, run_with_tools
 from sandbox.backends.tools import CheckpointMismatch, ToolCallRequest, ToolHost, ToolReply
 from sandbox.backends.values import value_to_json
-from sandbox.config import Settings
+from sandbox.config import JournalSettings
 from sandbox.core.executor import ExecuteCall, Executor, check_size, policy_violation, run_spec
 from sandbox.core.output import OutputSink
 from sandbox.durable.journal import (
@@ -97,15 +97,16 @@ def load_checkpoint_key(configured: str | None, key_file: Path) -> bytes:
     return key
 
 
-def build_journal(settings: Settings) -> Durability | None:
-    if not settings.journal_enabled:
+def build_journal(settings: JournalSettings) -> Durability | None:
+    """The server's journal, or None when `settings.enabled` is off."""
+    if not settings.enabled:
         return None
     configured = settings.checkpoint_key.get_secret_value() if settings.checkpoint_key else None
     key = load_checkpoint_key(
         configured, settings.checkpoint_key_file or settings.state_dir / "checkpoint.key"
     )
-    store = SqliteJournal(settings.journal_path or settings.state_dir / "journal.sqlite3")
-    return Durability(store, checkpoint_key=key, retention_s=settings.journal_retention_s)
+    store = SqliteJournal(settings.path or settings.state_dir / "journal.sqlite3")
+    return Durability(store, checkpoint_key=key, retention_s=settings.retention_s)
 
 
 def checkpoint_mac(key: bytes, tenant: str, idempotency_key: str, seq: int, blob: bytes) -> bytes:

@@ -37,6 +37,7 @@ from sandbox.backends.container.owner import OWNER_PROCESS_LABEL, owner_process,
 from sandbox.backends.container.pool import REFILL_PARALLELISM, WarmPool
 from sandbox.backends.container.tools import ToolBridge
 from sandbox.backends.tools import ToolHost
+from sandbox.config import ContainerSettings
 from sandbox.core.limits import Limits
 from sandbox.core.output import OutputCapture
 from sandbox.errors import RequestError
@@ -96,30 +97,24 @@ class ContainerSession:
 class ContainerBackend:
     kind = Backend.CONTAINER
 
-    def __init__(
-        self,
-        *,
-        image: str,
-        runtime: Runtime = "runc",
-        pool_size: int = 2,
-        pool_limits: Limits | None = None,
-        max_concurrency: int = 4,
-        queue_size: int = 32,
-        queue_timeout_s: float = 30.0,
-        docker_host: str | None = None,
-        scope: str = "default",
-    ) -> None:
+    def __init__(self, settings: ContainerSettings, *, pool_limits: Limits | None = None) -> None:
+        """`pool_limits`: what the warm pool's containers are shaped for (the server's
+        default policy); None: no pool, every run starts its own container."""
+        image, runtime = settings.image, settings.runtime
+        pool_size, max_concurrency = settings.pool_size, settings.max_concurrency
         self.image = image
         self.runtime: Runtime = runtime
         self.instance = secrets.token_hex(8)
         labels = {
             OWNER_LABEL: OWNER,
-            SCOPE_LABEL: scope,
+            SCOPE_LABEL: settings.scope,
             INSTANCE_LABEL: self.instance,
             OWNER_PROCESS_LABEL: owner_process(),
         }
         self._engine = Engine(
-            docker_host=docker_host, labels=labels, max_pool=pool_size + 2 * max_concurrency + 8
+            docker_host=settings.docker_host,
+            labels=labels,
+            max_pool=pool_size + 2 * max_concurrency + 8,
         )
         self._threads = ThreadPoolExecutor(
             max_workers=2 * max_concurrency + REFILL_PARALLELISM + 4,
@@ -134,7 +129,7 @@ class ContainerBackend:
             self.pool = WarmPool(
                 size=pool_size, launch=lambda: self._launch(shape), discard=self._discard
             )
-        self._admission = _Admission(max_concurrency, queue_size, queue_timeout_s)
+        self._admission = _Admission(max_concurrency, settings.queue_size, settings.queue_timeout_s)
         self._removals: set[asyncio.Task[None]] = set()
         self._sessions: set[ContainerSession] = set()
         self._busy: set[str] = set()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sandbox.backends.base import RunSpec
 from sandbox.backends.container.backend import ContainerBackend
 from sandbox.backends.container.engine import Runtime
+from sandbox.config import ContainerSettings
 from sandbox.core.limits import Limits
 
 MiB = 1024 * 1024
@@ -31,14 +32,14 @@ class RuntimeCheck:
 
 
 async def check_runtimes(
-    image: str, *, docker_host: str | None = None, runtimes: tuple[Runtime, ...] = ("runc", "runsc")
+    settings: ContainerSettings, *, runtimes: tuple[Runtime, ...] = ("runc", "runsc")
 ) -> list[RuntimeCheck]:
-    """Starts one container per runtime (no pool) and runs print(1) in it."""
+    """Starts one container per runtime (no pool) from the configured image and engine,
+    and runs print(1) in it."""
     checks = []
     for runtime in runtimes:
-        backend = ContainerBackend(
-            image=image, runtime=runtime, pool_size=0, docker_host=docker_host, scope="doctor"
-        )
+        probe = settings.model_copy(update={"runtime": runtime, "pool_size": 0, "scope": "doctor"})
+        backend = ContainerBackend(probe)
         await backend.start()
         started = time.monotonic()
         try:

@@ -17,6 +17,7 @@ from sandbox.backends.monty.outcome import RunSignals, map_monty_outcome
 from sandbox.backends.monty.supply import SessionSupply
 from sandbox.backends.outcome_parts import result_too_large_failure
 from sandbox.backends.values import value_to_json
+from sandbox.config import MontySettings
 from sandbox.core.limits import Limits
 from sandbox.core.output import OutputCapture
 from sandbox.errors import RequestError
@@ -64,23 +65,16 @@ class _StdinReader:
 class MontyBackend:
     kind = Backend.MONTY
 
-    def __init__(
-        self,
-        *,
-        min_workers: int = 1,
-        max_workers: int = 8,
-        checkout_timeout_s: float = 10.0,
-        request_timeout_s: float = 120.0,
-        warm_sessions: int = 1,
-    ) -> None:
+    def __init__(self, settings: MontySettings) -> None:
+        self.settings = settings
         self._pool_args: dict[str, Any] = {
-            "min_processes": min_workers,
-            "max_processes": max_workers,
-            "checkout_timeout": checkout_timeout_s,
-            "request_timeout": request_timeout_s,
+            "min_processes": settings.min_workers,
+            "max_processes": settings.max_workers,
+            "checkout_timeout": settings.checkout_timeout_s,
+            "request_timeout": settings.request_timeout_s,
         }
         # Parked sessions hold workers; keep at least one worker free of them.
-        self._warm = max(0, min(warm_sessions, max_workers - 1))
+        self._warm = max(0, min(settings.warm_sessions, settings.max_workers - 1))
         self._pool: pm.AsyncMonty | None = None
         self._supply: SessionSupply | None = None
         self._mount_dirs: dict[tuple[str, str, bool], pm.MountDir] = {}
