@@ -28,10 +28,12 @@ class ServerProcess:
 
 @contextmanager
 def sandbox_server(*settings: str) -> Iterator[ServerProcess]:
-    env = {**os.environ, "SANDBOX_LOG_FORMAT": "json", "SANDBOX_LOG_LEVEL": "info"}
+    """`settings`: "section.field=value" each, as SANDBOX_SECTION__FIELD in the server's
+    environment."""
+    env = {**os.environ, "SANDBOX_LOG__FORMAT": "json", "SANDBOX_LOG__LEVEL": "info"}
     for setting in settings:
         key, _, value = setting.partition("=")
-        env[f"SANDBOX_{key.upper()}"] = value
+        env[f"SANDBOX_{key.replace('.', '__').upper()}"] = value
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox", "serve", "--port", "0"],
         env=env,

@@ -143,12 +143,12 @@ def main() -> None:
     args = parser.parse_args()
     scope = f"bench-{secrets.token_hex(4)}"
     settings = (
-        "container_enabled=true",
-        f"container_pool_size={args.pool}",
-        f"container_max_concurrency={CONCURRENCY}",
-        f"container_runtime={args.runtime}",
-        f"container_scope={scope}",
-        f"container_image={IMAGE}",
+        "container.enabled=true",
+        f"container.pool_size={args.pool}",
+        f"container.max_concurrency={CONCURRENCY}",
+        f"container.runtime={args.runtime}",
+        f"container.scope={scope}",
+        f"container.image={IMAGE}",
     )
     with sandbox_server(*settings) as server:
         asyncio.run(bench(server.address, args, scope))

@@ -139,11 +139,11 @@ def main() -> None:
 
     # The clients and the library baseline run on the server's kind of loop, so the loop's
     # own speed cancels out of the ratios.
-    loop_kind = Settings().event_loop
+    loop_kind = Settings().server.event_loop
     runner = asyncio.Runner(loop_factory=lambda: new_event_loop(loop_kind))
     with (
         runner,
-        sandbox_server(f"monty_min_workers={workers}", f"monty_max_workers={workers}") as server,
+        sandbox_server(f"monty.min_workers={workers}", f"monty.max_workers={workers}") as server,
         floor_server(loop_kind, workers) if args.floor else contextlib.nullcontext() as floor,
     ):
         floor_execute: list[Callable[[], object]] = []

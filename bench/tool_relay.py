@@ -61,15 +61,15 @@ def loop_codes(calls: int) -> tuple[str, str]:
 def container(runs: int, calls: int, n: int) -> None:
     loop_code, empty_code = loop_codes(calls)
     settings = (
-        "container_enabled=true",
-        "container_pool_size=2",
-        f"container_scope=bench-{secrets.token_hex(4)}",
-        f"container_image={IMAGE}",
-        "monty_min_workers=1",
+        "container.enabled=true",
+        "container.pool_size=2",
+        f"container.scope=bench-{secrets.token_hex(4)}",
+        f"container.image={IMAGE}",
+        "monty.min_workers=1",
     )
     with (
         tempfile.TemporaryDirectory() as state,
-        sandbox_server(f"state_dir={state}", *settings) as server,
+        sandbox_server(f"journal.state_dir={state}", *settings) as server,
         SandboxClient(server.address, timeout_s=120) as client,
     ):
 
@@ -116,7 +116,7 @@ def monty(runs: int, calls: int, n: int) -> None:
 
     with (
         tempfile.TemporaryDirectory() as state,
-        sandbox_server(f"state_dir={state}", "monty_min_workers=2") as server,
+        sandbox_server(f"journal.state_dir={state}", "monty.min_workers=2") as server,
         SandboxClient(server.address, timeout_s=120) as client,
     ):
 
@@ -142,7 +142,7 @@ def monty(runs: int, calls: int, n: int) -> None:
         empty = [tool_run(empty_code) for _ in range(runs)]
 
     with (
-        sandbox_server("journal_enabled=false", "monty_min_workers=2") as server,
+        sandbox_server("journal.enabled=false", "monty.min_workers=2") as server,
         SandboxClient(server.address, timeout_s=120) as client,
     ):
         unjournaled = []

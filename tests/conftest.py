@@ -32,7 +32,7 @@ class ServerThread:
 
     def __init__(self, settings: Settings) -> None:
         self.server = SandboxServer(settings)
-        self.loop = new_event_loop(settings.event_loop)  # the loop `sandbox serve` uses
+        self.loop = new_event_loop(settings.server.event_loop)  # the loop `sandbox serve` uses
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -52,17 +52,23 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
-def test_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"port": 0, "monty_min_workers": 2, "monty_max_workers": 4}
-    # Each server its own journal and checkpoint key, never the user's state directory.
-    values["state_dir"] = tempfile.mkdtemp(prefix="sandbox-state-")
-    values.update(overrides)
+def test_settings(**sections: dict[str, Any]) -> Settings:
+    """Settings for a test server; `sections` add to or replace single fields of these
+    defaults, section by section: `test_settings(monty={"max_workers": 1})`."""
+    values: dict[str, dict[str, Any]] = {
+        "server": {"port": 0},
+        "monty": {"min_workers": 2, "max_workers": 4},
+        # Each server its own journal and checkpoint key, never the user's state directory.
+        "journal": {"state_dir": tempfile.mkdtemp(prefix="sandbox-state-")},
+    }
+    for name, fields in sections.items():
+        values[name] = {**values.get(name, {}), **fields}
     return Settings(**values)
 
 
 @contextmanager
-def running_server(**overrides: Any) -> Iterator[ServerThread]:
-    with ServerThread(test_settings(**overrides)) as server:
+def running_server(**sections: dict[str, Any]) -> Iterator[ServerThread]:
+    with ServerThread(test_settings(**sections)) as server:
         yield server
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from sandbox.audit.log import GENESIS, AuditLog, log_files, query, verify
 from sandbox.cli.commands import main
+from sandbox.config import AuditSettings
 from sandbox_client import SandboxClient
 
 from .conftest import REPO, running_server
@@ -29,7 +30,7 @@ N = 10_000
 @pytest.fixture(scope="module")
 def big_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     directory = tmp_path_factory.mktemp("audit")
-    with running_server(audit_dir=directory) as srv:
+    with running_server(audit={"dir": directory}) as srv:
         with SandboxClient(srv.address, timeout_s=60) as c:
             for i in range(N - 1):
                 c.execute(f"{i} + 1", backend="monty")
@@ -131,7 +132,7 @@ def test_verify_and_query_cli(big_log: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_rotation_keeps_one_chain(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path, fsync="never", max_file_bytes=2_000)
+    log = AuditLog(AuditSettings(dir=tmp_path, fsync="never", max_file_bytes=2_000))
     log.start()
     for i in range(300):
         log.submit({"tenant": "t", "kind": "OK", "n": i})
@@ -148,7 +149,7 @@ def test_rotation_keeps_one_chain(tmp_path: Path) -> None:
     alone = verify(files[3:])
     assert alone.ok and alone.warnings and "starts at seq" in alone.warnings[0]
     # Restarting continues the chain where it stood.
-    again = AuditLog(tmp_path, fsync="always")
+    again = AuditLog(AuditSettings(dir=tmp_path, fsync="always"))
     again.start()
     again.submit({"tenant": "t", "kind": "OK", "n": 300})
     again.close()
@@ -166,7 +167,7 @@ def test_digest_only_policy_keeps_the_code_out(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "secret.toml").write_text('audit_code = "digest"\n')
-    with running_server(audit_dir=tmp_path / "log", policy_dir=policies) as srv:
+    with running_server(audit={"dir": tmp_path / "log"}, policies={"dir": policies}) as srv:
         with SandboxClient(srv.address, timeout_s=60) as c:
             assert c.execute("'hunter2'", policy="secret").ok
         assert srv.server.audit is not None
@@ -179,11 +180,11 @@ def test_digest_only_policy_keeps_the_code_out(tmp_path: Path) -> None:
 def _serve(audit_dir: Path) -> tuple[subprocess.Popen[str], str]:
     env = {
         **os.environ,
-        "SANDBOX_LOG_FORMAT": "json",
-        "SANDBOX_AUDIT_DIR": str(audit_dir),
-        "SANDBOX_AUDIT_FSYNC": "always",
-        "SANDBOX_STATE_DIR": str(audit_dir.parent / "state"),
-        "SANDBOX_MONTY_MIN_WORKERS": "2",
+        "SANDBOX_LOG__FORMAT": "json",
+        "SANDBOX_AUDIT__DIR": str(audit_dir),
+        "SANDBOX_AUDIT__FSYNC": "always",
+        "SANDBOX_JOURNAL__STATE_DIR": str(audit_dir.parent / "state"),
+        "SANDBOX_MONTY__MIN_WORKERS": "2",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox", "serve", "--port", "0"],

@@ -16,7 +16,7 @@ SANDBOX = [sys.executable, "-m", "sandbox"]
 
 
 def sandbox(*args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SANDBOX_MONTY_MIN_WORKERS": "1"}
+    env = {**os.environ, "SANDBOX_MONTY__MIN_WORKERS": "1"}
     return subprocess.run(
         [*SANDBOX, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -91,13 +91,14 @@ def test_bad_config_file_is_named(tmp_path: Path) -> None:
     done = sandbox("serve", "--config", str(broken))
     assert done.returncode == 2 and "broken.toml" in done.stderr and "TOML" in done.stderr
     unknown = tmp_path / "unknown.toml"
-    unknown.write_text("prot = 5\n")
+    unknown.write_text("[server]\nprot = 5\n")
     done = sandbox("serve", "--config", str(unknown))
-    assert done.returncode == 2 and "prot" in done.stderr
+    assert done.returncode == 2 and "unknown.toml" in done.stderr and "server.prot" in done.stderr
     wrong_type = tmp_path / "wrong.toml"
-    wrong_type.write_text("max_sessions = 'many'\n")
+    wrong_type.write_text("[sessions]\nmax_open = 'many'\n")
     done = sandbox("serve", "--config", str(wrong_type))
-    assert done.returncode == 2 and "max_sessions" in done.stderr
+    assert done.returncode == 2 and "sessions.max_open" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_doctor_reports_monty() -> None:
@@ -115,7 +116,7 @@ def test_serve_answers_health_checks_and_stops_on_sigterm(tmp_path: Path) -> Non
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     config = tmp_path / "sandbox.toml"
-    config.write_text("port = 0\nlog_format = 'json'\nmonty_min_workers = 1\n")
+    config.write_text("[server]\nport = 0\n[log]\nformat = 'json'\n[monty]\nmin_workers = 1\n")
     proc = subprocess.Popen(
         [*SANDBOX, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
     )
@@ -134,3 +135,44 @@ def test_serve_answers_health_checks_and_stops_on_sigterm(tmp_path: Path) -> Non
         assert time.monotonic() - started < 20
     finally:
         proc.kill()
+
+
+def test_serve_logs_old_setting_names_and_serves(tmp_path: Path) -> None:
+    """The flat names of 0.2 still work for a release; the log (JSON here) names the new
+    spelling of each, and the server starts with the values they gave."""
+    import signal
+
+    config = tmp_path / "old.toml"
+    config.write_text("port = 0\nlog_format = 'json'\nmonty_min_workers = 1\n")
+    proc = subprocess.Popen(
+        [*SANDBOX, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        events = []
+        for line in proc.stderr:
+            events.append(json.loads(line))  # every line JSON, the warnings too
+            if "address" in events[-1]:
+                break
+        notes = [e["detail"] for e in events if e["event"] == "deprecated setting name"]
+        assert any("`port` is deprecated; use `port` under [server]" in n for n in notes)
+        assert any("`min_workers` under [monty]" in n for n in notes), notes
+        assert not events[-1]["address"].endswith(":50051")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+
+
+def test_old_environment_names_warn_on_stderr(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "tight.toml").write_text("wall_time_ms = 500\n")
+    env = {**os.environ, "SANDBOX_POLICY_DIR": str(policies)}
+    done = subprocess.run(
+        [*SANDBOX, "policy", "show", "tight"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wall_time_ms = 500" in done.stdout
+    assert "SANDBOX_POLICY_DIR is deprecated; use SANDBOX_POLICIES__DIR" in done.stderr
+    assert done.stderr.count("deprecated") == 1  # once per command, however often it reads

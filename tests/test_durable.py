@@ -384,7 +384,7 @@ def test_a_client_that_reconnects_resumes_without_calling_tools_again(
 def test_a_tampered_checkpoint_is_corrupt_state(durable_server: ServerThread) -> None:
     answer_two_then_disconnect(durable_server.address, THREE_TOOLS, "k-tamper")
     wait_until_suspended(durable_server, "k-tamper")
-    path = durable_server.server.settings.state_dir / "journal.sqlite3"
+    path = durable_server.server.settings.journal.state_dir / "journal.sqlite3"
     with sqlite3.connect(path) as db:
         (blob,) = db.execute("SELECT checkpoint FROM executions WHERE key = 'k-tamper'").fetchone()
         flipped = bytearray(blob)

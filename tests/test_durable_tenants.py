@@ -30,7 +30,7 @@ def tserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         api_key_sha256 = ["{DIGEST_B}"]
         """)
     )
-    with running_server(tenants_file=tenants) as srv:
+    with running_server(tenants={"file": tenants}) as srv:
         yield srv
 
 
@@ -64,7 +64,7 @@ def test_the_same_key_under_two_tenants_is_two_executions(tserver: ServerThread)
 
 
 def test_tool_runs_are_audited(tmp_path: Path) -> None:
-    with running_server(audit_dir=tmp_path / "audit") as srv:
+    with running_server(audit={"dir": tmp_path / "audit"}) as srv:
         with SandboxClient(srv.address, timeout_s=30) as c:
             done = c._run_tools({"ping": lambda: 1}, "ping()", idempotency_key="k-audit")
             again = c._run_tools({"ping": lambda: 1}, "ping()", idempotency_key="k-audit")

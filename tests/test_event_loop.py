@@ -16,7 +16,7 @@ from .conftest import running_server
 
 
 def test_uvloop_is_the_default() -> None:
-    loop = new_event_loop(Settings().event_loop)
+    loop = new_event_loop(Settings().server.event_loop)
     try:
         assert isinstance(loop, uvloop.Loop)
     finally:
@@ -25,7 +25,7 @@ def test_uvloop_is_the_default() -> None:
 
 @pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
 def test_the_server_serves_on_either_loop(kind: str) -> None:
-    with running_server(event_loop=kind) as srv:
+    with running_server(server={"event_loop": kind}) as srv:
         running = srv.call(_running_loop())
         assert isinstance(running, uvloop.Loop) == (kind == "uvloop")
         with SandboxClient(srv.address, timeout_s=30) as client:
@@ -34,7 +34,7 @@ def test_the_server_serves_on_either_loop(kind: str) -> None:
 
 
 def test_an_unknown_loop_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SANDBOX_EVENT_LOOP", "trio")
+    monkeypatch.setenv("SANDBOX_SERVER__EVENT_LOOP", "trio")
     with pytest.raises(ValidationError, match="event_loop"):
         Settings()
 

@@ -86,10 +86,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tls_server(pki: Path) -> Iterator[ServerThread]:
     with running_server(
-        tenants_file=pki / "tenants.toml",
-        tls_cert_file=pki / "server.pem",
-        tls_key_file=pki / "server.key",
-        tls_client_ca_file=pki / "ca.pem",
+        tenants={"file": pki / "tenants.toml"},
+        tls={
+            "cert_file": pki / "server.pem",
+            "key_file": pki / "server.key",
+            "client_ca_file": pki / "ca.pem",
+        },
     ) as srv:
         yield srv
 

@@ -113,7 +113,7 @@ def test_server_maximums_come_from_settings(tmp_path: Path) -> None:
     tight = ServerMaximums(wall_time_ms=1000)
     assert any("above the server maximum 1000" in e for e in errors_of(path, tight))
     config = tmp_path / "server.toml"
-    config.write_text("[policy_maximums]\nwall_time_ms = 1000\n")
+    config.write_text("[policies.maximums]\nwall_time_ms = 1000\n")
     assert main(["policy", "lint", str(path), "--config", str(config)]) == 1
     assert main(["policy", "lint", str(path)]) == 0
 

@@ -23,7 +23,7 @@ def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerTh
     (policies / "reader.toml").write_text(
         f'[[mounts]]\nhost_path = "{data}"\nguest_path = "/data"\nmode = "ro"\n'
     )
-    with running_server(policy_dir=policies) as server:
+    with running_server(policies={"dir": policies}) as server:
         yield server, data
 
 

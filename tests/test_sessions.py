@@ -96,7 +96,7 @@ def test_session_above_policy_is_refused(client: SandboxClient) -> None:
 
 def test_count_is_bounded_and_idle_sessions_expire() -> None:
     with (
-        running_server(max_sessions=2, session_idle_timeout_s=0.6) as server,
+        running_server(sessions={"max_open": 2, "idle_timeout_s": 0.6}) as server,
         SandboxClient(server.address) as client,
     ):
         first = client.create_session()

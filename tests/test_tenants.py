@@ -16,7 +16,7 @@ import pytest
 
 from sandbox.access.tenants import new_api_key
 from sandbox.app import SandboxServer
-from sandbox.config import ConfigError, Settings
+from sandbox.config import ConfigError, ServerSettings, Settings
 from sandbox_client import AsyncSandboxClient, FailureKind, Limits, SandboxClient, SandboxError
 
 from .conftest import ServerThread, running_server
@@ -78,10 +78,9 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tserver(config_dir: Path) -> Iterator[ServerThread]:
     with running_server(
-        tenants_file=config_dir / "tenants.toml",
-        policy_dir=config_dir / "policies",
-        reload_poll_s=0.1,
-        metrics_port=0,
+        tenants={"file": config_dir / "tenants.toml"},
+        policies={"dir": config_dir / "policies", "reload_poll_s": 0.1},
+        metrics={"port": 0},
     ) as srv:
         yield srv
 
@@ -254,20 +253,22 @@ def test_metrics_endpoint_counts_by_backend_kind_and_tenant(tserver: ServerThrea
 
 def test_non_loopback_bind_is_refused_without_credentials(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="without credentials configured"):
-        Settings(host="0.0.0.0").check_bind()
+        Settings(server=ServerSettings(host="0.0.0.0")).check_bind()
     with pytest.raises(ConfigError, match=r"refusing to listen on 0\.0\.0\.0"):
-        SandboxServer(make_settings(host="0.0.0.0"))
+        SandboxServer(make_settings(server={"host": "0.0.0.0"}))
     # A tenants file that defines no tenant is no credential either.
     empty = tmp_path / "tenants.toml"
     empty.write_text("")
     with pytest.raises(ConfigError, match="without credentials"):
-        SandboxServer(make_settings(host="0.0.0.0", tenants_file=empty))
-    Settings(host="127.0.0.1").check_bind()
-    Settings(host="::1").check_bind()
+        SandboxServer(make_settings(server={"host": "0.0.0.0"}, tenants={"file": empty}))
+    Settings(server=ServerSettings(host="127.0.0.1")).check_bind()
+    Settings(server=ServerSettings(host="::1")).check_bind()
 
 
 def test_non_loopback_bind_with_tenants_serves(config_dir: Path) -> None:
-    settings = make_settings(host="0.0.0.0", tenants_file=config_dir / "tenants.toml")
+    settings = make_settings(
+        server={"host": "0.0.0.0"}, tenants={"file": config_dir / "tenants.toml"}
+    )
     with ServerThread(settings) as srv:
         with client(srv, KEY_B) as b:
             assert b.execute("1+1").ok

@@ -72,9 +72,7 @@ def container_server() -> Iterator[ServerThread]:
         if IN_CI:
             pytest.fail(f"{problem} (container tests must run under CI=true)")
         pytest.skip(problem)
-    with running_server(
-        container_enabled=True, container_pool_size=1, container_scope="test-client"
-    ) as srv:
+    with running_server(container={"enabled": True, "pool_size": 1, "scope": "test-client"}) as srv:
         yield srv
 
 

@@ -65,7 +65,7 @@ def test_busy_pool_waits_at_least_retry_after_ms() -> None:
     with retry_after_ms=1000, and run() waits at least that before trying again."""
     with (
         running_server(
-            monty_min_workers=1, monty_max_workers=1, monty_checkout_timeout_s=0.2
+            monty={"min_workers": 1, "max_workers": 1, "checkout_timeout_s": 0.2}
         ) as srv,
         SandboxClient(srv.address) as c,
     ):
@@ -92,7 +92,7 @@ def test_throttled_answer_waits_at_least_retry_after_ms(tmp_path: Path) -> None:
         f'[tenants.slow]\napi_key_sha256 = ["{digest}"]\nrate_per_s = 1\nburst = 1\n'
     )
     with (
-        running_server(tenants_file=tenants) as srv,
+        running_server(tenants={"file": tenants}) as srv,
         SandboxClient(srv.address, api_key=key) as c,
     ):
         assert c.execute("1").ok  # spends the one token
@@ -303,7 +303,7 @@ def _restart_later(port: int, after_s: float, box: list[ServerThread]) -> thread
         time.sleep(after_s)
         from tests.conftest import test_settings
 
-        srv = ServerThread(test_settings(port=port))
+        srv = ServerThread(test_settings(server={"port": port}))
         box.append(srv.__enter__())
 
     thread = threading.Thread(target=restart, daemon=True)

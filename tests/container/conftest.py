@@ -17,6 +17,7 @@ import pytest_asyncio
 from sandbox.backends.base import BackendSession, RunSpec
 from sandbox.backends.container.backend import ContainerBackend
 from sandbox.backends.container.engine import SCOPE_LABEL
+from sandbox.config import ContainerSettings
 from sandbox.core.limits import Limits
 from sandbox.core.output import OutputSink
 from sandbox_client import ExecutionResult
@@ -78,17 +79,19 @@ def runtime_problem(client: docker.DockerClient, runtime: str) -> str | None:
     return f"the {runtime} runtime is not registered with dockerd; see scripts/ci_docker.sh"
 
 
-def make_backend(runtime: str = "runc", **overrides: Any) -> ContainerBackend:
-    args: dict[str, Any] = {
+def make_backend(
+    runtime: str = "runc", *, pool_limits: Limits | None = LIMITS, **overrides: Any
+) -> ContainerBackend:
+    """A backend for these tests; `overrides` are ContainerSettings fields."""
+    fields: dict[str, Any] = {
         "image": IMAGE,
         "runtime": runtime,
         "pool_size": 2,
-        "pool_limits": LIMITS,
         "max_concurrency": 4,
         "scope": SCOPE,
     }
-    args.update(overrides)
-    return ContainerBackend(**args)
+    fields.update(overrides)
+    return ContainerBackend(ContainerSettings(**fields), pool_limits=pool_limits)
 
 
 @pytest_asyncio.fixture(scope="session", params=RUNTIMES)

@@ -23,11 +23,13 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def both_backends(engine: docker.DockerClient) -> Iterator[ServerThread]:
     with running_server(
-        container_enabled=True,
-        container_image=IMAGE,
-        container_pool_size=2,
-        container_max_concurrency=4,
-        container_scope=SCOPE,
+        container={
+            "enabled": True,
+            "image": IMAGE,
+            "pool_size": 2,
+            "max_concurrency": 4,
+            "scope": SCOPE,
+        },
     ) as server:
         yield server
 

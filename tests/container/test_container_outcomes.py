@@ -11,6 +11,7 @@ import docker
 import pytest
 
 from sandbox.backends.container.backend import ContainerBackend
+from sandbox.config import ContainerSettings
 from sandbox_client import FailureKind, SuggestedAction
 
 from .conftest import LIMITS, SCOPE, assert_healthy, make_backend, run, signal_on_output
@@ -281,7 +282,7 @@ async def test_huge_ints_the_code_chooses_do_not_break_the_result_frame(
 
 async def test_engine_unreachable_is_infra_unavailable(backend: ContainerBackend) -> None:
     unreachable = ContainerBackend(
-        image="sandbox-runner:latest", docker_host="unix:///nonexistent/docker.sock", pool_size=0
+        ContainerSettings(docker_host="unix:///nonexistent/docker.sock", pool_size=0)
     )
     await unreachable.start()
     try:

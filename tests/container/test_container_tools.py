@@ -51,11 +51,13 @@ RUNNER_OUT_FD = 201
 @pytest.fixture(scope="module")
 def both(engine: docker.DockerClient) -> Iterator[ServerThread]:
     with running_server(
-        container_enabled=True,
-        container_image=IMAGE,
-        container_pool_size=2,
-        container_max_concurrency=4,
-        container_scope=SCOPE,
+        container={
+            "enabled": True,
+            "image": IMAGE,
+            "pool_size": 2,
+            "max_concurrency": 4,
+            "scope": SCOPE,
+        },
     ) as server:
         yield server
 
