@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -341,3 +342,18 @@ def test_bind_checks_name_the_new_fields(tmp_path: Path) -> None:
         Settings(tls=TlsSettings(client_ca_file=tmp_path / "ca.pem")).check_bind()
     with pytest.raises(ConfigError, match=r"\[tenants\] file"):
         Settings(server=ServerSettings(host="10.0.0.1")).check_bind()
+
+
+def test_the_readme_lists_every_section_and_field(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `\[(\w+)\]` \| .* \| (.*) \|$", readme, re.M)
+    listed = {section: set(re.findall(r"`(?:\[\w+\.)?(\w+)\]?`", names)) for section, names in rows}
+    assert listed == {
+        section: set(section_type(section).model_fields) for section in Settings.model_fields
+    }
+    example = re.search(r"```toml\n(\[server\]\n.*?)```", readme, re.S)
+    assert example is not None
+    config = tmp_path / "readme.toml"
+    config.write_text(example.group(1))
+    settings = load_settings(config)
+    assert settings.container.enabled and settings.monty.max_workers == 32
