@@ -44,8 +44,9 @@ class Server:
             self.port = probe.getsockname()[1]
         self.config = tmp / "sandbox.toml"
         self.config.write_text(
-            f"port = {self.port}\nlog_format = 'json'\nmonty_min_workers = 1\n"
-            f"monty_warm_sessions = 0\nstate_dir = '{tmp / 'state'}'\n"
+            f"[server]\nport = {self.port}\n[log]\nformat = 'json'\n"
+            f"[monty]\nmin_workers = 1\nwarm_sessions = 0\n"
+            f"[journal]\nstate_dir = '{tmp / 'state'}'\n"
         )
         self.proc: subprocess.Popen[str] | None = None
         self.address = f"127.0.0.1:{self.port}"

@@ -83,7 +83,7 @@ class Policy(BaseModel):
     os_access: Literal["none"] = "none"
     # Host directories visible to Monty code. Default: none.
     mounts: tuple[Mount, ...] = ()
-    # Container image; "" means the server's `container_image` setting.
+    # Container image; "" means the server's setting (`[container] image`).
     container_image: str = ""
     # Container OCI runtime: runc, or gVisor's runsc; "" means the server's setting.
     container_runtime: Literal["", "runc", "runsc"] = ""

@@ -34,7 +34,7 @@ class ReviewError(Exception):
 def find_policy(
     name: str, policy_dir: Path | None, maximums: ServerMaximums | None = None
 ) -> Policy:
-    """A policy by file path, or by name among the server's (built-in and `policy_dir`)."""
+    """A policy by file path, or by name among the server's (built-in and `[policies] dir`)."""
     path = Path(name)
     if name.endswith(".toml") or path.is_file():
         result = load_policy_file(path, maximums)

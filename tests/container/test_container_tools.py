@@ -400,8 +400,8 @@ class ContainerServer(MontyServer):
         super().__init__(tmp)
         self.config.write_text(
             self.config.read_text()
-            + f"container_enabled = true\ncontainer_image = '{IMAGE}'\n"
-            + f"container_pool_size = 1\ncontainer_scope = '{SCOPE}'\n"
+            + f"[container]\nenabled = true\nimage = '{IMAGE}'\n"
+            + f"pool_size = 1\nscope = '{SCOPE}'\n"
         )
 
     def start(self) -> None:
