@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -57,19 +58,19 @@ def _fingerprint(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+class Holder(Protocol):
+    """What a reload replaces (the executor): the policies, and the tenants it checks."""
+
+    policies: PolicyRegistry
+    access: Access
+
+
 class Reloader:
     def __init__(
-        self,
-        settings: Settings,
-        *,
-        holder: object,
-        access: Access,
-        metrics: Metrics | None = None,
+        self, settings: Settings, *, holder: Holder, metrics: Metrics | None = None
     ) -> None:
-        """`holder` has a `policies` attribute (the executor) that reloads replace."""
         self.settings = settings
         self.holder = holder
-        self.access = access
         self.metrics = metrics
         self._seen = self._watched()
 
@@ -108,7 +109,7 @@ class Reloader:
                     reason=reason,
                     problem=str(problem),
                 )
-        current: PolicyRegistry = getattr(self.holder, "policies")  # noqa: B009
+        current = self.holder.policies
         bad = {Path(p.file).stem for p in problems if p.severity == "error"}
         merged = {name: policies.get(name) for name in policies.names()}
         for name in bad:
@@ -120,8 +121,8 @@ class Reloader:
             tenants = load_tenants(self.settings, registry)
         except ConfigError as exc:
             return self._refused(reason, exc)
-        self.holder.policies = registry  # type: ignore[attr-defined]
-        self.access.tenants = tenants
+        self.holder.policies = registry
+        self.holder.access.tenants = tenants
         log.info(
             "reloaded",
             reason=reason,
