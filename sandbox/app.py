@@ -22,18 +22,18 @@ from sandbox.config import Settings, TlsSettings
 from sandbox.core.executor import Executor
 from sandbox.core.recorder import Recorder
 from sandbox.core.sessions import SessionRegistry
-from sandbox.durable.durability import build_journal
+from sandbox.durable.durability import Durability, build_journal
+from sandbox.edge.calls import Edge
 from sandbox.edge.service import SandboxService, generic_handler
 from sandbox.metrics import Metrics
 from sandbox_client import Backend
-from sandbox_client.protocol.v1 import sandbox_pb2
+from sandbox_client.protocol.service import SERVICE_NAME
 
 log = structlog.get_logger("sandbox.server")
 
-SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
 
-
-def build_executor(settings: Settings, recorder: Recorder | None = None) -> Executor:
+def build_executor(settings: Settings, journal: Durability | None = None) -> Executor:
+    """The core with its policies, tenants, backends (not started) and sessions."""
     policies, problems = load_policies(settings.policies)
     for problem in problems:
         if problem.severity == "error":
@@ -48,7 +48,8 @@ def build_executor(settings: Settings, recorder: Recorder | None = None) -> Exec
         policies=policies,
         backends=backends,
         sessions=SessionRegistry(settings.sessions),
-        recorder=recorder,
+        access=Access(load_tenants(settings.tenants, policies)),
+        journal=journal,
     )
 
 
@@ -60,18 +61,14 @@ class SandboxServer:
         self.settings = settings
         self.metrics = Metrics()
         self.audit = AuditLog(settings.audit) if settings.audit.dir is not None else None
-        self.executor = build_executor(settings, Recorder(self.audit, self.metrics))
-        self.access = Access(load_tenants(settings.tenants, self.executor.policies))
+        self.executor = build_executor(settings, journal=build_journal(settings.journal))
+        self.access = self.executor.access
         settings.check_bind(has_credentials=self.access.required)
+        self.edge = Edge(self.access, Recorder(self.audit, self.metrics))
         self.reloader = Reloader(
-            settings.policies,
-            settings.tenants,
-            holder=self.executor,
-            access=self.access,
-            metrics=self.metrics,
+            settings.policies, settings.tenants, holder=self.executor, metrics=self.metrics
         )
         self._watch: asyncio.Task[None] | None = None
-        self.executor.journal = build_journal(settings.journal)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._expiry: asyncio.Task[None] | None = None
@@ -89,7 +86,7 @@ class SandboxServer:
                 ("grpc.max_send_message_length", limit),
             ]
         )
-        service = SandboxService(self.executor, access=self.access)
+        service = SandboxService(self.executor, self.edge)
         server.add_generic_rpc_handlers((generic_handler(service),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

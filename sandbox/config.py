@@ -26,8 +26,12 @@ spelling: RENAMED is the one table of old to new. Where one place gives both spe
 a field, the new one wins; between places, the usual order holds (a keyword beats the
 environment, which beats the file).
 
-Import direction: components import their section type from here; this module imports no
-component (only pydantic and the policy value type ServerMaximums), so it cannot cycle."""
+Where the section types live, so that nothing cycles and a backend stays free of server
+concerns: the backends' own sections sit beside them (sandbox/backends/monty/settings.py,
+sandbox/backends/container/settings.py; pydantic only), and a backend imports nothing of
+this module. The server's components (sessions, reload, audit, metrics, journal, log,
+bind) import their section from here. This module imports no component: only those two
+leaf modules and the policy value type ServerMaximums."""
 
 from __future__ import annotations
 
@@ -50,9 +54,31 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sandbox.backends.container.settings import ContainerSettings
+from sandbox.backends.monty.settings import MontySettings
 from sandbox.policy.model import ServerMaximums
 
 MiB = 1024 * 1024
+
+
+__all__ = [
+    "RENAMED",
+    "AuditSettings",
+    "ConfigError",
+    "ContainerSettings",
+    "DeprecatedSettingWarning",
+    "JournalSettings",
+    "LogSettings",
+    "MetricsSettings",
+    "MontySettings",
+    "PolicySettings",
+    "ServerSettings",
+    "SessionSettings",
+    "Settings",
+    "TenantSettings",
+    "TlsSettings",
+    "load_settings",
+]
 
 
 class ConfigError(Exception):
@@ -89,44 +115,6 @@ class TlsSettings(_Section):
     cert_file: Path | None = None
     key_file: Path | None = None
     client_ca_file: Path | None = None
-
-
-class MontySettings(_Section):
-    """The Monty backend's worker pool."""
-
-    # Monty worker processes kept warm, and the most that may run at once.
-    min_workers: int = Field(default=2, ge=0)
-    # Sessions hold a worker each while open, so this is well above the core count.
-    max_workers: int = Field(default=16, gt=0)
-    # Fresh sessions checked out ahead of demand (capped below max workers): a run then
-    # skips the checkout. 0 turns it off.
-    warm_sessions: int = Field(default=2, ge=0)
-    # How long a request waits for a free worker before INFRA_UNAVAILABLE.
-    checkout_timeout_s: float = Field(default=10.0, gt=0)
-    # Host-side backstop per worker turn, above any policy's wall-time budget.
-    request_timeout_s: float = Field(default=120.0, gt=0)
-
-
-class ContainerSettings(_Section):
-    """The container backend (Docker). The pool's containers are shaped for the default
-    policy's limits, which the backend is handed beside this section."""
-
-    # Off by default: it needs an engine and `make image`.
-    enabled: bool = False
-    # Image the runner ships in (images/Dockerfile, built by `make image`).
-    image: str = "sandbox-runner:latest"
-    # OCI runtime: runc, or gVisor's runsc (a user-space kernel; register it with dockerd).
-    runtime: Literal["runc", "runsc"] = "runc"
-    # Containers kept started and waiting for a job, for the default policy's limits.
-    pool_size: int = Field(default=2, ge=0)
-    # Container runs at once, and how many more may wait (then INFRA_UNAVAILABLE).
-    max_concurrency: int = Field(default=4, gt=0)
-    queue_size: int = Field(default=32, ge=0)
-    queue_timeout_s: float = Field(default=30.0, gt=0)
-    # Engine address; None: DOCKER_HOST, else the local socket.
-    docker_host: str | None = None
-    # Containers are labelled with this; start-up reaps those of this scope whose server died.
-    scope: str = "default"
 
 
 class SessionSettings(_Section):

@@ -15,7 +15,8 @@ from typing import Any
 import grpc
 import pytest
 
-from sandbox.durable.durability import Durability, load_checkpoint_key
+from sandbox.durable.checkpoints import load_checkpoint_key
+from sandbox.durable.durability import Durability
 from sandbox.durable.journal import Pinned, SqliteJournal
 from sandbox_client import (
     AsyncSandboxClient,

@@ -7,10 +7,10 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sandbox.edge.service import generic_handler, status_details
-from sandbox.errors import RequestError
+from sandbox.edge.service import SandboxService, generic_handler
+from sandbox.errors import Throttled
 from sandbox_client import FailureKind
-from sandbox_client.protocol.convert import failure_from_status
+from sandbox_client.protocol.convert import failure_from_status, status_details
 from sandbox_client.protocol.service import ServiceStub
 from sandbox_client.protocol.v1 import sandbox_pb2
 
@@ -19,7 +19,7 @@ from .conftest import ServerThread
 
 def test_every_proto_method_has_a_handler() -> None:
     service = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"]
-    handler = generic_handler(object.__new__(__import__("sandbox.service").service.SandboxService))
+    handler = generic_handler(object.__new__(SandboxService))
     for method in service.methods:
         details = _details(f"/{service.full_name}/{method.name}")
         assert handler.service(details) is not None, method.name
@@ -72,8 +72,14 @@ def test_request_errors_carry_google_rpc_error_info(server: ServerThread) -> Non
 
 
 def test_client_subset_decodes_what_the_server_encodes() -> None:
-    error = RequestError(FailureKind.THROTTLED, "slow down", field="sessions", retry_after_ms=1500)
-    raw = status_details(error, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    error = Throttled("slow down", field="sessions", retry_after_ms=1500)
+    raw = status_details(
+        error.status,
+        error.kind,
+        error.message,
+        metadata=error.error_info,
+        retry_after_ms=error.retry_after_ms,
+    )
     failure = failure_from_status(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", [("grpc-status-details-bin", raw)]
     )

@@ -8,6 +8,9 @@ import contextlib
 import json
 import os
 import re
+import subprocess
+import sys
+import typing
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ import pytest
 from sandbox.config import (
     RENAMED,
     ConfigError,
+    ContainerSettings,
     DeprecatedSettingWarning,
     MontySettings,
     ServerSettings,
@@ -357,3 +361,23 @@ def test_the_readme_lists_every_section_and_field(tmp_path: Path) -> None:
     config.write_text(example.group(1))
     settings = load_settings(config)
     assert settings.container.enabled and settings.monty.max_workers == 32
+
+
+def test_a_backend_imports_nothing_of_the_server_configuration() -> None:
+    """Each backend takes its own section (defined beside it), never sandbox.config, so
+    neither the server's settings nor, through them, policies reach a backend."""
+    code = (
+        "import sys, sandbox.backends.monty.backend, sandbox.backends.container.backend\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('sandbox.config', "
+        "'sandbox.policy', 'sandbox.access', 'sandbox.durable', 'sandbox.edge'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_container_runtimes_are_the_engines() -> None:
+    from sandbox.backends.container.engine import Runtime
+
+    field = ContainerSettings.model_fields["runtime"].annotation
+    assert typing.get_args(field) == typing.get_args(Runtime)

@@ -44,7 +44,7 @@ def test_every_exported_name_exists_and_is_public() -> None:
     for name in sandbox_client.__all__:
         assert getattr(sandbox_client, name) is not None
     public = {n for n in vars(sandbox_client) if not n.startswith("_")}
-    assert public - set(sandbox_client.__all__) <= {"annotations"}
+    assert public - set(sandbox_client.__all__) <= {"annotations", "protocol"}
 
 
 def test_sync_and_async_run_have_the_same_signature() -> None:

@@ -29,6 +29,7 @@ from sandbox_client import (
 )
 from sandbox_client._recovery_run import new_state, run_sync
 from sandbox_client._recovery_state import code_sha256
+from sandbox_client._request import RequestFailure
 
 A = RecoveryAction
 FIELDS = ["", "", "", "backend", "limits.memory_bytes", "limits.wall_time_ms", "policy"]
@@ -46,7 +47,8 @@ def results(draw: st.DrawFn) -> ExecutionResult:
     if kind in (FailureKind.MEMORY_LIMIT, FailureKind.TIMEOUT) and draw(st.booleans()):
         name = "memory_bytes" if kind is FailureKind.MEMORY_LIMIT else "wall_time_ms"
         details.update(limit=name, limit_value=str(draw(st.integers(1, 2**20))))
-    failure = Failure(
+    grpc_code = draw(st.sampled_from(["", "UNAVAILABLE"]))
+    failure = RequestFailure(
         kind=kind,
         # Mostly the taxonomy's flag, sometimes a server's own say (TOOL_ERROR etc.).
         retryable=draw(st.sampled_from([retryable, retryable, retryable, not retryable])),
@@ -54,7 +56,7 @@ def results(draw: st.DrawFn) -> ExecutionResult:
         retry_after_ms=draw(st.sampled_from([0, 0, 1, 5])),
         message=kind.value,
         details=details,
-        grpc_code=draw(st.sampled_from(["", "UNAVAILABLE"])),
+        grpc_code=grpc_code,
     )
     ran = draw(st.booleans())
     return ExecutionResult.failed(failure, execution_id="exe_x" if ran else "")

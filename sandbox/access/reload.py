@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -57,21 +58,25 @@ def _fingerprint(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+class Holder(Protocol):
+    """What a reload replaces (the executor): the policies, and the tenants it checks."""
+
+    policies: PolicyRegistry
+    access: Access
+
+
 class Reloader:
     def __init__(
         self,
         policies: PolicySettings,
         tenants: TenantSettings,
         *,
-        holder: object,
-        access: Access,
+        holder: Holder,
         metrics: Metrics | None = None,
     ) -> None:
-        """`holder` has a `policies` attribute (the executor) that reloads replace."""
         self.policies = policies
         self.tenants = tenants
         self.holder = holder
-        self.access = access
         self.metrics = metrics
         self._seen = self._watched()
 
@@ -111,7 +116,7 @@ class Reloader:
                     reason=reason,
                     problem=str(problem),
                 )
-        current: PolicyRegistry = getattr(self.holder, "policies")  # noqa: B009
+        current = self.holder.policies
         bad = {Path(p.file).stem for p in problems if p.severity == "error"}
         merged = {name: policies.get(name) for name in policies.names()}
         for name in bad:
@@ -123,8 +128,8 @@ class Reloader:
             tenants = load_tenants(self.tenants, registry)
         except ConfigError as exc:
             return self._refused(reason, exc)
-        self.holder.policies = registry  # type: ignore[attr-defined]
-        self.access.tenants = tenants
+        self.holder.policies = registry
+        self.holder.access.tenants = tenants
         log.info(
             "reloaded",
             reason=reason,

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sandbox.errors import RequestError
-from sandbox_client import FailureKind
+from sandbox.errors import PolicyDenied, Throttled, Unauthenticated
 
 # The tenant name every request gets when no tenants are configured (loopback only).
 LOCAL_TENANT = "local"
@@ -145,10 +144,6 @@ class _Bucket:
     peak: int = 0
 
 
-def _unauthenticated(message: str) -> RequestError:
-    return RequestError(FailureKind.INVALID_REQUEST, message, unauthenticated=True)
-
-
 @dataclass
 class Access:
     """Authentication, policy choice and quotas. With no tenants configured every caller
@@ -177,12 +172,12 @@ class Access:
                 text = value.decode() if isinstance(value, bytes) else value
                 scheme, _, token = text.partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():
-                    raise _unauthenticated("authorization metadata must be 'Bearer <API key>'")
+                    raise Unauthenticated("authorization metadata must be 'Bearer <API key>'")
                 tenant = tenants.by_key(token.strip())
                 if tenant is None:
-                    raise _unauthenticated("unknown or revoked API key")
+                    raise Unauthenticated("unknown or revoked API key")
                 return tenant.name
-        raise _unauthenticated(
+        raise Unauthenticated(
             "this server requires an API key (authorization: Bearer <key>) or a client certificate"
         )
 
@@ -195,8 +190,7 @@ class Access:
         if not requested:
             return "" if in_session else config.default_policy
         if requested not in config.allowed_policies:
-            raise RequestError(
-                FailureKind.POLICY_VIOLATION,
+            raise PolicyDenied(
                 f"tenant '{tenant}' may not use policy '{requested}' (allowed: "
                 f"{', '.join(sorted(config.allowed_policies))})",
                 field="policy",
@@ -226,8 +220,7 @@ class Access:
         bucket.tokens = min(float(config.burst), bucket.tokens + refill)
         bucket.stamp = now
         if bucket.running >= config.max_concurrent:
-            raise RequestError(
-                FailureKind.THROTTLED,
+            raise Throttled(
                 f"tenant '{tenant}' already runs its maximum of {config.max_concurrent} "
                 "executions at once",
                 retry_after_ms=CONCURRENCY_RETRY_MS,
@@ -235,8 +228,7 @@ class Access:
             )
         if bucket.tokens < 1.0:
             wait_ms = max(1, math.ceil((1.0 - bucket.tokens) / config.rate_per_s * 1000))
-            raise RequestError(
-                FailureKind.THROTTLED,
+            raise Throttled(
                 f"tenant '{tenant}' is over its rate of {config.rate_per_s:g} requests/s "
                 f"(burst {config.burst})",
                 retry_after_ms=wait_ms,

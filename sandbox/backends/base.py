@@ -1,7 +1,8 @@
-"""The one seam every execution backend sits behind.
+"""The one seam every execution backend sits behind, tool runs included.
 
-A backend receives plain, already-clamped settings and returns an ExecutionResult. It
-never raises for anything the code did; exceptions are bugs."""
+A backend receives plain, already-clamped settings (a RunSpec) and returns an
+ExecutionResult. It never raises for anything the code did; exceptions are bugs, the
+caller's cancellation, or CheckpointMismatch from a ToolHost."""
 
 from __future__ import annotations
 
@@ -9,9 +10,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from sandbox.backends.tools import ToolHost
 from sandbox.core.limits import Limits
 from sandbox.core.output import OutputSink
-from sandbox_client import Backend, ExecutionResult
+from sandbox_client.protocol import Backend, ExecutionResult
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resume:
+    """Where an interrupted tool run stopped: a verified checkpoint of the interpreter,
+    the number of calls answered before it, and what the code had printed by then."""
+
+    blob: bytes
+    seq: int
+    output: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,8 +38,14 @@ class RunSpec:
     image: str = ""
     runtime: Literal["", "runc", "runsc"] = ""
     # Host directories Monty code may see: (host path, path in the sandbox, read-only).
-    # Containers never get host directories.
+    # Containers and tool runs never get host directories.
     mounts: tuple[tuple[str, str, bool], ...] = ()
+    # Tool runs only (ExecutionBackend.run_tools): the tools the code may call (name ->
+    # is_async), `random`'s seed (pinned by the journal, so a resumed or replayed run
+    # draws the same numbers), and where to resume, if anywhere.
+    tools: Mapping[str, bool] = field(default_factory=dict)
+    seed: int = 0
+    resume: Resume | None = None
 
 
 class BackendSession(Protocol):
@@ -47,6 +65,15 @@ class ExecutionBackend(Protocol):
 
     async def run(self, spec: RunSpec, session: BackendSession | None = None) -> ExecutionResult:
         """Runs `spec`, inside `session` when given (a session this backend opened)."""
+        ...
+
+    async def run_tools(self, spec: RunSpec, host: ToolHost) -> ExecutionResult:
+        """Runs `spec` whose code may call `spec.tools`, each call answered through
+        `host` (which answers calls already recorded from its records). A backend that
+        can restore its interpreter resumes from `spec.resume` and checkpoints through
+        `host` after each answer (Monty); one that cannot starts the code again and the
+        host answers the calls it already answered (a container). Time spent waiting for
+        answers is not charged to the wall-time budget."""
         ...
 
     async def open_session(self, limits: Limits) -> BackendSession: ...

@@ -125,20 +125,20 @@ async def _run_in_process(
     settings: Settings, code: str, args: argparse.Namespace, inputs: dict[str, Any]
 ) -> ExecutionResult:
     from sandbox.app import build_executor
-    from sandbox.core.executor import ExecuteCall
+    from sandbox.core.executor import Trace
+    from sandbox.core.request import Request
 
     executor = build_executor(settings)
     for backend in executor.backends.values():
         await backend.start()
     try:
-        call = ExecuteCall(
+        request = Request(
             code=code, backend=Backend(args.backend), policy=args.policy, inputs=inputs
         )
-        return await executor.execute(call)
+        return await executor.execute(request, Trace())
     except RequestError as exc:
-        details = {"field": exc.field} if exc.field else {}
         failure = Failure.of(
-            exc.kind, exc.message, retry_after_ms=exc.retry_after_ms, details=details
+            exc.kind, exc.message, retry_after_ms=exc.retry_after_ms, details=exc.error_info
         )
         return ExecutionResult.failed(failure)
     finally:

@@ -1,152 +1,90 @@
-"""Runs one validated request: policy -> session -> backend (with AUTO's fallback) ->
-a result stamped with its id and policy. Knows nothing of gRPC."""
+"""Runs requests: plan (core.plan), at most once per idempotency key (durable), on the
+planned backends in order, and a result stamped with its id and policy. Sessions are
+opened and closed here too. Knows nothing of gRPC; the edge records what it returns.
+
+Every method takes a Trace that it fills with the plan as soon as there is one, so the
+edge can record the policy and limits of a request whether it finished or was refused."""
 
 from __future__ import annotations
 
-import asyncio
-import os
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
 
 import structlog
 
-from sandbox.access.tenants import LOCAL_TENANT
+from sandbox.access.tenants import Access
 from sandbox.backends.base import ExecutionBackend, RunSpec
-from sandbox.core.limits import Limits, RequestedLimits
+from sandbox.backends.tools import CheckpointMismatch
+from sandbox.core import plan as planning
 from sandbox.core.output import OutputSink
-from sandbox.core.recorder import Recorder
+from sandbox.core.plan import Plan
+from sandbox.core.request import Request
 from sandbox.core.sessions import SessionEntry, SessionRegistry
-from sandbox.errors import RequestError, invalid
-from sandbox.policy.model import Policy, PolicyRegistry
-from sandbox.policy.static_check import find_violation
-from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Frame
-
-if TYPE_CHECKING:
-    from sandbox.durable.durability import Durability
+from sandbox.durable.durability import Durability
+from sandbox.durable.journal import Entry
+from sandbox.durable.tool_host import ToolRelay
+from sandbox.errors import PolicyDenied, Throttled, Unavailable
+from sandbox.policy.model import PolicyRegistry
+from sandbox_client.protocol import Backend, ExecutionResult, Failure, FailureKind
 
 log = structlog.get_logger("sandbox.executor")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ExecuteCall:
-    """A request that passed wire validation."""
-
-    code: str
-    backend: Backend | None = None
-    policy: str = ""
-    inputs: Mapping[str, Any] = field(default_factory=dict)
-    stdin: str = ""
-    limits: RequestedLimits = field(default_factory=RequestedLimits)
-    session_id: str = ""
-    idempotency_key: str = ""
-    inputs_size: int = 0  # bytes of inputs as sent, checked against the policy
-    # Who asks, as authenticated at the edge; sessions and policies are checked against it.
-    tenant: str = LOCAL_TENANT
-
-
 @dataclass
-class _Seen:
-    """What execute() decided before it finished or was refused, for the audit record."""
+class Trace:
+    """What the core decided about one request, for the edge's record."""
 
-    policy: Policy | None = None
-    limits: Limits | None = None
+    plan: Plan | None = None
 
 
 class Executor:
-    journal: Durability | None = None  # set by the server when the journal is on
-
     def __init__(
         self,
         *,
         policies: PolicyRegistry,
         backends: Mapping[Backend, ExecutionBackend],
         sessions: SessionRegistry,
-        recorder: Recorder | None = None,
+        access: Access | None = None,
+        journal: Durability | None = None,
     ) -> None:
-        self.policies = policies
+        self.policies = policies  # replaced whole by the reloader
         self.backends = dict(backends)
         self.sessions = sessions
-        self.recorder = recorder or Recorder()
+        self.access = access or Access()
+        self.journal = journal
+        self._available = frozenset(self.backends)
+
+    def plan(self, request: Request, trace: Trace) -> Plan:
+        context = planning.Context(self.policies, self.access, self.sessions, self._available)
+        trace.plan = planning.plan(request, context)
+        return trace.plan
+
+    # -- Execute, ExecuteStream ----------------------------------------------------------
 
     async def execute(
-        self, call: ExecuteCall, on_output: OutputSink | None = None
+        self, request: Request, trace: Trace, on_output: OutputSink | None = None
     ) -> ExecutionResult:
-        """Runs `call` and records it (audit, metrics), refused or not."""
-        seen = _Seen()
-        try:
-            if self.journal is not None and call.idempotency_key:
-                # At most once per key; a repeat gets the recorded result (durable.py).
-                result = await self.journal.once(
-                    call, lambda _entry: self._execute(call, on_output, seen)
-                )
-            else:
-                result = await self._execute(call, on_output, seen)
-        except RequestError as error:
-            await self._record(call, seen, None, error)
-            raise
-        except asyncio.CancelledError:
-            cancelled = RequestError(FailureKind.CANCELLED, "the caller cancelled")
-            self.recorder.execution(
-                call, policy=seen.policy, limits=seen.limits, result=None, error=cancelled
+        """Runs `request` (a repeat of a keyed one gets the recorded result)."""
+        if self.journal is not None and request.idempotency_key:
+            return await self.journal.once(
+                request, lambda _entry: self._execute(request, trace, on_output)
             )
-            raise
-        await self._record(call, seen, result, None)
-        return result
-
-    async def _record(
-        self,
-        call: ExecuteCall,
-        seen: _Seen,
-        result: ExecutionResult | None,
-        error: RequestError | None,
-    ) -> None:
-        written = self.recorder.execution(
-            call, policy=seen.policy, limits=seen.limits, result=result, error=error
-        )
-        if written is not None:
-            await asyncio.wrap_future(written)
+        return await self._execute(request, trace, on_output)
 
     async def _execute(
-        self, call: ExecuteCall, on_output: OutputSink | None, seen: _Seen
+        self, request: Request, trace: Trace, on_output: OutputSink | None
     ) -> ExecutionResult:
-        session = (
-            self.sessions.get(call.session_id, tenant=call.tenant) if call.session_id else None
-        )
-        policy = seen.policy = self._policy_for(call, session)
-        check_size(call, policy)
-        limits = session.limits if session is not None else policy.limits(call.limits)
-        seen.limits = limits
-        if session is not None and call.limits != RequestedLimits():
-            # A session's sandbox was set up with its limits; lower ones cannot apply now.
-            raise invalid("limits are fixed when a session is created", field="limits")
-        spec = run_spec(call, policy, limits, on_output)
-
-        if session is not None:
-            violation = policy_violation(call.code, policy, session.backend.kind)
-            if violation is not None:
-                result = violation
-            else:
-                result = await session.backend.run(spec, session.handle)
-                self.sessions.discard_if_dead(session)
+        plan = self.plan(request, trace)
+        spec = run_spec(request, plan, on_output)
+        if plan.refusal is not None:
+            result = plan.refusal
+        elif plan.session is not None:
+            result = await plan.session.backend.run(spec, plan.session.handle)
+            self.sessions.discard_if_dead(plan.session)
         else:
-            requested = call.backend or Backend.AUTO
-            if requested not in policy.backends:
-                raise RequestError(
-                    FailureKind.POLICY_VIOLATION,
-                    f"policy '{policy.name}' does not allow backend {requested.value}",
-                    field="backend",
-                )
-            result = await self._run(requested, spec, policy)
-
-        result = result.model_copy(
-            update={
-                "execution_id": "exe_" + os.urandom(16).hex(),
-                "policy_name": policy.name,
-                "policy_digest": policy.digest,
-                "session_id": call.session_id,
-            }
-        )
+            result = await self._run_steps(plan, spec)
+        result = _stamped(result, plan, request)
         # Successes are counted by metrics and the audit log; a log line each would cost
         # more than a short run itself.
         (log.info if result.failure else log.debug)(
@@ -155,143 +93,115 @@ class Executor:
             backend=result.backend,
             kind=result.failure.kind if result.failure else None,
             wall_ms=result.usage.wall_ms,
-            session_id=call.session_id or None,
+            session_id=request.session_id or None,
         )
         return result
 
-    async def _run(self, requested: Backend, spec: RunSpec, policy: Policy) -> ExecutionResult:
-        if requested is not Backend.AUTO:
-            violation = policy_violation(spec.code, policy, requested)
-            return violation or await self._backend(requested).run(spec)
+    async def _run_steps(self, plan: Plan, spec: RunSpec) -> ExecutionResult:
+        first, *rest = plan.steps
+        result = await self.backends[first].run(spec)
+        for step in rest:
+            if not _moves_on(result):
+                break
+            log.info("fallback", reason=result.failure.message if result.failure else "")
+            result = await self.backends[step].run(spec)
+            result = result.model_copy(update={"fallback_from": first})
+        if plan.fallback_from is not None:
+            result = result.model_copy(update={"fallback_from": plan.fallback_from})
+        return result
 
-        can_fall_back = (
-            policy.allow_fallback
-            and Backend.CONTAINER in self.backends
-            and Backend.CONTAINER in policy.backends
-        )
-        container_violation = policy_violation(spec.code, policy, Backend.CONTAINER)
-        if container_violation is not None:
-            return container_violation
-        monty_violation = policy_violation(spec.code, policy, Backend.MONTY)
-        if monty_violation is not None:
-            # Denied in Monty only (e.g. `import os`): a container may still run it.
-            if not can_fall_back:
-                return monty_violation
-            result = None
-        else:
-            result = await self._backend(Backend.MONTY).run(spec)
-            failure = result.failure
-            if not (failure and failure.kind is FailureKind.UNSUPPORTED and can_fall_back):
-                return result
-            log.info("fallback", reason=failure.message)
-        fallback = await self._backend(Backend.CONTAINER).run(spec)
-        return fallback.model_copy(update={"fallback_from": Backend.MONTY})
+    # -- Run (tool runs) -------------------------------------------------------------------
 
-    def _backend(self, kind: Backend) -> ExecutionBackend:
-        backend = self.backends.get(kind)
-        if backend is None:
-            raise RequestError(
-                FailureKind.INFRA_UNAVAILABLE,
-                f"the {kind.value} backend is not enabled on this server",
-                field="backend",
-                retry_after_ms=0,
-            )
-        return backend
-
-    def _policy_for(self, call: ExecuteCall, session: SessionEntry | None) -> Policy:
-        if session is None:
-            return self._policy_named(call.policy, call.tenant)
-        if call.policy and call.policy != session.policy.name:
-            raise invalid(
-                f"session {session.id!r} runs under policy '{session.policy.name}', "
-                f"not '{call.policy}'",
-                field="policy",
-            )
-        if call.backend not in (None, Backend.AUTO, session.backend.kind):
-            raise invalid(
-                f"session {session.id!r} runs on {session.backend.kind.value}", field="backend"
-            )
-        return session.policy
-
-    def _policy_named(self, name: str, tenant: str) -> Policy:
-        policy = self.policies.get(name)
-        if not policy.allows_tenant(tenant):
-            raise RequestError(
-                FailureKind.POLICY_VIOLATION,
-                f"policy '{policy.name}' is not open to tenant '{tenant}'",
-                field="policy",
-            )
-        return policy
-
-    async def create_session(
+    async def run_tools(
         self,
-        backend: Backend | None,
-        policy_name: str,
-        requested: RequestedLimits,
-        tenant: str = LOCAL_TENANT,
-    ) -> SessionEntry:
-        policy = self._policy_named(policy_name, tenant)
-        kind = Backend.MONTY if backend in (None, Backend.AUTO) else backend
+        request: Request,
+        trace: Trace,
+        relay: ToolRelay,
+        on_output: OutputSink | None = None,
+    ) -> ExecutionResult:
+        """Runs (or resumes, or replays) a tool run. Every answer is journaled: a run whose
+        server or client died resumes under the same key, from its checkpoint in Monty,
+        replayed from the start in a container (calls already answered are answered
+        from the journal, not by the tools again). AUTO moves to a container only when
+        Monty says UNSUPPORTED before any tool was called."""
+        journal = self.journal
+        if journal is None:
+            raise Unavailable("tool runs need the journal, which is off on this server")
+        if not request.idempotency_key:
+            request = replace(request, idempotency_key="run_" + uuid.uuid4().hex)
+
+        async def run(entry: Entry) -> ExecutionResult:
+            plan = self.plan(request, trace)
+            if plan.refusal is not None:
+                return _stamped(plan.refusal, plan, request)
+            host = journal.host(request, entry, relay)
+            try:
+                resume = journal.resume_point(request, entry)
+                spec = replace(
+                    run_spec(request, plan, on_output),
+                    tools={t.name: t.is_async for t in request.tools or ()},
+                    seed=entry.pinned.seed,
+                    resume=resume,
+                    mounts=(),  # tool runs never see host directories
+                )
+                first, *rest = plan.steps
+                result = await self.backends[first].run_tools(spec, host)
+                for step in rest:
+                    # Only code that called no tool moves: a container starts it again.
+                    if not _moves_on(result) or host.calls or resume is not None:
+                        break
+                    log.info("fallback", reason=result.failure.message if result.failure else "")
+                    result = await self.backends[step].run_tools(spec, host)
+                    result = result.model_copy(update={"fallback_from": first})
+                if plan.fallback_from is not None:
+                    result = result.model_copy(update={"fallback_from": plan.fallback_from})
+            except CheckpointMismatch as exc:
+                result = _corrupt(str(exc), plan.steps[0])
+            return _stamped(result, plan, request)
+
+        return await journal.once(request, run, resumable=True)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def create_session(self, request: Request, trace: Trace) -> SessionEntry:
+        context = planning.Context(self.policies, self.access, self.sessions, self._available)
+        policy = planning.policy_for(request.tenant, request.policy, context)
+        kind = Backend.MONTY if request.backend in (None, Backend.AUTO) else request.backend
         assert kind is not None
-        if kind not in policy.backends:
-            raise RequestError(
-                FailureKind.POLICY_VIOLATION,
-                f"policy '{policy.name}' does not allow backend {kind.value}",
-                field="backend",
-            )
-        held = self.sessions.count(tenant=tenant, policy=policy.name)
+        planning.backend_allowed(kind, policy, self._available)
+        limits = policy.limits(request.limits)
+        trace.plan = Plan(
+            execution_id="", policy=policy, limits=limits, steps=(kind,), session=None
+        )
+        held = self.sessions.count(tenant=request.tenant, policy=policy.name)
         if held >= policy.sessions_per_tenant:
-            raise RequestError(
-                FailureKind.THROTTLED if held else FailureKind.POLICY_VIOLATION,
+            message = (
                 f"policy '{policy.name}' allows {policy.sessions_per_tenant} sessions per "
-                f"tenant and tenant '{tenant}' holds {held}",
+                f"tenant and tenant '{request.tenant}' holds {held}"
+            )
+            if not held:
+                raise PolicyDenied(message, field="policy")
+            raise Throttled(
+                message,
                 field="policy",
-                retry_after_ms=int(self.sessions.idle_timeout_s * 1000) if held else 0,
+                retry_after_ms=int(self.sessions.idle_timeout_s * 1000),
             )
         return await self.sessions.create(
-            self._backend(kind), policy, policy.limits(requested), tenant=tenant
+            self.backends[kind], policy, limits, tenant=request.tenant
         )
 
-    async def close_session(self, session_id: str, tenant: str = LOCAL_TENANT) -> None:
+    async def close_session(self, session_id: str, tenant: str) -> None:
         await self.sessions.close(session_id, tenant=tenant)
 
 
-def _line(code: str, number: int) -> str:
-    lines = code.splitlines()
-    return lines[number - 1].strip() if 0 < number <= len(lines) else ""
-
-
-def policy_violation(code: str, policy: Policy, backend: Backend) -> ExecutionResult | None:
-    """A POLICY_VIOLATION result if `code` breaks the policy's static rules on `backend`."""
-    denied = policy.denied_imports
-    if backend is Backend.MONTY:
-        denied = denied | policy.monty_denied_imports
-    violation = find_violation(code, denied)
-    if violation is None:
-        return None
-    frame = Frame(
-        line=violation.line,
-        column=violation.column,
-        source_line=_line(code, violation.line),
-    )
-    failure = Failure.of(
-        FailureKind.POLICY_VIOLATION,
-        f"{violation.describe()} '{policy.name}' (line {violation.line})",
-        frames=(frame,),
-        details={"rule": violation.rule, "target": violation.target},
-    )
-    return ExecutionResult.failed(failure, backend=backend)
-
-
-def run_spec(
-    call: ExecuteCall, policy: Policy, limits: Limits, on_output: OutputSink | None
-) -> RunSpec:
-    """What a backend is asked to run for `call` under `policy`."""
+def run_spec(request: Request, plan: Plan, on_output: OutputSink | None) -> RunSpec:
+    """What a backend is asked to run for `request` as planned."""
+    policy = plan.policy
     return RunSpec(
-        code=call.code,
-        limits=limits,
-        inputs=call.inputs,
-        stdin=call.stdin,
+        code=request.code,
+        limits=plan.limits,
+        inputs=request.inputs,
+        stdin=request.stdin,
         on_output=on_output,
         image=policy.container_image,
         runtime=policy.container_runtime,
@@ -299,20 +209,28 @@ def run_spec(
     )
 
 
-def check_size(call: ExecuteCall, policy: Policy) -> None:
-    """Raises INVALID_REQUEST for empty code, or code or inputs larger than the policy takes."""
-    if not call.code.strip():
-        raise invalid("code is empty", field="code")
-    size = len(call.code.encode("utf-8", "surrogatepass"))
-    if size > policy.code_bytes:
-        raise invalid(
-            f"code is {size} bytes; policy '{policy.name}' accepts at most {policy.code_bytes}",
-            field="code",
-        )
-    extra = call.inputs_size + len(call.stdin.encode("utf-8", "surrogatepass"))
-    if extra > policy.inputs_bytes:
-        raise invalid(
-            f"inputs and stdin are {extra} bytes; policy '{policy.name}' accepts at most "
-            f"{policy.inputs_bytes}",
-            field="inputs_json",
-        )
+def _moves_on(result: ExecutionResult) -> bool:
+    """Whether the next planned backend gets the code: only when this one cannot run it."""
+    return result.failure is not None and result.failure.kind is FailureKind.UNSUPPORTED
+
+
+def _stamped(result: ExecutionResult, plan: Plan, request: Request) -> ExecutionResult:
+    return result.model_copy(
+        update={
+            "execution_id": plan.execution_id,
+            "policy_name": plan.policy.name,
+            "policy_digest": plan.policy.digest,
+            "session_id": request.session_id,
+        }
+    )
+
+
+def _corrupt(message: str, backend: Backend) -> ExecutionResult:
+    return ExecutionResult.failed(
+        Failure.of(
+            FailureKind.CORRUPT_STATE,
+            f"{message}; the run was discarded and a retry starts it afresh "
+            "(tools already called will be called again)",
+        ),
+        backend=backend,
+    )

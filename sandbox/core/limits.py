@@ -1,21 +1,17 @@
-"""Resource limits: what a request asks for, and what a backend is given."""
+"""The limits a backend is given: every field set, already clamped by the policy.
+
+What a request asks for is `sandbox_client.protocol.Limits` (None: the policy's value);
+the field names are that model's `LIMIT_FIELDS`, and a test pins this type, the proto's
+Limits message and the policy's fields to them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
+from sandbox_client.protocol import LIMIT_FIELDS
+from sandbox_client.protocol import Limits as RequestedLimits
 
-@dataclass(frozen=True, kw_only=True)
-class RequestedLimits:
-    """Limits a request asks for; None means "the policy's value"."""
-
-    wall_time_ms: int | None = None
-    memory_bytes: int | None = None
-    output_bytes: int | None = None
-    max_recursion_depth: int | None = None
-    cpu_millis: int | None = None
-    pids: int | None = None
-    disk_bytes: int | None = None
+__all__ = ["LIMIT_FIELDS", "Limits", "RequestedLimits"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +29,3 @@ class Limits:
     @property
     def wall_time_s(self) -> float:
         return self.wall_time_ms / 1000
-
-
-NO_REQUESTED_LIMITS = RequestedLimits()
-LIMIT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Limits))

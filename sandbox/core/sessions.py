@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from sandbox.backends.base import BackendSession, ExecutionBackend
 from sandbox.config import SessionSettings
 from sandbox.core.limits import Limits
-from sandbox.errors import RequestError, invalid
+from sandbox.errors import CorruptState, NotFound, Throttled
 from sandbox.policy.model import Policy
-from sandbox_client import FailureKind
 
 # How many lost session ids we remember, to answer CORRUPT_STATE rather than "unknown".
 _LOST_MEMORY = 4096
@@ -46,8 +45,7 @@ class SessionRegistry:
         self, backend: ExecutionBackend, policy: Policy, limits: Limits, *, tenant: str = ""
     ) -> SessionEntry:
         if len(self._entries) >= self.max_sessions:
-            raise RequestError(
-                FailureKind.THROTTLED,
+            raise Throttled(
                 f"the server holds its maximum of {self.max_sessions} sessions; "
                 "close one or wait for an idle one to expire",
                 retry_after_ms=int(self.idle_timeout_s * 1000),
@@ -85,13 +83,12 @@ class SessionRegistry:
                 return entry
             self._forget(session_id)
         if session_id in self._lost and (tenant is None or self._lost[session_id] == tenant):
-            raise RequestError(
-                FailureKind.CORRUPT_STATE,
+            raise CorruptState(
                 f"session {session_id!r} was lost (its sandbox crashed, timed out or expired); "
                 "start a new session",
                 field="session_id",
             )
-        raise invalid(f"unknown session {session_id!r}", field="session_id", not_found=True)
+        raise NotFound(f"unknown session {session_id!r}", field="session_id")
 
     def discard_if_dead(self, entry: SessionEntry) -> None:
         if not entry.handle.alive:
@@ -100,7 +97,7 @@ class SessionRegistry:
     async def close(self, session_id: str, *, tenant: str | None = None) -> None:
         entry = self._owned(session_id, tenant)
         if entry is None:
-            raise invalid(f"unknown session {session_id!r}", field="session_id", not_found=True)
+            raise NotFound(f"unknown session {session_id!r}", field="session_id")
         del self._entries[session_id]
         await entry.backend.close_session(entry.handle)
 

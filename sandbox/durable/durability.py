@@ -1,13 +1,12 @@
-"""Exactly-once replies and durable tool runs, on top of a JournalStore.
+"""Exactly-once replies and the journal side of durable tool runs, over a JournalStore.
 
 - `Durability.once()` runs a request at most once per (tenant, idempotency key): a repeat
   gets the recorded result (marked `replayed`), a different request under the same key is
   INVALID_REQUEST, and a repeat that arrives while the first is running waits for it.
-- `Durability.run_tools()` runs code that calls the client's tools, in Monty or a
-  container. Every answer is journaled. Monty's interpreter is checkpointed after each
-  answer (HMAC-signed with the server's key) and a run whose server or client died
-  resumes from its checkpoint; a container run is replayed from the start instead. Either
-  way calls already answered are answered from the journal, not by the tools again.
+- A tool run (core.executor) is `once(..., resumable=True)`: its entry survives crashes
+  and cancellation, `host()` answers the code's calls from the journal or the client
+  (tool_host.py), and `resume_point()` hands back its last checkpoint once its HMAC
+  (checkpoints.py) checks out.
 
 Only one server process may use a journal file: a `running` entry left by another owner
 is taken to be orphaned by a dead process. A networked store for several replicas would
@@ -21,35 +20,22 @@ import datetime
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
-from sandbox.backends.container.backend import ContainerBackend
-from sandbox.backends.monty.backend import MontyBackend
-from sandbox.backends.monty.tools import ToolRunSpec, run_with_tools
-from sandbox.backends.tools import CheckpointMismatch, ToolCallRequest, ToolHost, ToolReply
-from sandbox.backends.values import value_to_json
+from sandbox.backends.base import Resume
+from sandbox.backends.tools import CheckpointMismatch
 from sandbox.config import JournalSettings
-from sandbox.core.executor import ExecuteCall, Executor, check_size, policy_violation, run_spec
-from sandbox.core.output import OutputSink
-from sandbox.durable.journal import (
-    Checkpoint,
-    Entry,
-    JournalStore,
-    Pinned,
-    SqliteJournal,
-    ToolAnswer,
-)
-from sandbox.errors import RequestError, invalid
-from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
+from sandbox.core.request import Request
+from sandbox.durable.checkpoints import checkpoint_mac, load_checkpoint_key
+from sandbox.durable.journal import Entry, JournalStore, Pinned, SqliteJournal
+from sandbox.durable.tool_host import JournalHost, ToolRelay
+from sandbox.errors import InvalidRequest
+from sandbox_client.protocol import ExecutionResult, FailureKind
 
 log = structlog.get_logger("sandbox.durable")
 
@@ -58,43 +44,6 @@ log = structlog.get_logger("sandbox.durable")
 _RESUMABLE = frozenset(
     {FailureKind.SANDBOX_CRASH, FailureKind.INFRA_UNAVAILABLE, FailureKind.CANCELLED}
 )
-MAX_TOOLS = 64
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToolDecl:
-    name: str
-    is_async: bool = False
-    json_schema: str = ""
-    stub: str = ""
-
-
-class ToolRelay(Protocol):
-    """One client connection's side of a tool run (the gRPC stream, in production)."""
-
-    def call(self, request: ToolCallRequest) -> Awaitable[ToolReply]:
-        """Sends the call to the client; resolves with its answer."""
-        ...
-
-
-def load_checkpoint_key(configured: str | None, key_file: Path) -> bytes:
-    """The HMAC key for checkpoints: the configured secret, else `key_file`, else a new
-    random key written there (mode 0600) on first start. Never logged."""
-    if configured:
-        return configured.encode()
-    try:
-        return key_file.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(32).encode()
-    try:
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race: use its key
-        return key_file.read_bytes().strip()
-    with os.fdopen(fd, "wb") as out:
-        out.write(key)
-    return key
 
 
 def build_journal(settings: JournalSettings) -> Durability | None:
@@ -109,27 +58,18 @@ def build_journal(settings: JournalSettings) -> Durability | None:
     return Durability(store, checkpoint_key=key, retention_s=settings.retention_s)
 
 
-def checkpoint_mac(key: bytes, tenant: str, idempotency_key: str, seq: int, blob: bytes) -> bytes:
-    """Binds a checkpoint to its execution and position, so neither a flipped bit nor a
-    checkpoint copied from another run or an earlier call passes."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in (tenant.encode(), idempotency_key.encode(), str(seq).encode()):
-        mac.update(len(part).to_bytes(4, "big") + part)
-    mac.update(blob)
-    return mac.digest()
-
-
-def request_digest(call: ExecuteCall, tools: tuple[ToolDecl, ...] | None = None) -> str:
+def request_digest(request: Request) -> str:
     """What makes two requests under one key "the same": everything the code's outcome
     depends on. A tool run and a plain execution never match."""
+    tools = request.tools
     canonical = {
-        "code": call.code,
-        "backend": call.backend.value if call.backend else "",
-        "policy": call.policy,
-        "inputs": json.dumps(call.inputs, sort_keys=True, default=repr),
-        "stdin": call.stdin,
-        "limits": asdict(call.limits),
-        "session_id": call.session_id,
+        "code": request.code,
+        "backend": request.backend.value if request.backend else "",
+        "policy": request.policy,
+        "inputs": json.dumps(request.inputs, sort_keys=True, default=repr),
+        "stdin": request.stdin,
+        "limits": request.limits.model_dump(),
+        "session_id": request.session_id,
         "tools": None if tools is None else sorted((t.name, t.is_async) for t in tools),
     }
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
@@ -162,10 +102,9 @@ class Durability:
 
     async def once(
         self,
-        call: ExecuteCall,
+        request: Request,
         run: Callable[[Entry], Awaitable[ExecutionResult]],
         *,
-        digest: str | None = None,
         resumable: bool = False,
     ) -> ExecutionResult:
         """`run(entry)` at most once per key; see the module docstring. With `resumable`
@@ -174,8 +113,8 @@ class Durability:
         A plain execution is claimed in memory only (the key's lock) and written once, with
         its result: a `running` row would buy nothing, since a run that dies with its
         server is run again by the retry either way, and it would cost a write."""
-        tenant, key = _tenant(call), call.idempotency_key
-        digest = digest or request_digest(call)
+        tenant, key = request.tenant, request.idempotency_key
+        digest = request_digest(request)
         async with self._exclusive(tenant, key):
             if resumable:
                 entry, created = self.store.claim(
@@ -188,7 +127,7 @@ class Durability:
                 stored = found is not None
                 created = not stored
             if entry.digest != digest:
-                raise invalid(
+                raise InvalidRequest(
                     f"idempotency key {key!r} was already used for a different request",
                     field="idempotency_key",
                 )
@@ -239,6 +178,34 @@ class Durability:
             if slot.users == 0:
                 del self._slots[scope]
 
+    # -- tool runs ---------------------------------------------------------------------
+
+    def host(self, request: Request, entry: Entry, relay: ToolRelay) -> JournalHost:
+        """The ToolHost of the tool run `entry` is the record of."""
+        return JournalHost(
+            self.store,
+            tenant=request.tenant,
+            key=request.idempotency_key,
+            recorded=entry.answers,
+            relay=relay,
+            checkpoint_key=self._key,
+            clock=self._clock,
+        )
+
+    def resume_point(self, request: Request, entry: Entry) -> Resume | None:
+        """Where the tool run `entry` is the record of resumes: its last checkpoint, if it
+        has one. Raises CheckpointMismatch when the checkpoint fails its integrity check."""
+        checkpoint = entry.checkpoint
+        if checkpoint is None:
+            return None
+        expected = checkpoint_mac(
+            self._key, request.tenant, request.idempotency_key, checkpoint.seq, checkpoint.blob
+        )
+        if not hmac.compare_digest(checkpoint.mac, expected):
+            log.warning("checkpoint failed its integrity check", seq=checkpoint.seq)
+            raise CheckpointMismatch("the run's checkpoint failed its integrity check")
+        return Resume(blob=checkpoint.blob, seq=checkpoint.seq, output=checkpoint.output)
+
     # -- retention ---------------------------------------------------------------------
 
     def purge(self) -> int:
@@ -267,282 +234,6 @@ class Durability:
                 await purger
         self.store.close()
 
-    # -- tool runs ---------------------------------------------------------------------
-
-    async def run_tools(
-        self,
-        executor: Executor,
-        call: ExecuteCall,
-        tools: tuple[ToolDecl, ...],
-        relay: ToolRelay,
-        on_output: OutputSink | None = None,
-    ) -> ExecutionResult:
-        """Runs (or resumes, or replays) a tool run; request problems raise RequestError.
-
-        MONTY resumes from the last checkpoint. CONTAINER cannot be checkpointed: a
-        resumed run starts the code again and calls already answered are answered from
-        the journal (same number and tool, else CORRUPT_STATE), so only later calls reach
-        the client; `random` is seeded from the journal, but the container's clock is
-        its own, so code whose calls depend on the time may not repeat itself. AUTO is
-        Monty first, then a container when Monty reports the code UNSUPPORTED before
-        any tool was called (as Execute falls back)."""
-        _check_tools(tools)
-        if call.session_id:
-            raise invalid("tool runs do not take a session", field="session_id")
-        requested = call.backend or Backend.AUTO
-        policy = executor.policies.get(call.policy)
-        check_size(call, policy)
-        if requested not in policy.backends:
-            raise RequestError(
-                FailureKind.POLICY_VIOLATION,
-                f"policy '{policy.name}' does not allow backend {requested.value}",
-                field="backend",
-            )
-        monty = executor.backends.get(Backend.MONTY)
-        container = executor.backends.get(Backend.CONTAINER)
-        if requested is Backend.CONTAINER and container is None:
-            raise RequestError(
-                FailureKind.INFRA_UNAVAILABLE,
-                "the container backend is not enabled on this server",
-                field="backend",
-                retry_after_ms=0,
-            )
-        can_fall_back = (
-            requested is Backend.AUTO
-            and policy.allow_fallback
-            and container is not None
-            and Backend.CONTAINER in policy.backends
-        )
-        limits = policy.limits(call.limits)
-        if not call.idempotency_key:
-            call = _with_key(call, "run_" + uuid.uuid4().hex)
-        tenant = _tenant(call)
-        declared = {t.name: t.is_async for t in tools}
-
-        async def in_monty(entry: Entry, host: ToolHost) -> ExecutionResult:
-            assert isinstance(monty, MontyBackend)
-            checkpoint = entry.checkpoint
-            if checkpoint is not None and not hmac.compare_digest(
-                checkpoint.mac,
-                checkpoint_mac(
-                    self._key, tenant, call.idempotency_key, checkpoint.seq, checkpoint.blob
-                ),
-            ):
-                log.warning("checkpoint failed its integrity check", seq=checkpoint.seq)
-                return _corrupt("the run's checkpoint failed its integrity check", Backend.MONTY)
-            spec = ToolRunSpec(
-                code=call.code,
-                limits=limits,
-                tools=declared,
-                inputs=call.inputs,
-                stdin=call.stdin,
-                seed=entry.pinned.seed,
-                resume_blob=checkpoint.blob if checkpoint else None,
-                resume_seq=checkpoint.seq if checkpoint else 0,
-                resume_output=checkpoint.output if checkpoint else {},
-                on_output=on_output,
-            )
-            try:
-                return await run_with_tools(monty, spec, host)
-            except CheckpointMismatch as exc:
-                return _corrupt(str(exc), Backend.MONTY)
-
-        async def in_container(entry: Entry, host: ToolHost) -> ExecutionResult:
-            assert isinstance(container, ContainerBackend)
-            violation = policy_violation(call.code, policy, Backend.CONTAINER)
-            if violation is not None:
-                return violation
-            spec = run_spec(call, policy, limits, on_output)  # mounts: Monty only
-            try:
-                return await container.run_tools(
-                    spec, tools=declared, seed=entry.pinned.seed, host=host
-                )
-            except CheckpointMismatch as exc:
-                return _corrupt(str(exc), Backend.CONTAINER)
-
-        async def run(entry: Entry) -> ExecutionResult:
-            host = _JournalHost(self, tenant, call.idempotency_key, entry.answers, relay)
-            if requested is Backend.CONTAINER:
-                result = await in_container(entry, host)
-            else:
-                result = await in_auto_or_monty(entry, host)
-            return result.model_copy(
-                update={
-                    "execution_id": "exe_" + uuid.uuid4().hex,
-                    "policy_name": policy.name,
-                    "policy_digest": policy.digest,
-                }
-            )
-
-        async def in_auto_or_monty(entry: Entry, host: _JournalHost) -> ExecutionResult:
-            if can_fall_back:
-                violation = policy_violation(call.code, policy, Backend.CONTAINER)
-                if violation is not None:
-                    return violation
-            violation = policy_violation(call.code, policy, Backend.MONTY)
-            if violation is None:
-                counted = _CountingHost(host)
-                result = await in_monty(entry, counted)
-                failure = result.failure
-                unsupported = failure is not None and failure.kind is FailureKind.UNSUPPORTED
-                # Only code that called no tool moves: a container starts it again.
-                called = counted.calls > 0 or entry.checkpoint is not None
-                if not (can_fall_back and unsupported) or called:
-                    return result
-                log.info("fallback", reason=failure.message if failure else "")
-            elif not can_fall_back:
-                return violation  # denied in Monty only (e.g. `import os`)
-            result = await in_container(entry, host)
-            return result.model_copy(update={"fallback_from": Backend.MONTY})
-
-        return await self.once(call, run, digest=request_digest(call, tools), resumable=True)
-
-    def _sign(self, tenant: str, key: str, seq: int, blob: bytes) -> bytes:
-        return checkpoint_mac(self._key, tenant, key, seq, blob)
-
-
-class _CountingHost:
-    """A ToolHost that counts the calls the code made through it."""
-
-    def __init__(self, inner: _JournalHost) -> None:
-        self._inner = inner
-        self.calls = 0
-
-    def ask(self, call: ToolCallRequest) -> Awaitable[ToolReply]:
-        self.calls += 1
-        return self._inner.ask(call)
-
-    def clock(self, n: int, name: str, read: Callable[[], Any]) -> Any:
-        return self._inner.clock(n, name, read)
-
-    async def checkpoint(self, seq: int, blob: bytes, output: dict[str, Any]) -> None:
-        await self._inner.checkpoint(seq, blob, output)
-
-
-class _JournalHost:
-    """The ToolHost of one run: answers a call from the journal when it was answered
-    before (a resume), else relays it to the client and journals the answer."""
-
-    def __init__(
-        self,
-        durability: Durability,
-        tenant: str,
-        key: str,
-        recorded: Mapping[int, ToolAnswer],
-        relay: ToolRelay,
-    ) -> None:
-        self._d = durability
-        self._tenant = tenant
-        self._key = key
-        self._recorded = recorded
-        self._relay = relay
-
-    def ask(self, call: ToolCallRequest) -> Awaitable[ToolReply]:
-        recorded = self._recorded.get(call.seq)
-        if recorded is not None:
-            if recorded.name != call.name:
-                raise CheckpointMismatch(
-                    f"the resumed run called {call.name!r} as call {call.seq}; "
-                    f"the journal recorded {recorded.name!r}"
-                )
-            if (recorded.args_json, recorded.kwargs_json) != (
-                args_json(call.args),
-                kwargs_json(call.kwargs),
-            ):
-                # A replay (container runs) that passes other arguments, e.g. ones that
-                # depend on the clock: it still gets the answer the journal holds.
-                log.warning("replayed call's arguments differ", seq=call.seq, tool=call.name)
-            done: asyncio.Future[ToolReply] = asyncio.get_running_loop().create_future()
-            done.set_result(reply_from_json(recorded.answer_json))
-            return done
-        return asyncio.ensure_future(self._relay_and_record(call))
-
-    async def _relay_and_record(self, call: ToolCallRequest) -> ToolReply:
-        reply = await self._relay.call(call)
-        answer = ToolAnswer(
-            seq=call.seq,
-            name=call.name,
-            args_json=args_json(call.args),
-            kwargs_json=kwargs_json(call.kwargs),
-            answer_json=reply_to_json(reply),
-        )
-        self._d.store.record_answer(self._tenant, self._key, answer, now=self._d._clock())
-        return reply
-
-    def clock(self, n: int, name: str, read: Callable[[], Any]) -> Any:
-        # Clock readings share the journal with tool answers, at negative positions.
-        recorded = self._recorded.get(-n)
-        if recorded is not None:
-            if recorded.name != name:
-                raise CheckpointMismatch(
-                    f"the resumed run read {name!r} as clock reading {n}; "
-                    f"the journal recorded {recorded.name!r}"
-                )
-            return json.loads(recorded.answer_json)
-        value = read()
-        reading = ToolAnswer(
-            seq=-n, name=name, args_json="[]", kwargs_json="{}", answer_json=json.dumps(value)
-        )
-        self._d.store.record_answer(self._tenant, self._key, reading, now=self._d._clock())
-        return value
-
-    async def checkpoint(self, seq: int, blob: bytes, output: dict[str, Any]) -> None:
-        mac = self._d._sign(self._tenant, self._key, seq, blob)
-        self._d.store.save_checkpoint(
-            self._tenant,
-            self._key,
-            Checkpoint(seq=seq, blob=blob, mac=mac, output=output),
-            now=self._d._clock(),
-        )
-
-
-def args_json(args: tuple[Any, ...]) -> str:
-    return "[" + ", ".join(value_to_json(a) for a in args) + "]"
-
-
-def kwargs_json(kwargs: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"{json.dumps(k)}: {value_to_json(v)}" for k, v in kwargs.items()) + "}"
-
-
-def reply_to_json(reply: ToolReply) -> str:
-    if reply.error_type:
-        error = {"type": reply.error_type, "message": reply.error_message, "kind": reply.error_kind}
-        return json.dumps({"error": error})
-    return json.dumps({"value": reply.value})
-
-
-def reply_from_json(text: str) -> ToolReply:
-    data = json.loads(text)
-    if "error" in data:
-        error = data["error"]
-        return ToolReply(
-            error_type=error["type"], error_message=error["message"], error_kind=error["kind"]
-        )
-    return ToolReply(value=data["value"])
-
-
-def _check_tools(tools: tuple[ToolDecl, ...]) -> None:
-    if len(tools) > MAX_TOOLS:
-        raise invalid(f"at most {MAX_TOOLS} tools may be declared", field="tools")
-    seen: set[str] = set()
-    for tool in tools:
-        if not tool.name.isidentifier() or len(tool.name) > 128:
-            raise invalid(f"tool name {tool.name!r} is not a Python identifier", field="tools")
-        if tool.name in seen:
-            raise invalid(f"tool {tool.name!r} is declared twice", field="tools")
-        seen.add(tool.name)
-
-
-def _tenant(call: ExecuteCall) -> str:
-    # Tenants arrive with authentication (issue 4); until then every caller is "".
-    return str(getattr(call, "tenant", "") or "")
-
-
-def _with_key(call: ExecuteCall, key: str) -> ExecuteCall:
-    import dataclasses
-
-    return dataclasses.replace(call, idempotency_key=key)
-
 
 def _unstored(tenant: str, key: str, digest: str, owner: str, now: float) -> Entry:
     """The entry of a plain execution claimed in memory only (see Durability.once)."""
@@ -561,14 +252,3 @@ def _unstored(tenant: str, key: str, digest: str, owner: str, now: float) -> Ent
 def _pin() -> Pinned:
     now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     return Pinned(time_iso=now.isoformat(), seed=secrets.randbits(62))
-
-
-def _corrupt(message: str, backend: Backend) -> ExecutionResult:
-    return ExecutionResult.failed(
-        Failure.of(
-            FailureKind.CORRUPT_STATE,
-            f"{message}; the run was discarded and a retry starts it afresh "
-            "(tools already called will be called again)",
-        ),
-        backend=backend,
-    )

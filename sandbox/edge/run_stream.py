@@ -1,29 +1,28 @@
-"""The Run RPC's stream: the client's start and tool answers in, output, tool calls and
-the final result out. The run itself is Durability.run_tools; this is only the wire."""
+"""The Run RPC's stream: tool answers in; output, tool calls and the final result out.
+The edge decoded its start; the run itself is Executor.run_tools; this is only the wire."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
 
 from sandbox.backends.tools import ToolCallRequest, ToolReply
-from sandbox.core.executor import ExecuteCall, Executor
+from sandbox.core.executor import Executor
 from sandbox.core.output import StreamName
-from sandbox.durable.durability import ToolDecl, args_json, kwargs_json
-from sandbox.errors import RequestError, invalid
-from sandbox_client import ExecutionResult, FailureKind
-from sandbox_client.protocol.convert import result_to_proto
+from sandbox.durable.tool_host import args_json, kwargs_json
+from sandbox.edge.calls import Call
+from sandbox.errors import Cancelled
+from sandbox_client.protocol import ExecutionResult, FailureKind
+from sandbox_client.protocol.convert import output_chunk_to_proto, result_to_proto
 from sandbox_client.protocol.v1 import sandbox_pb2
 
 log = structlog.get_logger("sandbox.run")
 
-_STREAMS: dict[StreamName, Any] = {"stdout": sandbox_pb2.STDOUT, "stderr": sandbox_pb2.STDERR}
 _Event = sandbox_pb2.RunResponse | None
 
 
@@ -88,56 +87,25 @@ def _reply(msg: sandbox_pb2.ToolResult) -> ToolReply:
 
 
 async def serve_run(
-    executor: Executor,
-    requests: AsyncIterator[Any],
-    make_call: Callable[[sandbox_pb2.ExecuteRequest], ExecuteCall],
-    admitted: Callable[[ExecuteCall], AbstractContextManager[None]],
+    executor: Executor, call: Call, requests: AsyncIterator[Any]
 ) -> AsyncIterator[sandbox_pb2.RunResponse]:
-    """Raises RequestError for a request that cannot be served; the caller aborts.
-    `make_call` validates and authenticates the request (tenant, policy) as the edge does
-    for Execute; `admitted` holds the tenant's concurrency slot for the whole run."""
-    journal = executor.journal
-    if journal is None:
-        raise RequestError(
-            FailureKind.INFRA_UNAVAILABLE, "tool runs need the journal, which is off on this server"
-        )
-    first = await anext(requests, None)
-    if first is None or not hasattr(first, "HasField") or not first.HasField("start"):
-        raise invalid("a Run stream must begin with `start`", field="start")
-    call = make_call(first.start.request)
-    tools = tuple(
-        ToolDecl(name=t.name, is_async=t.is_async, json_schema=t.json_schema, stub=t.stub)
-        for t in first.start.tools
-    )
+    """The stream of a Run whose start the edge decoded into `call.request`; sets
+    `call.result`. Raises RequestError for a run that cannot be served."""
+    request = call.request
+    assert request is not None
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[_Event] = asyncio.Queue()
     relay = _StreamRelay(events)
 
     def forward(stream: StreamName, text: str) -> None:
-        event = sandbox_pb2.RunResponse(
-            output=sandbox_pb2.OutputChunk(stream=_STREAMS[stream], text=text)
-        )
+        event = sandbox_pb2.RunResponse(output=output_chunk_to_proto(stream, text))
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     async def run() -> ExecutionResult:
         try:
-            with admitted(call):
-                result = await journal.run_tools(executor, call, tools, relay, on_output=forward)
-        except RequestError as error:
-            await record(None, error)
-            raise
+            return await executor.run_tools(request, call.trace, relay, on_output=forward)
         finally:
             loop.call_soon_threadsafe(events.put_nowait, None)
-        await record(result, None)
-        return result
-
-    async def record(result: ExecutionResult | None, error: RequestError | None) -> None:
-        # Audited and counted like an Execute (a replay too: it is an answer given).
-        written = executor.recorder.execution(
-            call, policy=None, limits=None, result=result, error=error, method="Run"
-        )
-        if written is not None:
-            await asyncio.wrap_future(written)
 
     async def read() -> None:
         async for msg in requests:
@@ -151,15 +119,14 @@ async def serve_run(
         while (event := await events.get()) is not None:
             yield event
         try:
-            result = await task
+            call.result = await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # the RPC itself was cancelled
-            raise RequestError(
-                FailureKind.CANCELLED,
+            raise Cancelled(
                 "the client closed the stream with tool calls unanswered; "
-                "the same idempotency key resumes the run",
+                "the same idempotency key resumes the run"
             ) from None
     finally:
         for pending in (task, reader):
@@ -167,4 +134,4 @@ async def serve_run(
                 pending.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
-    yield sandbox_pb2.RunResponse(result=result_to_proto(result))
+    yield sandbox_pb2.RunResponse(result=result_to_proto(call.result))

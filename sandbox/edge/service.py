@@ -1,154 +1,52 @@
-"""The gRPC edge: proto in, Executor, proto out. Request errors become statuses carrying
-google.rpc.ErrorInfo (reason = the failure kind) and RetryInfo."""
+"""sandbox.v1.SandboxService: each handler is proto in, the core, proto out, inside the
+edge's one wrapper (calls.py) that authenticates, admits and records it."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
-from sandbox.access.tenants import LOCAL_TENANT, Access, common_names
-from sandbox.core.executor import ExecuteCall, Executor
+from sandbox.core.executor import Executor
 from sandbox.core.output import StreamName
-from sandbox.edge import decode as wire
+from sandbox.core.request import Method, Request
+from sandbox.edge import decode
+from sandbox.edge.calls import Context, Decoder, Edge, checked, lenient
 from sandbox.edge.run_stream import serve_run
-from sandbox.errors import RequestError, invalid
-from sandbox_client import ExecutionResult, FailureKind
-from sandbox_client.protocol.convert import STATUS_DETAILS_KEY, result_to_proto, status_details
+from sandbox_client.protocol import ExecutionResult
+from sandbox_client.protocol.convert import output_chunk_to_proto, result_to_proto
 from sandbox_client.protocol.service import METHODS
 from sandbox_client.protocol.service import generic_handler as service_handler
 from sandbox_client.protocol.v1 import sandbox_pb2
 
-_STATUS_BY_KIND: dict[FailureKind, grpc.StatusCode] = {
-    FailureKind.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
-    FailureKind.POLICY_VIOLATION: grpc.StatusCode.PERMISSION_DENIED,
-    FailureKind.THROTTLED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    FailureKind.INFRA_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    FailureKind.CORRUPT_STATE: grpc.StatusCode.DATA_LOSS,
-    FailureKind.CANCELLED: grpc.StatusCode.CANCELLED,
-}
-
-_STREAMS: dict[StreamName, sandbox_pb2.Stream] = {
-    "stdout": sandbox_pb2.STDOUT,
-    "stderr": sandbox_pb2.STDERR,
-}
-
-
-class Undecodable:
-    """Stands in for a request whose bytes did not parse (bad UTF-8, garbage)."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: RequestError) -> None:
-    code = _STATUS_BY_KIND.get(error.kind, grpc.StatusCode.FAILED_PRECONDITION)
-    if error.not_found:
-        code = grpc.StatusCode.NOT_FOUND
-    if error.unauthenticated:
-        code = grpc.StatusCode.UNAUTHENTICATED
-    metadata = {"field": error.field} if error.field else {}
-    metadata.update(error.metadata)
-    details = status_details(
-        code, error.kind, error.message, metadata=metadata, retry_after_ms=error.retry_after_ms
-    )
-    await context.abort(code, error.message, trailing_metadata=((STATUS_DETAILS_KEY, details),))
-
-
-def _checked(
-    method: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
-) -> Callable[[Any, Req | Undecodable, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
-    """Turns undecodable requests and RequestErrors into rich gRPC errors."""
-
-    async def wrapper(
-        self: Any, request: Req | Undecodable, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Resp:
-        try:
-            if isinstance(request, Undecodable):
-                raise invalid(f"the request could not be decoded: {request.error}")
-            return await method(self, request, context)
-        except RequestError as error:
-            await _abort(context, error)
-            raise AssertionError("abort returned") from error
-
-    return wrapper
-
 
 class SandboxService:
-    """sandbox.v1.SandboxService."""
-
-    def __init__(self, executor: Executor, access: Access | None = None) -> None:
+    def __init__(self, executor: Executor, edge: Edge) -> None:
         self._executor = executor
-        self._access = access or Access()
+        self._edge = edge
 
-    # -- access: who asks (auth), under which policy, within its quotas ---------------
-
-    def _tenant(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> str:
-        if not self._access.required:
-            return LOCAL_TENANT
-        try:
-            return self._access.authenticate(
-                context.invocation_metadata(), common_names(context.auth_context())
-            )
-        except RequestError as error:
-            self._executor.recorder.event(method, tenant="", error=error)
-            raise
-
-    def _call(
-        self, msg: sandbox_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> ExecuteCall:
-        tenant = self._tenant(context, "Execute")
-        try:
-            call = wire.execute_call(msg, tenant=tenant)
-            policy = self._access.policy_for(tenant, call.policy, in_session=bool(call.session_id))
-        except RequestError as error:
-            self._executor.recorder.event(
-                "Execute", tenant=tenant, error=error, policy_name=msg.policy
-            )
-            raise
-        return call if policy == call.policy else dataclasses.replace(call, policy=policy)
-
-    @contextlib.contextmanager
-    def _admitted(self, call: ExecuteCall) -> Iterator[None]:
-        """Holds a concurrency slot and a rate token of the caller's, or THROTTLED."""
-        try:
-            self._access.acquire(call.tenant)
-        except RequestError as error:
-            self._executor.recorder.execution(
-                call, policy=None, limits=None, result=None, error=error
-            )
-            raise
-        try:
-            yield
-        finally:
-            self._access.release(call.tenant)
-
-    @_checked
-    async def Execute(
-        self, request: sandbox_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> sandbox_pb2.ExecuteResponse:
-        call = self._call(request, context)
-        with self._admitted(call):
-            result = await self._executor.execute(call)
-        return sandbox_pb2.ExecuteResponse(result=result_to_proto(result))
+    async def Execute(self, message: Any, context: Context) -> sandbox_pb2.ExecuteResponse:
+        async with self._edge.call(
+            "Execute", context, _execute_request(message, "Execute"), policy_name=_policy(message)
+        ) as call:
+            assert call.request is not None
+            call.result = await self._executor.execute(call.request, call.trace)
+        return sandbox_pb2.ExecuteResponse(result=result_to_proto(call.result))
 
     async def ExecuteStream(
-        self,
-        request: sandbox_pb2.ExecuteStreamRequest | Undecodable,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, message: Any, context: Context
     ) -> AsyncIterator[sandbox_pb2.ExecuteStreamResponse]:
-        try:
-            if isinstance(request, Undecodable):
-                raise invalid(f"the request could not be decoded: {request.error}")
-            call = self._call(request.request, context)
+        inner = message.request if isinstance(message, sandbox_pb2.ExecuteStreamRequest) else None
+        async with self._edge.call(
+            "ExecuteStream",
+            context,
+            _execute_request(inner if inner is not None else message, "ExecuteStream"),
+            policy_name=_policy(inner),
+        ) as call:
+            assert call.request is not None
+            request, trace = call.request, call.trace
             loop = asyncio.get_running_loop()
             chunks: asyncio.Queue[tuple[StreamName, str] | None] = asyncio.Queue()
 
@@ -157,8 +55,7 @@ class SandboxService:
 
             async def run() -> ExecutionResult:
                 try:
-                    with self._admitted(call):
-                        return await self._executor.execute(call, on_output=forward)
+                    return await self._executor.execute(request, trace, on_output=forward)
                 finally:
                     # After every chunk the backend forwarded (call_soon_threadsafe is FIFO).
                     loop.call_soon_threadsafe(chunks.put_nowait, None)
@@ -168,55 +65,37 @@ class SandboxService:
                 while (chunk := await chunks.get()) is not None:
                     stream, text = chunk
                     yield sandbox_pb2.ExecuteStreamResponse(
-                        output=sandbox_pb2.OutputChunk(stream=_STREAMS[stream], text=text)
+                        output=output_chunk_to_proto(stream, text)
                     )
-                result = await task
+                call.result = await task
             finally:
                 if not task.done():
                     task.cancel()
-            yield sandbox_pb2.ExecuteStreamResponse(result=result_to_proto(result))
-        except RequestError as error:
-            await _abort(context, error)
+            yield sandbox_pb2.ExecuteStreamResponse(result=result_to_proto(call.result))
 
     async def Run(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        self, requests: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[sandbox_pb2.RunResponse]:
-        try:
-            # Authenticated and admitted like Execute: the tenant's policy and quotas apply.
-            async for event in serve_run(
-                self._executor, requests, lambda msg: self._call(msg, context), self._admitted
-            ):
-                yield event
-        except RequestError as error:
-            await _abort(context, error)
+        async def first(tenant: str) -> Request:
+            # Read only once the caller is authenticated (the edge does that first).
+            return decode.run_start_of(checked(await anext(requests, None)), tenant=tenant)
 
-    @_checked
+        async with self._edge.call("Run", context, first) as call:
+            async for event in serve_run(self._executor, call, requests):
+                yield event
+
     async def CreateSession(
-        self,
-        request: sandbox_pb2.CreateSessionRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, message: Any, context: Context
     ) -> sandbox_pb2.CreateSessionResponse:
-        tenant = self._tenant(context, "CreateSession")
-        try:
-            with self._access.admit(tenant):
-                entry = await self._executor.create_session(
-                    wire.backend_field(request.backend),
-                    self._access.policy_for(tenant, request.policy),
-                    wire.requested_limits(request.limits),
-                    tenant=tenant,
-                )
-        except RequestError as error:
-            self._executor.recorder.event(
-                "CreateSession", tenant=tenant, error=error, policy_name=request.policy
-            )
-            raise
-        self._executor.recorder.event(
-            "CreateSession",
-            tenant=tenant,
-            session_id=entry.id,
-            policy=entry.policy,
-            backend=entry.backend.kind.value,
-        )
+        async def request(tenant: str) -> Request:
+            return decode.session_request_of(checked(message), tenant=tenant)
+
+        async with self._edge.call(
+            "CreateSession", context, request, policy_name=_policy(message)
+        ) as call:
+            assert call.request is not None
+            entry = await self._executor.create_session(call.request, call.trace)
+            call.session_id = entry.id
         return sandbox_pb2.CreateSessionResponse(
             session_id=entry.id,
             backend=entry.backend.kind.name,
@@ -224,40 +103,30 @@ class SandboxService:
             idle_timeout_ms=int(self._executor.sessions.idle_timeout_s * 1000),
         )
 
-    @_checked
     async def CloseSession(
-        self,
-        request: sandbox_pb2.CloseSessionRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, message: Any, context: Context
     ) -> sandbox_pb2.CloseSessionResponse:
-        tenant = self._tenant(context, "CloseSession")
-        error: RequestError | None = None
-        try:
-            await self._executor.close_session(request.session_id, tenant=tenant)
-        except RequestError as exc:
-            error = exc
-            raise
-        finally:
-            self._executor.recorder.event(
-                "CloseSession", tenant=tenant, session_id=request.session_id, error=error
-            )
+        async with self._edge.call("CloseSession", context, admit=False) as call:
+            call.session_id = checked(message).session_id
+            await self._executor.close_session(call.session_id, tenant=call.tenant)
         return sandbox_pb2.CloseSessionResponse()
 
 
-def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except Exception as exc:  # DecodeError, and whatever else garbage provokes
-            return Undecodable(exc)
+def _execute_request(message: Any, method: Method) -> Decoder:
+    async def request(tenant: str) -> Request:
+        return decode.request_of(checked(message), tenant=tenant, method=method)
 
-    return deserialize
+    return request
+
+
+def _policy(message: Any) -> str:
+    return str(getattr(message, "policy", "") or "")
 
 
 def generic_handler(service: SandboxService) -> grpc.GenericRpcHandler:
-    """The service's handlers; a request that does not decode reaches the handler (as
-    Undecodable) and gets INVALID_REQUEST instead of grpc's INTERNAL."""
+    """The service's handlers, built from the proto's method table; a request that does
+    not decode reaches its handler (as Undecodable) and gets INVALID_REQUEST."""
     return service_handler(
         {name: getattr(service, name) for name in METHODS},
-        decode=lambda method: _lenient(method.request.FromString),
+        decode=lambda method: lenient(method.request.FromString),
     )

@@ -10,14 +10,14 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sandbox.core.limits import NO_REQUESTED_LIMITS, Limits, RequestedLimits
-from sandbox.errors import RequestError, invalid
-from sandbox_client import Backend, FailureKind
+from sandbox.core.limits import LIMIT_FIELDS, Limits, RequestedLimits
+from sandbox.errors import NotFound, PolicyDenied
+from sandbox_client.protocol import Backend
+from sandbox_client.protocol.convert import NO_LIMITS_ASKED
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -121,25 +121,24 @@ class Policy(BaseModel):
     @functools.cached_property
     def default_limits(self) -> Limits:
         """The limits of a request that asks for none: the policy's own."""
-        return Limits(**{f.name: getattr(self, f.name) for f in fields(Limits)})
+        return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
     def limits(self, requested: RequestedLimits | None = None) -> Limits:
         """The effective limits for a request. Raises POLICY_VIOLATION naming the first
         field that asks for more than this policy allows."""
-        if requested is None or requested == NO_REQUESTED_LIMITS:
+        if requested is None or requested == NO_LIMITS_ASKED:
             return self.default_limits
         values: dict[str, int] = {}
-        for f in fields(Limits):
-            ceiling: int = getattr(self, f.name)
-            asked = getattr(requested, f.name) if requested is not None else None
+        for name in LIMIT_FIELDS:
+            ceiling: int = getattr(self, name)
+            asked = getattr(requested, name)
             if asked is not None and asked > ceiling:
-                raise RequestError(
-                    FailureKind.POLICY_VIOLATION,
-                    f"limits.{f.name}={asked} exceeds policy '{self.name}' maximum {ceiling}",
-                    field=f"limits.{f.name}",
-                    metadata={"limit": f.name, "limit_value": str(ceiling)},
+                raise PolicyDenied(
+                    f"limits.{name}={asked} exceeds policy '{self.name}' maximum {ceiling}",
+                    field=f"limits.{name}",
+                    metadata={"limit": name, "limit_value": str(ceiling)},
                 )
-            values[f.name] = ceiling if asked is None else asked
+            values[name] = ceiling if asked is None else asked
         return Limits(**values)
 
 
@@ -165,7 +164,7 @@ class PolicyRegistry:
     def get(self, name: str) -> Policy:
         policy = self._policies.get(name or self.default)
         if policy is None:
-            raise invalid(f"unknown policy {name!r}", field="policy", not_found=True)
+            raise NotFound(f"unknown policy {name!r}", field="policy")
         return policy
 
 

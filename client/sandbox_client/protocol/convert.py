@@ -47,6 +47,13 @@ def backend_from_proto(value: int) -> Backend | None:
         raise ValueError(f"unknown backend {value}") from None
 
 
+def output_chunk_to_proto(stream: str, text: str) -> sandbox_pb2.OutputChunk:
+    """A piece of output as it was produced; `stream` is "stdout" or "stderr"."""
+    return sandbox_pb2.OutputChunk(
+        stream=sandbox_pb2.STDERR if stream == "stderr" else sandbox_pb2.STDOUT, text=text
+    )
+
+
 def limits_to_proto(limits: Limits | None) -> sandbox_pb2.Limits | None:
     return None if limits is None else sandbox_pb2.Limits(**limits.model_dump(exclude_none=True))
 

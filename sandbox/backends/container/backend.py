@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -35,9 +35,9 @@ from sandbox.backends.container.outcome import (
 )
 from sandbox.backends.container.owner import OWNER_PROCESS_LABEL, owner_process, owner_process_gone
 from sandbox.backends.container.pool import REFILL_PARALLELISM, WarmPool
+from sandbox.backends.container.settings import ContainerSettings
 from sandbox.backends.container.tools import ToolBridge
 from sandbox.backends.tools import ToolHost
-from sandbox.config import ContainerSettings
 from sandbox.core.limits import Limits
 from sandbox.core.output import OutputCapture
 from sandbox.errors import RequestError
@@ -180,17 +180,14 @@ class ContainerBackend:
             return await self._run_in_session(session, spec)
         return await self._run_fresh(spec)
 
-    async def run_tools(
-        self, spec: RunSpec, *, tools: Mapping[str, bool], seed: int, host: ToolHost
-    ) -> ExecutionResult:
-        """Runs `spec` in a fresh container whose code may call `tools` (name -> is_async),
-        each call answered through `host` (ToolHost.ask only: a container has no
-        checkpoint, and its clock is its own). `random` is seeded with `seed`, so a run
-        replayed from the start draws the same numbers. Time spent waiting for answers
-        is not charged to the wall-time budget, as in Monty. Cancellation kills the
-        container and propagates; so does CheckpointMismatch from the host."""
-        bridge = ToolBridge(asyncio.get_running_loop(), host, tools)
-        result = await self._run_fresh(spec, tools=bridge, seed=seed)
+    async def run_tools(self, spec: RunSpec, host: ToolHost) -> ExecutionResult:
+        """See ExecutionBackend.run_tools. A container cannot be checkpointed: a resumed
+        run starts the code again (`spec.resume` is not used) and the host answers the
+        calls it already answered (ToolHost.ask only; the container's clock is its own).
+        `random` is seeded with `spec.seed`, so a replay draws the same numbers.
+        Cancellation kills the container and propagates; so does CheckpointMismatch."""
+        bridge = ToolBridge(asyncio.get_running_loop(), host, spec.tools)
+        result = await self._run_fresh(spec, tools=bridge, seed=spec.seed)
         bridge.reraise()
         return result
 
@@ -223,7 +220,9 @@ class ContainerBackend:
         if isinstance(container, ExecutionResult):
             assert container.failure is not None
             failure = container.failure
-            raise RequestError(failure.kind, failure.message, retry_after_ms=failure.retry_after_ms)
+            raise RequestError.of(
+                failure.kind, failure.message, retry_after_ms=failure.retry_after_ms
+            )
         session = ContainerSession(container=container, limits=limits)
         self._sessions.add(session)
         return session

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sandbox.backends.base import RunSpec
 from sandbox.backends.container.backend import ContainerBackend
 from sandbox.backends.container.engine import Runtime
-from sandbox.config import ContainerSettings
+from sandbox.backends.container.settings import ContainerSettings
 from sandbox.core.limits import Limits
 
 MiB = 1024 * 1024

@@ -13,19 +13,15 @@ from typing import Any, Literal
 import pydantic_monty as pm
 
 from sandbox.backends.base import BackendSession, RunSpec
-from sandbox.backends.monty.outcome import RunSignals, map_monty_outcome
+from sandbox.backends.monty.outcome import HOST_GRACE_S, RunSignals, map_monty_outcome, monty_result
+from sandbox.backends.monty.settings import MontySettings
 from sandbox.backends.monty.supply import SessionSupply
-from sandbox.backends.outcome_parts import result_too_large_failure
-from sandbox.backends.values import value_to_json
-from sandbox.config import MontySettings
+from sandbox.backends.monty.tools import drive_tools, tool_os_policy
+from sandbox.backends.tools import ToolHost
 from sandbox.core.limits import Limits
 from sandbox.core.output import OutputCapture
-from sandbox.errors import RequestError
-from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Usage
-
-# Our wall-clock backstop fires this long after the policy's budget, so Monty's own
-# in-worker limit (which keeps the worker alive) normally wins the race.
-HOST_GRACE_S = 0.5
+from sandbox.errors import Unavailable
+from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
 
 
 @dataclass(eq=False)
@@ -154,13 +150,29 @@ class MontyBackend:
         finally:
             self._supply.release(session)
 
+    async def run_tools(self, spec: RunSpec, host: ToolHost) -> ExecutionResult:
+        """See ExecutionBackend.run_tools: resumes from spec.resume's dump, checkpoints
+        after each answer, and reads the clock through the host so a resumed run sees
+        the readings the interrupted one saw."""
+        try:
+            async with self.checkout_session(
+                spec.limits, os_policy=tool_os_policy(spec.seed)
+            ) as session:
+                return await drive_tools(session, spec, host)
+        except TimeoutError:
+            return ExecutionResult.failed(
+                Failure.of(
+                    FailureKind.INFRA_UNAVAILABLE, "every Monty worker is busy", retry_after_ms=1000
+                ),
+                backend=Backend.MONTY,
+            )
+
     async def open_session(self, limits: Limits) -> MontySessionHandle:
         session = self._checkout(limits)
         try:
             await session.__aenter__()
         except TimeoutError:
-            raise RequestError(
-                FailureKind.INFRA_UNAVAILABLE,
+            raise Unavailable(
                 "every Monty worker is busy; no session can be opened now",
                 retry_after_ms=1000,
             ) from None
@@ -250,38 +262,6 @@ class MontyBackend:
             stderr=capture.text("stderr"),
             stderr_truncated=capture.truncated["stderr"],
         )
-
-
-def monty_result(
-    value: Any,
-    failure: Failure | None,
-    *,
-    limits: Limits,
-    elapsed_s: float,
-    stdout: str,
-    stdout_truncated: bool,
-    stderr: str,
-    stderr_truncated: bool,
-) -> ExecutionResult:
-    """The result of a Monty run that ended with `value` (its last expression) or `failure`."""
-    result_json = None
-    if failure is None and value is not None:
-        result_json = value_to_json(value)
-        if len(result_json.encode()) > limits.output_bytes:
-            result_json = None
-            failure = result_too_large_failure(limits)
-    return ExecutionResult(
-        ok=failure is None,
-        backend=Backend.MONTY,
-        stdout=stdout,
-        stdout_truncated=stdout_truncated,
-        stderr=stderr,
-        stderr_truncated=stderr_truncated,
-        result_json=result_json,
-        exit_code=0 if failure is None else 1,
-        failure=failure,
-        usage=Usage(wall_ms=round(elapsed_s * 1000)),
-    )
 
 
 # After these a session's interpreter cannot be trusted (Monty: "discard the session

@@ -9,13 +9,21 @@ import importlib
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import pydantic_monty as pm
 
-from sandbox.backends.outcome_parts import first_line, one_line, output_limit_failure, tool_failure
+from sandbox.backends.outcome_parts import (
+    first_line,
+    one_line,
+    output_limit_failure,
+    result_too_large_failure,
+    tool_failure,
+)
 from sandbox.backends.tools import InjectedToolError
+from sandbox.backends.values import value_to_json
 from sandbox.core.limits import Limits
-from sandbox_client import Failure, FailureKind, Frame
+from sandbox_client.protocol import Backend, ExecutionResult, Failure, FailureKind, Frame, Usage
 
 
 @dataclass(kw_only=True)
@@ -261,4 +269,41 @@ def _frames(exc: pm.MontySyntaxError | pm.MontyRuntimeError) -> tuple[Frame, ...
             source_line=f.source_line or "",
         )
         for f in exc.traceback()
+    )
+
+
+# Our wall-clock backstop fires this long after the policy's budget, so Monty's own
+# in-worker limit (which keeps the worker alive) normally wins the race.
+HOST_GRACE_S = 0.5
+
+
+def monty_result(
+    value: Any,
+    failure: Failure | None,
+    *,
+    limits: Limits,
+    elapsed_s: float,
+    stdout: str,
+    stdout_truncated: bool,
+    stderr: str,
+    stderr_truncated: bool,
+) -> ExecutionResult:
+    """The result of a Monty run that ended with `value` (its last expression) or `failure`."""
+    result_json = None
+    if failure is None and value is not None:
+        result_json = value_to_json(value)
+        if len(result_json.encode()) > limits.output_bytes:
+            result_json = None
+            failure = result_too_large_failure(limits)
+    return ExecutionResult(
+        ok=failure is None,
+        backend=Backend.MONTY,
+        stdout=stdout,
+        stdout_truncated=stdout_truncated,
+        stderr=stderr,
+        stderr_truncated=stderr_truncated,
+        result_json=result_json,
+        exit_code=0 if failure is None else 1,
+        failure=failure,
+        usage=Usage(wall_ms=round(elapsed_s * 1000)),
     )

@@ -12,34 +12,17 @@ import datetime
 import functools
 import time
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic_monty as pm
 
-from sandbox.backends.monty.backend import HOST_GRACE_S, MontyBackend, monty_result
-from sandbox.backends.monty.outcome import RunSignals, map_monty_outcome
+from sandbox.backends.base import RunSpec
+from sandbox.backends.monty.outcome import HOST_GRACE_S, RunSignals, map_monty_outcome, monty_result
 from sandbox.backends.tools import InjectedToolError, ToolCallRequest, ToolHost, ToolReply
 from sandbox.core.limits import Limits
 from sandbox.core.output import OutputCapture, OutputLimitExceeded, OutputSink, StreamName
-from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToolRunSpec:
-    code: str
-    limits: Limits
-    tools: Mapping[str, bool]  # name -> is_async
-    inputs: Mapping[str, Any] = field(default_factory=dict)
-    stdin: str = ""
-    seed: int  # `random`'s; the clock is read through ToolHost.clock
-    # Set to resume: a verified dump, the number of calls answered before it, and what
-    # the code had printed by then.
-    resume_blob: bytes | None = None
-    resume_seq: int = 0
-    resume_output: Mapping[str, Any] = field(default_factory=dict)
-    on_output: OutputSink | None = None
-
+from sandbox_client import ExecutionResult
 
 _CLOCKS = frozenset({"time.time", "datetime.now", "date.today"})
 _SLEEPS = frozenset({"time.sleep", "system.sleep", "asyncio.sleep", "system.async_sleep"})
@@ -74,41 +57,32 @@ class _Output:
         }
 
 
-async def run_with_tools(
-    backend: MontyBackend, spec: ToolRunSpec, host: ToolHost
-) -> ExecutionResult:
-    """Runs (or resumes) `spec` to completion. Never raises for the code's outcome;
-    CheckpointMismatch and cancellation propagate."""
-    os_policy: pm.OSPolicy = {
-        # Clock reads come to the host, which journals them: time passes as usual, and a
-        # resumed run sees the values the interrupted one saw.
+def tool_os_policy(seed: int) -> pm.OSPolicy:
+    """A tool run's interpreter: clock reads come to the host, which journals them (time
+    passes as usual, and a resumed run sees the values the interrupted one saw);
+    `random` is seeded with the run's pinned seed; sleeps come to the host too."""
+    return {
         "datetime": "call_host",
-        "random_start": {"seed": spec.seed},
+        "random_start": {"seed": seed},
         "sleep_system_max": float("inf"),
     }
-    try:
-        async with backend.checkout_session(spec.limits, os_policy=os_policy) as session:
-            return await _drive(session, spec, host)
-    except TimeoutError:
-        return ExecutionResult.failed(
-            Failure.of(
-                FailureKind.INFRA_UNAVAILABLE, "every Monty worker is busy", retry_after_ms=1000
-            ),
-            backend=Backend.MONTY,
-        )
 
 
-async def _drive(
-    session: pm.AsyncMontySession, spec: ToolRunSpec, host: ToolHost
+async def drive_tools(
+    session: pm.AsyncMontySession, spec: RunSpec, host: ToolHost
 ) -> ExecutionResult:
-    output = _Output(spec.limits, spec.resume_output, spec.on_output)
+    """Runs (or resumes) `spec` to completion in `session` (checked out with
+    tool_os_policy). Never raises for the code's outcome; CheckpointMismatch and
+    cancellation propagate."""
+    resume = spec.resume
+    output = _Output(spec.limits, resume.output if resume else {}, spec.on_output)
     signals = RunSignals(limits=spec.limits)
     stdin = iter(spec.stdin.splitlines())
-    seq = spec.resume_seq
+    seq = resume.seq if resume else 0
     pending: dict[int, _Pending] = {}  # by Monty's call_id
     running_s = 0.0
     slept_s = 0.0
-    clock_reads = int(spec.resume_output.get("clock_reads", 0))
+    clock_reads = int(resume.output.get("clock_reads", 0)) if resume else 0
     error: pm.MontyError | None = None
     value: Any = None
 
@@ -122,10 +96,8 @@ async def _drive(
             running_s += time.monotonic() - started
 
     try:
-        if spec.resume_blob is not None:
-            snap = await step(
-                session.load_snapshot(spec.resume_blob, print_callback=output.capture)
-            )
+        if resume is not None:
+            snap = await step(session.load_snapshot(resume.blob, print_callback=output.capture))
         else:
             snap = await step(
                 session.feed_start(

@@ -1,0 +1,206 @@
+"""The one place that decides how a request runs, for every RPC that runs code.
+
+`plan()` settles, once and in this order: that the request is well formed for its kind
+(tools declared, no session for a tool run), the policy (the tenant's own list and the
+policy's `tenants` list, or the session's), the size checks, the effective limits, the
+backends to try in order (AUTO: Monty, then a container when the policy and the server
+allow it), the policy's static checks on that order, and the execution id. A request it
+cannot serve raises a RequestError; code the policy forbids is not an error but a Plan
+whose `refusal` is the POLICY_VIOLATION result to answer with.
+
+Knows nothing of gRPC, of the journal or of how a backend runs: Execute, ExecuteStream
+and Run all call it, and a table-driven test holds their decisions equal."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from sandbox.access.tenants import Access
+from sandbox.core.limits import Limits
+from sandbox.core.request import Request, ToolDecl
+from sandbox.core.sessions import SessionEntry, SessionRegistry
+from sandbox.errors import InvalidRequest, PolicyDenied, Unavailable
+from sandbox.policy.model import Policy, PolicyRegistry
+from sandbox.policy.static_check import find_violation
+from sandbox_client.protocol import Backend, ExecutionResult, Failure, FailureKind, Frame
+from sandbox_client.protocol.convert import NO_LIMITS_ASKED
+
+MAX_TOOLS = 64
+_MAX_TOOL_NAME = 128
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    execution_id: str
+    policy: Policy
+    limits: Limits
+    # Backends to run on, in order: the next one runs only when the one before says
+    # UNSUPPORTED (and, in a tool run, before the code called a tool).
+    steps: tuple[Backend, ...]
+    # Set when the first step is not the backend the request asked for (AUTO's Monty
+    # step dropped because the policy denies the code there but not in a container).
+    fallback_from: Backend | None = None
+    session: SessionEntry | None = None
+    # The answer when the policy's static rules forbid the code: nothing runs.
+    refusal: ExecutionResult | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What planning reads: the server's policies, tenants, sessions and backends."""
+
+    policies: PolicyRegistry
+    access: Access
+    sessions: SessionRegistry
+    available: frozenset[Backend]
+
+
+def plan(request: Request, context: Context) -> Plan:
+    if request.is_tool_run:
+        _check_tools(request.tools or ())
+        if request.session_id:
+            raise InvalidRequest("tool runs do not take a session", field="session_id")
+    session = (
+        context.sessions.get(request.session_id, tenant=request.tenant)
+        if request.session_id
+        else None
+    )
+    if session is not None:
+        policy = _session_policy(request, session)
+    else:
+        policy = policy_for(request.tenant, request.policy, context)
+    check_size(request, policy)
+    if session is not None:
+        if request.limits != NO_LIMITS_ASKED:
+            # A session's sandbox was set up with its limits; lower ones cannot apply now.
+            raise InvalidRequest("limits are fixed when a session is created", field="limits")
+        limits = session.limits
+        steps: tuple[Backend, ...] = (session.backend.kind,)
+    else:
+        limits = policy.limits(request.limits)
+        steps = _steps(request.backend or Backend.AUTO, policy, context.available)
+    fallback_from = None
+    refusal = violation(request.code, policy, steps[0])
+    if refusal is not None and len(steps) > 1 and violation(request.code, policy, steps[1]) is None:
+        # Denied in Monty only (e.g. `import os`): the container may still run it.
+        fallback_from, steps, refusal = steps[0], steps[1:], None
+    return Plan(
+        execution_id=new_execution_id(),
+        policy=policy,
+        limits=limits,
+        steps=steps,
+        fallback_from=fallback_from,
+        session=session,
+        refusal=refusal,
+    )
+
+
+def policy_for(tenant: str, requested: str, context: Context) -> Policy:
+    """The policy a request (or a new session) runs under, once both lists allow the
+    tenant: the tenant's `allowed_policies`, and the policy's own `tenants`."""
+    policy = context.policies.get(context.access.policy_for(tenant, requested))
+    if not policy.allows_tenant(tenant):
+        raise PolicyDenied(
+            f"policy '{policy.name}' is not open to tenant '{tenant}'", field="policy"
+        )
+    return policy
+
+
+def backend_allowed(requested: Backend, policy: Policy, available: frozenset[Backend]) -> None:
+    """Raises unless `policy` allows `requested` and this server has it (AUTO needs Monty)."""
+    if requested not in policy.backends:
+        raise PolicyDenied(
+            f"policy '{policy.name}' does not allow backend {requested.value}", field="backend"
+        )
+    needed = Backend.MONTY if requested is Backend.AUTO else requested
+    if needed not in available:
+        raise Unavailable(
+            f"the {needed.value} backend is not enabled on this server",
+            field="backend",
+            retry_after_ms=0,
+        )
+
+
+def _steps(
+    requested: Backend, policy: Policy, available: frozenset[Backend]
+) -> tuple[Backend, ...]:
+    backend_allowed(requested, policy, available)
+    if requested is not Backend.AUTO:
+        return (requested,)
+    can_fall_back = (
+        policy.allow_fallback
+        and Backend.CONTAINER in available
+        and Backend.CONTAINER in policy.backends
+    )
+    return (Backend.MONTY, Backend.CONTAINER) if can_fall_back else (Backend.MONTY,)
+
+
+def _session_policy(request: Request, session: SessionEntry) -> Policy:
+    if request.policy and request.policy != session.policy.name:
+        raise InvalidRequest(
+            f"session {session.id!r} runs under policy '{session.policy.name}', "
+            f"not '{request.policy}'",
+            field="policy",
+        )
+    if request.backend not in (None, Backend.AUTO, session.backend.kind):
+        raise InvalidRequest(
+            f"session {session.id!r} runs on {session.backend.kind.value}", field="backend"
+        )
+    return session.policy
+
+
+def check_size(request: Request, policy: Policy) -> None:
+    """Raises INVALID_REQUEST for empty code, or code or inputs larger than the policy takes."""
+    if not request.code.strip():
+        raise InvalidRequest("code is empty", field="code")
+    size = len(request.code.encode("utf-8", "surrogatepass"))
+    if size > policy.code_bytes:
+        raise InvalidRequest(
+            f"code is {size} bytes; policy '{policy.name}' accepts at most {policy.code_bytes}",
+            field="code",
+        )
+    extra = request.inputs_size + len(request.stdin.encode("utf-8", "surrogatepass"))
+    if extra > policy.inputs_bytes:
+        raise InvalidRequest(
+            f"inputs and stdin are {extra} bytes; policy '{policy.name}' accepts at most "
+            f"{policy.inputs_bytes}",
+            field="inputs_json",
+        )
+
+
+def violation(code: str, policy: Policy, backend: Backend) -> ExecutionResult | None:
+    """A POLICY_VIOLATION result if `code` breaks the policy's static rules on `backend`."""
+    denied = policy.denied_imports
+    if backend is Backend.MONTY:
+        denied = denied | policy.monty_denied_imports
+    found = find_violation(code, denied)
+    if found is None:
+        return None
+    lines = code.splitlines()
+    source = lines[found.line - 1].strip() if 0 < found.line <= len(lines) else ""
+    failure = Failure.of(
+        FailureKind.POLICY_VIOLATION,
+        f"{found.describe()} '{policy.name}' (line {found.line})",
+        frames=(Frame(line=found.line, column=found.column, source_line=source),),
+        details={"rule": found.rule, "target": found.target},
+    )
+    return ExecutionResult.failed(failure, backend=backend)
+
+
+def new_execution_id() -> str:
+    return "exe_" + os.urandom(16).hex()
+
+
+def _check_tools(tools: tuple[ToolDecl, ...]) -> None:
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRequest(f"at most {MAX_TOOLS} tools may be declared", field="tools")
+    seen: set[str] = set()
+    for tool in tools:
+        if not tool.name.isidentifier() or len(tool.name) > _MAX_TOOL_NAME:
+            raise InvalidRequest(
+                f"tool name {tool.name!r} is not a Python identifier", field="tools"
+            )
+        if tool.name in seen:
+            raise InvalidRequest(f"tool {tool.name!r} is declared twice", field="tools")
+        seen.add(tool.name)

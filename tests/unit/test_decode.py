@@ -1,0 +1,62 @@
+"""Wire requests into the core's Request: every bad field is INVALID_REQUEST naming it."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox.edge.decode import request_of, run_start_of
+from sandbox.errors import InvalidRequest
+from sandbox_client.protocol import Backend, Limits
+from sandbox_client.protocol.v1 import sandbox_pb2
+
+
+def test_a_request_decodes_with_its_fields() -> None:
+    msg = sandbox_pb2.ExecuteRequest(
+        code="x + 1",
+        backend=sandbox_pb2.MONTY,
+        policy="p",
+        inputs_json='{"x": 41}',
+        limits=sandbox_pb2.Limits(memory_bytes=1024),
+        idempotency_key="k",
+    )
+    request = request_of(msg, tenant="t")
+    assert request.backend is Backend.MONTY and request.inputs == {"x": 41}
+    assert request.limits == Limits(memory_bytes=1024) and request.tenant == "t"
+    assert request.inputs_size == len('{"x": 41}') and not request.is_tool_run
+
+
+@pytest.mark.parametrize(
+    ("msg", "field"),
+    [
+        (sandbox_pb2.ExecuteRequest(code="a\x00b"), "code"),
+        (sandbox_pb2.ExecuteRequest(code="1", backend=99), "backend"),  # type: ignore[arg-type]
+        (sandbox_pb2.ExecuteRequest(code="1", inputs_json="{"), "inputs_json"),
+        (sandbox_pb2.ExecuteRequest(code="1", inputs_json="[1]"), "inputs_json"),
+        (sandbox_pb2.ExecuteRequest(code="1", inputs_json='{"not valid": 1}'), "inputs_json"),
+        (sandbox_pb2.ExecuteRequest(code="1", inputs_json="[" * 100_000), "inputs_json"),
+        (
+            sandbox_pb2.ExecuteRequest(code="1", limits=sandbox_pb2.Limits(pids=-1)),
+            "limits.pids",
+        ),
+    ],
+)
+def test_bad_fields_are_refused_by_name(msg: sandbox_pb2.ExecuteRequest, field: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        request_of(msg, tenant="t")
+    assert refused.value.field == field
+
+
+def test_a_run_must_start_with_start() -> None:
+    for first in (None, object(), sandbox_pb2.RunRequest(tool_result=sandbox_pb2.ToolResult())):
+        with pytest.raises(InvalidRequest) as refused:
+            run_start_of(first, tenant="t")
+        assert refused.value.field == "start"
+    start = sandbox_pb2.RunRequest(
+        start=sandbox_pb2.RunStart(
+            request=sandbox_pb2.ExecuteRequest(code="f()"),
+            tools=[sandbox_pb2.ToolSpec(name="f", is_async=True)],
+        )
+    )
+    request = run_start_of(start, tenant="t")
+    assert request.is_tool_run and request.method == "Run"
+    assert [(t.name, t.is_async) for t in request.tools or ()] == [("f", True)]

@@ -1,0 +1,121 @@
+"""The SQLite journal store and Durability.once on their own, with a fake clock and a
+`run` that counts: no server, no backend."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from sandbox.core.request import Request
+from sandbox.durable.durability import Durability
+from sandbox.durable.journal import Checkpoint, Entry, Pinned, SqliteJournal, ToolAnswer
+from sandbox.errors import InvalidRequest
+from sandbox_client.protocol import ExecutionResult, Failure, FailureKind
+
+PINNED = Pinned(time_iso="2025-01-01T00:00:00", seed=7)
+
+
+def store(tmp_path: Path) -> SqliteJournal:
+    return SqliteJournal(tmp_path / "journal.sqlite3")
+
+
+def test_claim_inserts_once_and_then_finds(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    _, created = s.claim("t", "k", digest="d", owner="o1", pinned=PINNED, now=1.0)
+    again, created_again = s.claim("t", "k", digest="d", owner="o2", pinned=PINNED, now=2.0)
+    assert created and not created_again
+    assert again.owner == "o1" and again.state == "running" and again.pinned == PINNED
+
+
+def test_answers_and_checkpoints_survive_a_reopen_and_finish_drops_them(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.claim("t", "k", digest="d", owner="o", pinned=PINNED, now=1.0)
+    answer = ToolAnswer(
+        seq=1, name="f", args_json="[]", kwargs_json="{}", answer_json='{"value": 1}'
+    )
+    s.record_answer("t", "k", answer, now=2.0)
+    s.save_checkpoint(
+        "t", "k", Checkpoint(seq=1, blob=b"x", mac=b"m", output={"stdout": "hi"}), now=3.0
+    )
+    s.close()
+    reopened = store(tmp_path)
+    entry = reopened.get("t", "k")
+    assert entry is not None and entry.state == "suspended"
+    assert entry.answers == {1: answer}
+    assert entry.checkpoint is not None and entry.checkpoint.output == {"stdout": "hi"}
+    reopened.finish("t", "k", result_json="{}", now=4.0)
+    done = reopened.get("t", "k")
+    assert (
+        done is not None and done.state == "done" and not done.answers and done.checkpoint is None
+    )
+
+
+def test_tenants_do_not_share_keys(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.claim("a", "k", digest="d", owner="o", pinned=PINNED, now=1.0)
+    assert s.get("b", "k") is None
+
+
+def test_purge_deletes_only_what_is_older_than_retention(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.claim("t", "old", digest="d", owner="o", pinned=PINNED, now=1.0)
+    s.claim("t", "new", digest="d", owner="o", pinned=PINNED, now=100.0)
+    assert s.purge(before=50.0) == 1
+    assert s.get("t", "old") is None and s.get("t", "new") is not None
+
+
+def _durability(tmp_path: Path) -> Durability:
+    return Durability(store(tmp_path), checkpoint_key=b"k", retention_s=60, clock=lambda: 1.0)
+
+
+def _ok(n: int) -> ExecutionResult:
+    return ExecutionResult(ok=True, result_json=str(n))
+
+
+async def test_once_runs_a_key_once_and_replays_it(tmp_path: Path) -> None:
+    durability = _durability(tmp_path)
+    runs: list[Entry] = []
+
+    async def run(entry: Entry) -> ExecutionResult:
+        runs.append(entry)
+        await asyncio.sleep(0.01)
+        return _ok(len(runs))
+
+    request = Request(code="1", idempotency_key="k")
+    results = await asyncio.gather(*(durability.once(request, run) for _ in range(10)))
+    assert len(runs) == 1
+    assert [r.result for r in results].count(1) == 10
+    assert sum(r.replayed for r in results) == 9
+    await durability.stop()
+
+
+async def test_a_different_request_under_a_used_key_is_invalid(tmp_path: Path) -> None:
+    durability = _durability(tmp_path)
+
+    async def run(entry: Entry) -> ExecutionResult:
+        return _ok(1)
+
+    await durability.once(Request(code="1", idempotency_key="k"), run)
+    with pytest.raises(InvalidRequest) as refused:
+        await durability.once(Request(code="2", idempotency_key="k"), run)
+    assert refused.value.field == "idempotency_key"
+    await durability.stop()
+
+
+async def test_a_retryable_failure_is_forgotten_so_the_retry_runs(tmp_path: Path) -> None:
+    durability = _durability(tmp_path)
+    answers = [
+        ExecutionResult.failed(Failure.of(FailureKind.SANDBOX_CRASH, "lost")),
+        _ok(2),
+    ]
+
+    async def run(entry: Entry) -> ExecutionResult:
+        return answers.pop(0)
+
+    request = Request(code="1", idempotency_key="k")
+    first = await durability.once(request, run)
+    second = await durability.once(request, run)
+    assert first.failure is not None and second.ok and not second.replayed
+    await durability.stop()
