@@ -59,7 +59,12 @@ ChannelT = TypeVar("ChannelT", grpc.Channel, grpc.aio.Channel)
 
 
 class BaseClient(Generic[ChannelT]):
-    """What SandboxClient and AsyncSandboxClient share: all but the calls."""
+    """What SandboxClient and AsyncSandboxClient share: all but the calls. (The pure
+    pieces both use, building requests and reading answers, are functions in _request and
+    _tool_run.)"""
+
+    # Each twin's channel factory (_auth): grpc's blocking channel or grpc.aio's.
+    _connect: ClassVar[Callable[..., Any]]
 
     def __init__(
         self,
@@ -76,13 +81,10 @@ class BaseClient(Generic[ChannelT]):
         channel TLS."""
         self.target = target
         self.timeout_s = timeout_s
-        self._channel: ChannelT = type(self)._connect(
+        self._channel: ChannelT = self._connect(
             target, channel_options, api_key=api_key, credentials=credentials
         )
         self._stub = ServiceStub(self._channel)
-
-    # Each twin's channel factory (_auth): grpc's blocking channel or grpc.aio's.
-    _connect: ClassVar[Callable[..., Any]]
 
     def _deadline(self, options: ExecuteOptions) -> float | None:
         return options.get("timeout_s") or self.timeout_s
@@ -91,6 +93,12 @@ class BaseClient(Generic[ChannelT]):
         self, code: str, options: ExecuteOptions
     ) -> sandbox_pb2.ExecuteStreamRequest:
         return sandbox_pb2.ExecuteStreamRequest(request=execute_request(code, **options))
+
+    def _run_start(
+        self, code: str, tools: Tools, options: ExecuteOptions
+    ) -> sandbox_pb2.RunRequest:
+        """The Run stream's first message: the request and the tools' declarations."""
+        return start_message(execute_request(code, **options), tools)
 
     def _run_state(
         self, code: str, recovery: RecoveryPolicy | None, can_repair: bool, options: ExecuteOptions
@@ -161,7 +169,7 @@ class SandboxClient(BaseClient[grpc.Channel]):
         the Run stream, with no recovery: run(tools=...) adds retries that resume the run
         where it stopped. Tools are called one at a time, in this thread."""
         outgoing: queue.Queue[sandbox_pb2.RunRequest | None] = queue.Queue()
-        outgoing.put(start_message(execute_request(code, **options), tools))
+        outgoing.put(self._run_start(code, tools, options))
 
         def requests() -> Iterator[sandbox_pb2.RunRequest]:
             while (msg := outgoing.get()) is not None:
@@ -260,6 +268,7 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
     def execute_stream(
         self, code: str, **options: Unpack[ExecuteOptions]
     ) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        """As SandboxClient.execute_stream, iterated with `async for`."""
         return self._stream(self._stream_request(code, options), self._deadline(options))
 
     async def _stream(
@@ -287,7 +296,7 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
                 await call.write(reply)
 
         try:
-            await call.write(start_message(execute_request(code, **options), tools))
+            await call.write(self._run_start(code, tools, options))
             while (msg := await call.read()) is not grpc.aio.EOF:
                 event = event_of(msg)
                 if isinstance(event, ExecutionResult):

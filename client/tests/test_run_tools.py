@@ -88,10 +88,14 @@ async def test_async_run_tools_answers_gathered_calls_concurrently(
     assert took < 0.9  # the two 0.5 s calls overlapped (one after the other: 1 s)
 
 
-def test_an_unknown_option_is_refused_before_any_call(client: SandboxClient) -> None:
+def test_an_unknown_option_is_a_type_error(client: SandboxClient) -> None:
+    # The options are a TypedDict, which nothing checks when the code runs; a typo must
+    # still fail loudly, as a misspelt keyword argument would.
     with pytest.raises(TypeError, match="'backnd'"):
         client.run_tools("1", tools={}, backnd="monty")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="'backnd'"):
         client.execute("1", backnd="monty")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="'backnd'"):
         client.execute_stream("1", backnd="monty")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'backnd'"):
+        client.run("1", backnd="monty")  # type: ignore[call-arg]

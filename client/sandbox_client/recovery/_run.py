@@ -49,7 +49,9 @@ def _settle(state: RunState, request: Request, result: ExecutionResult) -> Step:
     return step
 
 
-def _repair_answer(repair: Any, state: RunState, step: Step) -> tuple[Any, Exception | None]:
+def _repair_answer(
+    repair: AsyncRepairFn | None, state: RunState, step: Step
+) -> tuple[object, Exception | None]:
     """Calls the repair function for `step`'s failure: (its answer, None), or (None,
     what it raised). The answer may be an awaitable, for the async twin to await."""
     assert repair is not None and step.failure is not None
@@ -125,8 +127,8 @@ async def run_async(
 
 
 async def _repair_answer_async(
-    repair: Any, state: RunState, step: Step
-) -> tuple[Any, Exception | None]:
+    repair: AsyncRepairFn | None, state: RunState, step: Step
+) -> tuple[object, Exception | None]:
     answer, error = _repair_answer(repair, state, step)
     if error is not None:
         return None, error
