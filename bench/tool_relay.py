@@ -85,8 +85,11 @@ def container(runs: int, calls: int, n: int) -> None:
 
         def tool_run(code: str) -> Callable[[], bool]:
             def run() -> bool:
-                result = client._run_tools(
-                    {"noop": noop}, code, backend="container", idempotency_key=uuid.uuid4().hex
+                result = client.run_tools(
+                    code,
+                    tools={"noop": noop},
+                    backend="container",
+                    idempotency_key=uuid.uuid4().hex,
                 )
                 assert result.ok, result.failure
                 return True
@@ -122,8 +125,8 @@ def monty(runs: int, calls: int, n: int) -> None:
 
         def tool_run(code: str) -> float:
             started = time.perf_counter()
-            result = client._run_tools(
-                {"noop": noop}, code, backend="monty", idempotency_key=uuid.uuid4().hex
+            result = client.run_tools(
+                code, tools={"noop": noop}, backend="monty", idempotency_key=uuid.uuid4().hex
             )
             elapsed = time.perf_counter() - started
             assert result.ok, result.failure

@@ -3,12 +3,10 @@ its own so blocking clients and asyncio tests can both talk to it."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import signal
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from sandbox.app import SandboxServer, new_event_loop
+from sandbox.app import new_event_loop
 from sandbox.config import Settings
 from sandbox_client import SandboxClient
+from sandbox_client.testing import InProcessServer
 
 REPO = Path(__file__).resolve().parent.parent
 # ../shared/corpora beside the repository, or wherever SANDBOX_CORPORA points (a clone
@@ -27,29 +26,11 @@ CORPORA = Path(os.environ.get("SANDBOX_CORPORA") or REPO.parent / "shared" / "co
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-class ServerThread:
-    """A SandboxServer running on its own event loop in a daemon thread."""
+class ServerThread(InProcessServer):
+    """The SDK's in-process test server, on the loop `sandbox serve` uses."""
 
     def __init__(self, settings: Settings) -> None:
-        self.server = SandboxServer(settings)
-        self.loop = new_event_loop(settings.server.event_loop)  # the loop `sandbox serve` uses
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        port = self.call(self.server.start())
-        self.address = f"127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.call(self.server.stop(grace_s=1))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
-        gc.collect()
-
-    def call(self, coro: Any, timeout: float = 60) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        super().__init__(settings, loop_factory=lambda: new_event_loop(settings.server.event_loop))
 
 
 def test_settings(**sections: dict[str, Any]) -> Settings:

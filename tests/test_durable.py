@@ -235,7 +235,7 @@ def test_an_uncaught_tool_error_is_tool_error(durable_server: ServerThread) -> N
         raise ValueError("upstream said no")
 
     with SandboxClient(durable_server.address) as client:
-        result = client._run_tools({"flaky": flaky}, "x = 1\nflaky()\n")
+        result = client.run_tools("x = 1\nflaky()\n", tools={"flaky": flaky})
     failure = result.failure
     assert failure is not None and failure.kind is FailureKind.TOOL_ERROR
     assert failure.exception_type == "ValueError"
@@ -246,7 +246,7 @@ def test_an_uncaught_tool_error_is_tool_error(durable_server: ServerThread) -> N
 def test_too_many_host_calls_say_so_with_the_cap(durable_server: ServerThread) -> None:
     code = "total = 0\nfor i in range(1200):\n    total += ping(i)\ntotal"
     with SandboxClient(durable_server.address, timeout_s=120) as client:
-        result = client._run_tools({"ping": lambda i: 1}, code)
+        result = client.run_tools(code, tools={"ping": lambda i: 1})
     failure = result.failure
     assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR
     assert failure.details == {"limit": "host_calls", "limit_value": "1000"}
@@ -277,7 +277,7 @@ async def test_async_tools_the_code_gathers_run_concurrently(
 
 def test_undeclared_names_are_name_errors(durable_server: ServerThread) -> None:
     with SandboxClient(durable_server.address) as client:
-        result = client._run_tools({}, "secret_tool(1)")
+        result = client.run_tools("secret_tool(1)", tools={})
     assert result.failure is not None and result.failure.kind is FailureKind.RUNTIME_ERROR
     assert result.failure.exception_type == "NameError"
 
@@ -290,8 +290,8 @@ def test_random_is_seeded_per_execution_and_time_passes(durable_server: ServerTh
         "[time.time() - a, random.random(), ping()]"
     )
     with SandboxClient(durable_server.address) as client:
-        a = client._run_tools({"ping": lambda: 1}, code, idempotency_key="k-pin-a")
-        b = client._run_tools({"ping": lambda: 1}, code, idempotency_key="k-pin-b")
+        a = client.run_tools(code, tools={"ping": lambda: 1}, idempotency_key="k-pin-a")
+        b = client.run_tools(code, tools={"ping": lambda: 1}, idempotency_key="k-pin-b")
     assert a.ok and b.ok
     assert a.result[0] >= 0.2  # clock reads are journaled, not frozen
     assert a.result[1] != b.result[1]  # seeded per execution, not a global constant
@@ -310,7 +310,7 @@ def test_clock_readings_are_journaled(durable_server: ServerThread) -> None:
 
     code = "import time\nt = time.time()\nprobe()\nt"
     with SandboxClient(durable_server.address) as client:
-        result = client._run_tools({"probe": probe}, code, idempotency_key="k-clock")
+        result = client.run_tools(code, tools={"probe": probe}, idempotency_key="k-clock")
     assert result.ok and seen == [result.result]
 
 
@@ -393,7 +393,7 @@ def test_a_tampered_checkpoint_is_corrupt_state(durable_server: ServerThread) ->
         db.execute("UPDATE executions SET checkpoint = ? WHERE key = 'k-tamper'", (bytes(flipped),))
     counter = Counter()
     with SandboxClient(durable_server.address) as client:
-        corrupt = client._run_tools(counter.tools(), THREE_TOOLS, idempotency_key="k-tamper")
+        corrupt = client.run_tools(THREE_TOOLS, tools=counter.tools(), idempotency_key="k-tamper")
         assert corrupt.failure is not None
         assert corrupt.failure.kind is FailureKind.CORRUPT_STATE
         assert corrupt.failure.retryable

@@ -37,7 +37,7 @@ def tserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 def test_a_tool_run_without_credentials_is_refused(tserver: ServerThread) -> None:
     called = []
     with SandboxClient(tserver.address, timeout_s=30) as anonymous:
-        result = anonymous._run_tools({"ping": lambda: called.append(1)}, "ping()")
+        result = anonymous.run_tools("ping()", tools={"ping": lambda: called.append(1)})
     assert result.failure is not None and result.failure.grpc_code == "UNAUTHENTICATED"
     assert called == []
 
@@ -51,7 +51,7 @@ def test_the_same_key_under_two_tenants_is_two_executions(tserver: ServerThread)
             return who
 
         with SandboxClient(tserver.address, timeout_s=30, api_key=api_key) as c:
-            return c._run_tools({"whoami": whoami}, code, idempotency_key="shared-key")
+            return c.run_tools(code, tools={"whoami": whoami}, idempotency_key="shared-key")
 
     a = run_as(KEY_A, "a", "whoami()")
     b = run_as(KEY_B, "b", "[whoami()]")  # other code: no conflict across tenants
@@ -66,8 +66,8 @@ def test_the_same_key_under_two_tenants_is_two_executions(tserver: ServerThread)
 def test_tool_runs_are_audited(tmp_path: Path) -> None:
     with running_server(audit={"dir": tmp_path / "audit"}) as srv:
         with SandboxClient(srv.address, timeout_s=30) as c:
-            done = c._run_tools({"ping": lambda: 1}, "ping()", idempotency_key="k-audit")
-            again = c._run_tools({"ping": lambda: 1}, "ping()", idempotency_key="k-audit")
+            done = c.run_tools("ping()", tools={"ping": lambda: 1}, idempotency_key="k-audit")
+            again = c.run_tools("ping()", tools={"ping": lambda: 1}, idempotency_key="k-audit")
         assert done.ok and again.replayed
         assert srv.server.audit is not None
         srv.server.audit.flush()

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox_client import EscalationRequired, Outcome, RecoveryPolicy, SandboxClient
+from sandbox_client import EscalationRequired, RecoveryPolicy, SandboxClient
+from sandbox_client.recovery import Outcome
 
 SCHEMA_FILE = Path(__file__).with_name("execute_code.json")
 

@@ -1,26 +1,14 @@
-"""Client SDK for the sandbox service: run agent code, get classified outcomes."""
+"""Client SDK for the sandbox service: run agent code, get classified outcomes.
+
+The root holds the first-time path: the two clients, the result and its failure, the
+limits to ask for, the exceptions, and RecoveryPolicy for run(). The rest of run()'s
+vocabulary is in `sandbox_client.recovery`, the wire contract in
+`sandbox_client.protocol`, and a kit for tests in `sandbox_client.testing`."""
 
 from ._client import AsyncSandboxClient, SandboxClient
-from ._recovery import (
-    DEFAULT_ACTIONS,
-    DEFAULT_BUDGETS,
-    Abort,
-    ApproveCode,
-    ApprovePolicy,
-    Attempt,
-    Escalation,
-    EscalationRequired,
-    Outcome,
-    RecoveryAction,
-    RecoveryPolicy,
-    Resolution,
-    TerminalPrompt,
-    raise_escalation,
-)
-from ._recovery_run import EscalationHandler, RepairFn
-from ._request import OutputChunk, SandboxError, Session
+from ._exceptions import EscalationRequired, ExecutionFailed, RequestRefused, SandboxError
+from ._request import OutputChunk, Session
 from .protocol.models import (
-    KIND_DEFAULTS,
     Backend,
     ExecutionResult,
     Failure,
@@ -30,36 +18,32 @@ from .protocol.models import (
     SuggestedAction,
     Usage,
 )
+from .recovery._models import RecoveryPolicy
 
 __all__ = [
-    "DEFAULT_ACTIONS",
-    "DEFAULT_BUDGETS",
-    "KIND_DEFAULTS",
-    "Abort",
-    "ApproveCode",
-    "ApprovePolicy",
     "AsyncSandboxClient",
-    "Attempt",
     "Backend",
-    "Escalation",
-    "EscalationHandler",
     "EscalationRequired",
+    "ExecutionFailed",
     "ExecutionResult",
     "Failure",
     "FailureKind",
     "Frame",
     "Limits",
-    "Outcome",
     "OutputChunk",
-    "RecoveryAction",
     "RecoveryPolicy",
-    "RepairFn",
-    "Resolution",
+    "RequestRefused",
     "SandboxClient",
     "SandboxError",
     "Session",
     "SuggestedAction",
-    "TerminalPrompt",
     "Usage",
-    "raise_escalation",
 ]
+
+# Tracebacks and reprs name the module a user imports from, as httpx does:
+# sandbox_client.Failure, not sandbox_client.protocol.models.Failure.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith(f"{__name__}."):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,15 +1,17 @@
-"""What the sync and async clients share: building requests and reading answers."""
+"""What the sync and async clients share: their options, building requests and reading
+answers. No I/O here."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import grpc
 from pydantic import BaseModel, ConfigDict
 
+from ._exceptions import RequestRefused
 from .protocol.convert import (
     backend_from_proto,
     backend_to_proto,
@@ -34,6 +36,9 @@ class OutputChunk(BaseModel):
 
 
 class Session(BaseModel):
+    """A session from create_session(): pass `session_id` to execute() to run in its
+    state."""
+
     model_config = ConfigDict(frozen=True)
 
     session_id: str
@@ -42,36 +47,57 @@ class Session(BaseModel):
     idle_timeout_ms: int
 
 
-class SandboxError(Exception):
-    """A request the server refused outright (no result to return), e.g. CreateSession."""
+class ExecuteOptions(TypedDict, total=False):
+    """The keyword options of execute(), execute_stream(), run() and run_tools(), on both
+    clients: one list, so the four methods and the two twins cannot drift. Left out, each
+    takes the value in DEFAULT_OPTIONS."""
 
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(f"{failure.kind.value}: {failure.message}")
-        self.failure = failure
+    backend: BackendName  # "auto": Monty, then a container where the policy allows it
+    policy: str  # the server's execution policy by name; "": the default one
+    inputs: Mapping[str, Any] | None  # JSON values, each bound as a variable first
+    stdin: str  # what input() reads
+    limits: Limits | None  # lower than the policy's only; None keeps the policy's
+    session_id: str  # run inside this session's state (create_session)
+    # None: a fresh key. The same key asks the server's journal for the same execution.
+    idempotency_key: str | None
+    timeout_s: float | None  # this call's deadline; None: the client's timeout_s
 
 
-def execute_request(
-    code: str,
-    *,
-    backend: BackendName = Backend.AUTO,
-    policy: str = "",
-    inputs: Mapping[str, Any] | None = None,
-    stdin: str = "",
-    limits: Limits | None = None,
-    session_id: str = "",
-    idempotency_key: str | None = None,
-) -> sandbox_pb2.ExecuteRequest:
+DEFAULT_OPTIONS: ExecuteOptions = {
+    "backend": Backend.AUTO,
+    "policy": "",
+    "inputs": None,
+    "stdin": "",
+    "limits": None,
+    "session_id": "",
+    "idempotency_key": None,
+    "timeout_s": None,
+}
+
+
+def complete(options: ExecuteOptions) -> ExecuteOptions:
+    """`options` with every key set. A TypedDict is not checked when the code runs, so an
+    unknown key (a typo) is refused here, as a misspelt keyword argument would be."""
+    unknown = sorted(options.keys() - DEFAULT_OPTIONS.keys())
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    return {**DEFAULT_OPTIONS, **options}
+
+
+def execute_request(code: str, **options: Unpack[ExecuteOptions]) -> sandbox_pb2.ExecuteRequest:
+    given = complete(options)
+    inputs = given["inputs"]
     return sandbox_pb2.ExecuteRequest(
         code=code,
-        backend=backend_to_proto(Backend(backend)),
-        policy=policy,
+        backend=backend_to_proto(Backend(given["backend"])),
+        policy=given["policy"],
         inputs_json=json.dumps(dict(inputs)) if inputs else "",
-        stdin=stdin,
-        limits=limits_to_proto(limits),
-        session_id=session_id,
+        stdin=given["stdin"],
+        limits=limits_to_proto(given["limits"]),
+        session_id=given["session_id"],
         # Every logical execution carries a key, so a retry can be answered from the
         # server's journal instead of running the code twice.
-        idempotency_key=idempotency_key or "idk_" + uuid.uuid4().hex,
+        idempotency_key=given["idempotency_key"] or "idk_" + uuid.uuid4().hex,
     )
 
 
@@ -113,6 +139,11 @@ class RequestFailure(Failure):
 def grpc_code(failure: Failure | None) -> str:
     """The gRPC status a failure came back as, "" for a failure inside a result."""
     return failure.grpc_code if isinstance(failure, RequestFailure) else ""
+
+
+def refused(error: grpc.RpcError) -> RequestRefused:
+    """A request with no result to carry its failure (sessions): the exception to raise."""
+    return RequestRefused(failure_of(error))
 
 
 def failure_of(error: grpc.RpcError) -> Failure:

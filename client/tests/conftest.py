@@ -15,6 +15,7 @@ if str(REPO) not in sys.path:
 
 from sandbox.policy.model import MiB, Policy, PolicyRegistry  # noqa: E402
 from sandbox_client import Backend, RecoveryPolicy, SandboxClient  # noqa: E402
+from sandbox_client.testing import sandbox_server  # noqa: E402
 from tests.conftest import (  # noqa: E402
     IN_CI,
     ServerThread,
@@ -22,7 +23,7 @@ from tests.conftest import (  # noqa: E402
     running_server,
 )
 
-__all__ = ["MiB", "ServerThread", "kill_monty_workers", "running_server"]
+__all__ = ["MiB", "ServerThread", "kill_monty_workers", "running_server", "sandbox_server"]
 
 # Real waits, but short ones, so the suite stays fast.
 FAST = RecoveryPolicy(wait_initial_s=0.05, wait_max_s=0.5, wait_jitter_s=0.05, max_total_s=60)

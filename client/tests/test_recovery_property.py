@@ -14,22 +14,19 @@ from hypothesis import strategies as st
 from test_recovery_unit import Script
 
 from sandbox_client import (
-    KIND_DEFAULTS,
-    Abort,
-    ApproveCode,
-    ApprovePolicy,
     Backend,
     EscalationRequired,
     ExecutionResult,
     Failure,
     FailureKind,
     Limits,
-    RecoveryAction,
     RecoveryPolicy,
 )
-from sandbox_client._recovery_run import new_state, run_sync
-from sandbox_client._recovery_state import code_sha256
 from sandbox_client._request import RequestFailure
+from sandbox_client.protocol import KIND_DEFAULTS
+from sandbox_client.recovery import Abort, ApproveCode, ApprovePolicy, RecoveryAction
+from sandbox_client.recovery._run import run_sync
+from sandbox_client.recovery._state import RunState, code_sha256
 
 A = RecoveryAction
 FIELDS = ["", "", "", "backend", "limits.memory_bytes", "limits.wall_time_ms", "policy"]
@@ -118,26 +115,16 @@ def test_no_code_is_rerun_after_failing_for_its_own_reason(
         budget_per_kind={k: budget for k in FailureKind},
         max_escalations=3,
     )
-    state = new_state(
+    state = RunState(
         "code start",
         recovery=recovery,
-        backend=backend,
-        policy="",
-        limits=limits,
-        session_id="",
-        idempotency_key=None,
-        timeout_s=5,
+        options={"backend": backend, "limits": limits, "timeout_s": 5},
         can_repair=with_repair,
     )
     with stamina.set_testing(True, attempts=100, cap=True):  # no sleeping in here
         try:
             outcome = run_sync(
-                script,
-                state,
-                repair=repair if with_repair else None,
-                escalate=escalate,
-                inputs=None,
-                stdin="",
+                script, state, repair=repair if with_repair else None, escalate=escalate
             )
             attempts = outcome.attempts
         except EscalationRequired as raised:

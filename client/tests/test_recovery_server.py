@@ -20,18 +20,15 @@ from conftest import (
 
 from sandbox.access.tenants import new_api_key
 from sandbox_client import (
-    Abort,
-    ApprovePolicy,
     AsyncSandboxClient,
     Backend,
-    Escalation,
     EscalationRequired,
     Failure,
     FailureKind,
     Limits,
-    RecoveryAction,
     SandboxClient,
 )
+from sandbox_client.recovery import Abort, ApprovePolicy, Escalation, RecoveryAction
 
 A = RecoveryAction
 K = FailureKind

@@ -14,21 +14,24 @@ import stamina
 from pydantic import ValidationError
 
 from sandbox_client import (
-    Abort,
-    ApproveCode,
     Backend,
-    Escalation,
     EscalationRequired,
     ExecutionResult,
     Failure,
     FailureKind,
     Limits,
+    RecoveryPolicy,
+)
+from sandbox_client.recovery import (
+    Abort,
+    ApproveCode,
+    Escalation,
     Outcome,
     RecoveryAction,
-    RecoveryPolicy,
     TerminalPrompt,
 )
-from sandbox_client._recovery_run import new_state, run_sync
+from sandbox_client.recovery._run import run_sync
+from sandbox_client.recovery._state import RunState
 
 A = RecoveryAction
 K = FailureKind
@@ -60,18 +63,9 @@ def failed(kind: FailureKind, *, ran: bool = True, **fields: Any) -> ExecutionRe
 def run(script: Script, code: str = "x", recovery: RecoveryPolicy = QUICK, **kw: Any) -> Outcome:
     repair = kw.pop("repair", None)
     escalate = kw.pop("escalate", None)
-    state = new_state(
-        code,
-        recovery=recovery,
-        backend=kw.pop("backend", Backend.AUTO),
-        policy=kw.pop("policy", ""),
-        limits=kw.pop("limits", None),
-        session_id=kw.pop("session_id", ""),
-        idempotency_key=kw.pop("idempotency_key", None),
-        timeout_s=kw.pop("timeout_s", 10.0),
-        can_repair=repair is not None,
-    )
-    return run_sync(script, state, repair=repair, escalate=escalate, inputs=None, stdin="")
+    options = {"backend": Backend.AUTO, "timeout_s": 10.0, **kw}  # the rest: execute()'s
+    state = RunState(code, recovery=recovery, options=options, can_repair=repair is not None)
+    return run_sync(script, state, repair=repair, escalate=escalate)
 
 
 def test_throttled_waits_at_least_retry_after_ms() -> None:

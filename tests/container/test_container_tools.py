@@ -64,7 +64,7 @@ def both(engine: docker.DockerClient) -> Iterator[ServerThread]:
 
 def container_run(srv: ServerThread, code: str, tools: dict[str, Any], **fields: Any) -> Any:
     with SandboxClient(srv.address, timeout_s=60) as client:
-        return client._run_tools(tools, code, backend="container", **fields)
+        return client.run_tools(code, tools=tools, backend="container", **fields)
 
 
 def test_a_container_tool_run_returns_what_monty_returns(both: ServerThread) -> None:
@@ -216,12 +216,12 @@ def test_auto_falls_back_only_before_the_first_tool_call(both: ServerThread) -> 
     tools = counter.tools()
     code = "import zipfile\nstep_one(zipfile.ZIP_STORED)"
     with SandboxClient(both.address, timeout_s=60) as client:
-        moved = client._run_tools(tools, code, backend="auto")
+        moved = client.run_tools(code, tools=tools, backend="auto")
         assert moved.ok, moved.failure
         assert moved.result == 10
         assert (moved.backend, moved.fallback_from) == (Backend.CONTAINER, Backend.MONTY)
         # Monty called a tool before it met what it lacks: no second run elsewhere.
-        stays = client._run_tools(tools, "step_one(1)\nimport zipfile\n1", backend="auto")
+        stays = client.run_tools("step_one(1)\nimport zipfile\n1", tools=tools, backend="auto")
     assert stays.failure is not None and stays.failure.kind is FailureKind.UNSUPPORTED
     assert stays.backend is Backend.MONTY
     assert counter.calls == {"step_one": 2}

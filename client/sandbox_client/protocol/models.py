@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .._exceptions import ExecutionFailed
+
 
 class Backend(enum.StrEnum):
     AUTO = "auto"
@@ -161,3 +163,11 @@ class ExecutionResult(BaseModel):
     def failed(cls, failure: Failure, **fields: Any) -> ExecutionResult:
         fields.setdefault("exit_code", 1)
         return cls(ok=False, failure=failure, **fields)
+
+    def raise_for_failure(self) -> ExecutionResult:
+        """Returns this result when it is ok, so calls chain
+        (`client.execute(code).raise_for_failure().result`); raises ExecutionFailed,
+        carrying it, when it is not."""
+        if not self.ok:
+            raise ExecutionFailed(self)
+        return self

@@ -1,6 +1,6 @@
 """The recovery decisions, without I/O: one RunState per `run()` call, fed each result and
-asked what to do next. The sync and async drivers (_recovery_run) only carry out what it
-says, so both behave the same by construction and the property tests exercise this."""
+asked what to do next. The sync and async drivers (_run) only carry out what it says, so
+both behave the same by construction and the property tests exercise this."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
-from ._recovery import (
+from .._request import ExecuteOptions, complete, grpc_code
+from ..protocol.models import Backend, ExecutionResult, Failure, FailureKind, Limits
+from ._models import (
     RESIZABLE,
     Abort,
     ApproveCode,
@@ -27,8 +29,6 @@ from ._recovery import (
     Resolution,
     summarize,
 )
-from ._request import grpc_code
-from .protocol.models import Backend, ExecutionResult, Failure, FailureKind, Limits
 
 A = RecoveryAction
 
@@ -47,26 +47,28 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    code: str
-    backend: Backend
-    policy: str
-    limits: Limits | None
-    idempotency_key: str
-    timeout_s: float | None
+    """One attempt to send: the code and the options execute() takes, as run() has them
+    now (backend, limits and key change between attempts; the rest as the caller gave)."""
 
-    def kwargs(
-        self, inputs: Mapping[str, Any] | None, stdin: str, session_id: str
-    ) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "policy": self.policy,
-            "inputs": inputs,
-            "stdin": stdin,
-            "limits": self.limits,
-            "session_id": session_id,
-            "idempotency_key": self.idempotency_key,
-            "timeout_s": self.timeout_s,
-        }
+    code: str
+    options: ExecuteOptions
+    started: float  # the state's clock when the attempt began
+
+    @property
+    def backend(self) -> Backend:
+        return Backend(self.options["backend"])
+
+    @property
+    def policy(self) -> str:
+        return self.options["policy"]
+
+    @property
+    def limits(self) -> Limits | None:
+        return self.options["limits"]
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.options["idempotency_key"] or ""
 
 
 Signature = tuple[str, Backend, str, str]
@@ -102,22 +104,21 @@ class RunState:
         code: str,
         *,
         recovery: RecoveryPolicy,
-        backend: Backend,
-        policy: str,
-        limits: Limits | None,
-        session_id: str,
-        idempotency_key: str | None,
-        timeout_s: float | None,
+        options: ExecuteOptions,
         can_repair: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`options` are execute()'s, as the caller gave them to run(); `timeout_s`
+        among them bounds each attempt."""
+        given = complete(options)
         self.recovery = recovery
         self.code = code
-        self.backend = backend
-        self.policy = policy
-        self.limits = limits
-        self.session_id = session_id
-        self.timeout_s = timeout_s
+        self.backend = Backend(given["backend"])
+        self.policy = given["policy"]
+        self.limits = given["limits"]
+        self.session_id = given["session_id"]
+        self.timeout_s = given["timeout_s"]
+        self._given = given  # inputs and stdin go out as they came
         self.can_repair = can_repair
         self._clock = clock
         self.started = clock()
@@ -135,14 +136,11 @@ class RunState:
         self._last_failure: Failure | None = None
         self._escalation_reason = ""
         self._budget_gone = False
-        self._key_base = idempotency_key or "idk_" + uuid.uuid4().hex
+        self._key_base = given["idempotency_key"] or "idk_" + uuid.uuid4().hex
         self._key_index = 0
         self._keep_key = True
         self._last_end = 0.0
         self._deadline_cut = False
-
-    def now(self) -> float:
-        return self._clock()
 
     # -- budgets -------------------------------------------------------------------
 
@@ -188,20 +186,21 @@ class RunState:
         remaining = self.remaining_s()
         timeout = self.timeout_s if self.timeout_s is not None else math.inf
         self._deadline_cut = remaining < timeout
-        return Request(
-            code=self.code,
-            backend=self.backend,
-            policy=self.policy,
-            limits=self.limits,
-            idempotency_key=key,
-            timeout_s=min(timeout, remaining),
-        )
+        options: ExecuteOptions = {
+            **self._given,
+            "backend": self.backend,
+            "policy": self.policy,
+            "limits": self.limits,
+            "idempotency_key": key,
+            "timeout_s": min(timeout, remaining),
+        }
+        return Request(code=self.code, options=options, started=self._clock())
 
     # -- results -------------------------------------------------------------------
 
-    def record(self, request: Request, result: ExecutionResult, started: float) -> Step:
+    def record(self, request: Request, result: ExecutionResult) -> Step:
         """Takes one attempt's result and decides what follows it."""
-        ended = self._clock()
+        started, ended = request.started, self._clock()
         if self.attempts and self.attempts[-1].action in (A.RETRY, A.WAIT):
             self.attempts[-1] = self.attempts[-1].model_copy(
                 update={"delay_s": round(started - self._last_end, 4)}
@@ -399,8 +398,10 @@ class RunState:
 
     # -- repair --------------------------------------------------------------------
 
-    def repaired(self, failure: Failure, new_code: object, error: BaseException | None) -> Step:
-        """Takes what the repair function returned (or raised) for `failure`."""
+    def repaired(self, step: Step, new_code: object, error: BaseException | None) -> Step:
+        """Takes what the repair function returned (or raised) for `step`'s failure."""
+        failure = step.failure
+        assert failure is not None, "only a failure is repaired"
         problem = ""
         if error is not None:
             problem = f"the repair function raised {type(error).__name__}: {error}"
@@ -410,9 +411,9 @@ class RunState:
             problem = "the repair function returned code that already failed"
         if problem:
             self._annotate(problem)
-            step, action, _ = self._decide(failure)
+            decided, action, _ = self._decide(failure)
             self._annotate(f"then {action.value}")
-            return step
+            return decided
         assert isinstance(new_code, str)
         self.code = new_code
         self._keep_key = False

@@ -1,24 +1,19 @@
 """The I/O twins of `run()`: they execute, sleep (through stamina), call the repair
 function and the escalation handler, and do whatever RunState decides. Nothing here
-decides anything."""
+decides anything, and what the twins share (settling an attempt, calling the repair
+function) is written once."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import stamina
 
-from ._recovery import (
-    Escalation,
-    Outcome,
-    RecoveryPolicy,
-    Resolution,
-    raise_escalation,
-)
-from ._recovery_state import RunState, Step
-from .protocol.models import Backend, ExecutionResult, Failure, Limits
+from ..protocol.models import ExecutionResult, Failure
+from ._models import Escalation, Outcome, Resolution, raise_escalation
+from ._state import Request, RunState, Step
 
 # A repair function gets the code and why it failed, and returns new code (None: give
 # up). With AsyncSandboxClient it may also be a coroutine function.
@@ -28,7 +23,8 @@ EscalationHandler = Callable[[Escalation], Resolution]
 AsyncEscalationHandler = Callable[[Escalation], Resolution | Awaitable[Resolution]]
 
 
-# SandboxClient.execute / AsyncSandboxClient.execute, or a stand-in with their signature.
+# SandboxClient.execute / AsyncSandboxClient.execute (or run_tools with its tools bound),
+# or a stand-in with their signature.
 _Execute = Callable[..., ExecutionResult]
 _AsyncExecute = Callable[..., Awaitable[ExecutionResult]]
 
@@ -46,29 +42,23 @@ def _backoff_hook(exc: Exception) -> bool | float:
     return exc.step.backoff if isinstance(exc, _Again) else False
 
 
-def new_state(
-    code: str,
-    *,
-    recovery: RecoveryPolicy | None,
-    backend: Backend | str,
-    policy: str,
-    limits: Limits | None,
-    session_id: str,
-    idempotency_key: str | None,
-    timeout_s: float | None,
-    can_repair: bool,
-) -> RunState:
-    return RunState(
-        code,
-        recovery=recovery or RecoveryPolicy(),
-        backend=Backend(backend),
-        policy=policy,
-        limits=limits,
-        session_id=session_id,
-        idempotency_key=idempotency_key,
-        timeout_s=timeout_s,
-        can_repair=can_repair,
-    )
+def _settle(state: RunState, request: Request, result: ExecutionResult) -> Step:
+    step = state.record(request, result)
+    if step.next == "retry":
+        raise _Again(step)  # stamina backs off and opens the next attempt
+    return step
+
+
+def _repair_answer(
+    repair: AsyncRepairFn | None, state: RunState, step: Step
+) -> tuple[object, Exception | None]:
+    """Calls the repair function for `step`'s failure: (its answer, None), or (None,
+    what it raised). The answer may be an awaitable, for the async twin to await."""
+    assert repair is not None and step.failure is not None
+    try:
+        return repair(state.code, step.failure), None
+    except Exception as error:  # the repair function's problem: recorded, handled
+        return None, error
 
 
 def run_sync(
@@ -77,8 +67,6 @@ def run_sync(
     *,
     repair: RepairFn | None,
     escalate: EscalationHandler | None,
-    inputs: Mapping[str, Any] | None,
-    stdin: str,
 ) -> Outcome:
     handler = escalate or raise_escalation
 
@@ -89,14 +77,7 @@ def run_sync(
                     request = state.next_request()
                     if request is None:
                         return state.out_of_budget()
-                    started = state.now()
-                    result = execute(
-                        request.code, **request.kwargs(inputs, stdin, state.session_id)
-                    )
-                    step = state.record(request, result, started)
-                    if step.next == "retry":
-                        raise _Again(step)
-                    return step
+                    return _settle(state, request, execute(request.code, **request.options))
         except _Again:
             return state.retries_stopped()
         raise AssertionError("stamina yielded no attempt")
@@ -104,14 +85,7 @@ def run_sync(
     step = attempt_until_settled()
     while step.next != "done":
         if step.next == "repair":
-            failure = step.failure
-            assert failure is not None and repair is not None
-            try:
-                new_code: object = repair(state.code, failure)
-            except Exception as error:  # the repair function's problem: recorded, handled
-                step = state.repaired(failure, None, error)
-            else:
-                step = state.repaired(failure, new_code, None)
+            step = state.repaired(step, *_repair_answer(repair, state, step))
         elif step.next == "escalate":
             step = state.resolve(handler(state.escalation()))
         else:
@@ -125,8 +99,6 @@ async def run_async(
     *,
     repair: AsyncRepairFn | None,
     escalate: AsyncEscalationHandler | None,
-    inputs: Mapping[str, Any] | None,
-    stdin: str,
 ) -> Outcome:
     handler = escalate or raise_escalation
 
@@ -137,14 +109,8 @@ async def run_async(
                     request = state.next_request()
                     if request is None:
                         return state.out_of_budget()
-                    started = state.now()
-                    result = await execute(
-                        request.code, **request.kwargs(inputs, stdin, state.session_id)
-                    )
-                    step = state.record(request, result, started)
-                    if step.next == "retry":
-                        raise _Again(step)
-                    return step
+                    result = await execute(request.code, **request.options)
+                    return _settle(state, request, result)
         except _Again:
             return state.retries_stopped()
         raise AssertionError("stamina yielded no attempt")
@@ -152,19 +118,24 @@ async def run_async(
     step = await attempt_until_settled()
     while step.next != "done":
         if step.next == "repair":
-            failure = step.failure
-            assert failure is not None and repair is not None
-            try:
-                new_code: object = await _maybe_await(repair(state.code, failure))
-            except Exception as error:
-                step = state.repaired(failure, None, error)
-            else:
-                step = state.repaired(failure, new_code, None)
+            step = state.repaired(step, *await _repair_answer_async(repair, state, step))
         elif step.next == "escalate":
             step = state.resolve(await _maybe_await(handler(state.escalation())))
         else:
             step = await attempt_until_settled()
     return state.outcome()
+
+
+async def _repair_answer_async(
+    repair: AsyncRepairFn | None, state: RunState, step: Step
+) -> tuple[object, Exception | None]:
+    answer, error = _repair_answer(repair, state, step)
+    if error is not None:
+        return None, error
+    try:
+        return await _maybe_await(answer), None
+    except Exception as raised:  # a coroutine repair function raises when awaited
+        return None, raised
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -1,8 +1,7 @@
 """The recovery layer's vocabulary: what to do about each failure kind (RecoveryPolicy),
 what happened (Attempt, Outcome), and how a person is asked (Escalation and its answers).
 
-Pure data and small helpers; the decisions live in _recovery_state, the I/O in
-_recovery_run."""
+Pure data and small helpers; the decisions live in _state, the I/O in _run."""
 
 from __future__ import annotations
 
@@ -13,7 +12,15 @@ from typing import Annotated, Literal, NoReturn, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .protocol.models import KIND_DEFAULTS, Backend, ExecutionResult, Failure, FailureKind, Limits
+from .._exceptions import EscalationRequired
+from ..protocol.models import (
+    KIND_DEFAULTS,
+    Backend,
+    ExecutionResult,
+    Failure,
+    FailureKind,
+    Limits,
+)
 
 
 class RecoveryAction(enum.StrEnum):
@@ -214,15 +221,6 @@ class Abort(BaseModel):
 
 
 Resolution = ApproveCode | ApprovePolicy | Abort
-
-
-class EscalationRequired(Exception):
-    """Raised by the default escalation handler: nothing more can be done without a
-    person. `escalation` carries the whole history."""
-
-    def __init__(self, escalation: Escalation) -> None:
-        super().__init__(escalation.summary)
-        self.escalation = escalation
 
 
 class Outcome(BaseModel):
