@@ -67,18 +67,16 @@ class ToolBridge:
                 self._pending = None
         if not reply.error_type:
             return reply_frame(request.seq, reply.value)
-        self.tool_errors[request.seq] = InjectedToolError(
+        error = InjectedToolError(
             seq=request.seq,
             tool=request.name,
             exception_type=reply.error_type,
             message=reply.error_message,
             kind=reply.error_kind,
         )
+        self.tool_errors[request.seq] = error
         return error_reply_frame(
-            request.seq,
-            error_type=reply.error_type,
-            message=reply.error_message,
-            kind=reply.error_kind,
+            error.seq, error_type=error.exception_type, message=error.message, kind=error.kind
         )
 
     def _request(self, frame: dict[str, Any]) -> ToolCallRequest:
