@@ -22,32 +22,6 @@ removed. `check_runtimes` (doctor.py) probes which OCI runtimes work on this mac
 # * Every frame is read as possibly the code's: it runs in the runner's process and can
 #   write to the channel. What only the code can have written is POLICY_VIOLATION, what
 #   the engine broke SANDBOX_CRASH (outcome.py).
-# * The names below are imported on first use: sandbox.backends.values (the Monty
-#   backend's value_to_json) imports protocol.py, and that must not load docker-py.
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from sandbox.backends.container.backend import ContainerBackend
-    from sandbox.backends.container.doctor import RuntimeCheck, check_runtimes
-    from sandbox.backends.container.engine import Runtime
-
-__all__ = ["ContainerBackend", "Runtime", "RuntimeCheck", "check_runtimes"]
-
-_HOMES = {
-    "ContainerBackend": "backend",
-    "Runtime": "engine",
-    "RuntimeCheck": "doctor",
-    "check_runtimes": "doctor",
-}
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+# * This __init__ imports nothing: sandbox.backends.values (the Monty backend's
+#   value_to_json) imports protocol.py, and that must not load docker-py. Import the
+#   modules themselves (sandbox.backends.container.backend.ContainerBackend).
