@@ -35,10 +35,20 @@ class ConfigError(SandboxServerError):
 
 
 class RequestError(SandboxServerError):
-    """The request cannot be served as asked. Nothing ran."""
+    """The request cannot be served as asked. Nothing ran. A subclass names its kind and
+    status in its class statement: `class PolicyDenied(RequestError, kind=..., status=...)`."""
 
     kind: ClassVar[FailureKind] = FailureKind.INVALID_REQUEST
     status: ClassVar[grpc.StatusCode] = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init_subclass__(
+        cls, *, kind: FailureKind | None = None, status: grpc.StatusCode | None = None
+    ) -> None:
+        super().__init_subclass__()
+        if kind is not None:
+            cls.kind = kind
+        if status is not None:
+            cls.status = status
 
     def __init__(
         self,
@@ -77,42 +87,40 @@ class RequestError(SandboxServerError):
         return info
 
 
-class InvalidRequest(RequestError):
-    kind = FailureKind.INVALID_REQUEST
-    status = grpc.StatusCode.INVALID_ARGUMENT
+_Status = grpc.StatusCode
+_Kind = FailureKind
 
 
-class NotFound(InvalidRequest):
-    status = grpc.StatusCode.NOT_FOUND
+class InvalidRequest(RequestError, kind=_Kind.INVALID_REQUEST, status=_Status.INVALID_ARGUMENT):
+    """Malformed: a field that does not decode, parse or fit."""
 
 
-class Unauthenticated(InvalidRequest):
-    status = grpc.StatusCode.UNAUTHENTICATED
+class NotFound(InvalidRequest, status=_Status.NOT_FOUND):
+    """An unknown policy or session (another tenant's session is unknown too)."""
 
 
-class PolicyDenied(RequestError):
-    kind = FailureKind.POLICY_VIOLATION
-    status = grpc.StatusCode.PERMISSION_DENIED
+class Unauthenticated(InvalidRequest, status=_Status.UNAUTHENTICATED):
+    """No credentials, or credentials that name no tenant."""
 
 
-class Throttled(RequestError):
-    kind = FailureKind.THROTTLED
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+class PolicyDenied(RequestError, kind=_Kind.POLICY_VIOLATION, status=_Status.PERMISSION_DENIED):
+    """More than the policy allows: a backend, a limit, a policy the tenant may not use."""
 
 
-class Unavailable(RequestError):
-    kind = FailureKind.INFRA_UNAVAILABLE
-    status = grpc.StatusCode.UNAVAILABLE
+class Throttled(RequestError, kind=_Kind.THROTTLED, status=_Status.RESOURCE_EXHAUSTED):
+    """Over a quota; `retry_after_ms` says when to try again."""
 
 
-class CorruptState(RequestError):
-    kind = FailureKind.CORRUPT_STATE
-    status = grpc.StatusCode.DATA_LOSS
+class Unavailable(RequestError, kind=_Kind.INFRA_UNAVAILABLE, status=_Status.UNAVAILABLE):
+    """A backend or the journal cannot serve now."""
 
 
-class Cancelled(RequestError):
-    kind = FailureKind.CANCELLED
-    status = grpc.StatusCode.CANCELLED
+class CorruptState(RequestError, kind=_Kind.CORRUPT_STATE, status=_Status.DATA_LOSS):
+    """A session or checkpoint was lost or failed its integrity check."""
+
+
+class Cancelled(RequestError, kind=_Kind.CANCELLED, status=_Status.CANCELLED):
+    """The caller went away or its deadline passed."""
 
 
 _BY_KIND: dict[FailureKind, type[RequestError]] = {

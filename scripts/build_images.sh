@@ -48,13 +48,16 @@ if [[ "${1:-}" != "--from-registry" ]]; then
 fi
 
 # --network=host: the RUN steps reach the Debian mirror the way this machine does.
+# The context is the repository root: the runner image copies the host's
+# sandbox/backends/container/protocol.py beside the runner. .dockerignore keeps the
+# context to the files the Dockerfiles copy.
 log "building $IMAGE from $base"
 docker build --quiet --network=host --build-arg "BASE=$base" -t "$IMAGE" \
-    -f images/Dockerfile images >/dev/null
+    -f images/Dockerfile . >/dev/null
 if [[ "${SKIP_DS:-}" != 1 ]]; then
     log "building $DS_IMAGE"
     docker build --quiet --network=host --build-arg "BASE=$IMAGE" -t "$DS_IMAGE" \
-        -f images/Dockerfile.datascience images >/dev/null
+        -f images/Dockerfile.datascience . >/dev/null
 fi
 log "done: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
     | grep -E "^(${IMAGE%%:*}|${DS_IMAGE%%:*}):" | tr '\n' ' ')"

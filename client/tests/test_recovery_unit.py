@@ -22,6 +22,7 @@ from sandbox_client import (
     Limits,
     RecoveryPolicy,
 )
+from sandbox_client._request import RequestFailure
 from sandbox_client.recovery import (
     Abort,
     ApproveCode,
@@ -53,11 +54,12 @@ class Script:
 
 
 def failed(kind: FailureKind, *, ran: bool = True, **fields: Any) -> ExecutionResult:
-    """A failed result; `ran=False` is a request or transport error (no execution id)."""
-    return ExecutionResult.failed(
-        Failure.of(kind, f"{kind.value} happened", **fields),
-        execution_id="exe_x" if ran else "",
-    )
+    """A failed result; `ran=False` is a request or transport error (no execution id),
+    whose failure carries the gRPC status it came as (`grpc_code`)."""
+    failure = Failure.of(kind, f"{kind.value} happened", **fields)
+    if "grpc_code" in fields:
+        failure = RequestFailure(**dict(failure), grpc_code=fields["grpc_code"])
+    return ExecutionResult.failed(failure, execution_id="exe_x" if ran else "")
 
 
 def run(script: Script, code: str = "x", recovery: RecoveryPolicy = QUICK, **kw: Any) -> Outcome:
@@ -66,6 +68,18 @@ def run(script: Script, code: str = "x", recovery: RecoveryPolicy = QUICK, **kw:
     options = {"backend": Backend.AUTO, "timeout_s": 10.0, **kw}  # the rest: execute()'s
     state = RunState(code, recovery=recovery, options=options, can_repair=repair is not None)
     return run_sync(script, state, repair=repair, escalate=escalate)
+
+
+def test_each_approval_opens_a_fresh_budget_of_max_attempts_not_a_growing_one() -> None:
+    # A person approved new code three times; each approval buys max_attempts (1) more
+    # attempts, so the UNSUPPORTED fourth attempt has none left to fall back with.
+    script = Script([failed(K.SYNTAX_ERROR)] * 3 + [failed(K.UNSUPPORTED)])
+    fresh = iter(["a", "b", "c"])
+    recovery = RecoveryPolicy(max_attempts=1, max_escalations=3)
+    outcome = run(script, recovery=recovery, escalate=lambda _: ApproveCode(code=next(fresh)))
+    assert len(script.calls) == 4
+    assert outcome.attempts[-1].action is A.ABORT
+    assert "used all 1 attempts" in outcome.attempts[-1].note
 
 
 def test_throttled_waits_at_least_retry_after_ms() -> None:

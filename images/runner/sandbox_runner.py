@@ -1,19 +1,9 @@
 """The sandbox runner: the first process in every sandbox container. Standard library only.
 
-Protocol (one JSON object per line):
-  host -> runner, on stdin:  {"code": ..., "inputs": {...}, "stdin": "...",
-                              "limits": {"max_recursion_depth": N, ...}, "keep": bool,
-                              "tools": {name: is_async, ...}, "seed": N}
-                              ("tools" and "seed" only for a tool run);
-                              during a tool call, its answer: {"t": "reply", "seq": N,
-                              "value": v} or {"t": "reply", "seq": N, "error": {"type":
-                              ..., "message": ..., "kind": ...}}.
-  runner -> host, on stdout: {"t": "ready"} once, after seccomp is on; then per job any
-                              number of {"t": "o", "s": "stdout"|"stderr", "d": text}
-                              and {"t": "call", "seq": N, "name": ..., "args": [...],
-                              "kwargs": {...}} (N counts the job's calls from 1), and
-                              exactly one {"t": "result", ...}.
-With "keep" the runner waits for another job in the same interpreter (a session).
+The conversation with the host (frames, one JSON object per line on the container's
+stdin and stdout) is defined in protocol.py, which the image ships beside this file: the
+host's own sandbox/backends/container/protocol.py, byte for byte, so the two sides share
+one schema, one set of caps and one value_to_json.
 
 Tools: each declared name is a function in the code's globals (an `async def` one for an
 async tool). Calling it flushes the output produced so far, writes a call frame and
@@ -53,19 +43,31 @@ import traceback
 from types import CodeType, FrameType
 from typing import Any
 
+from protocol import (
+    FATAL_STATUS,
+    MAX_FRAMES,
+    MAX_MESSAGE_CHARS,
+    MAX_NAME_CHARS,
+    MAX_SOURCE_CHARS,
+    OUTPUT_CHUNK_CHARS,
+    REPLY,
+    RESULT,
+    TYPE,
+    call_frame,
+    encode_frame,
+    fatal_frame,
+    output_frame,
+    ready_frame,
+    value_to_json,
+)
+
 CODE_FILENAME = "<code>"
 WORKDIR = "/workspace"
 # Where code may create or change files; everything else is read-only in the container.
 WRITABLE_ROOTS = ("/tmp", WORKDIR, "/dev/shm", "/dev/null")
 PRIVATE_FD_MIN = 200  # the protocol's fds, out of the way of the code's own
-FLUSH_BYTES = 16 * 1024  # also the most text one output frame carries
+FLUSH_BYTES = OUTPUT_CHUNK_CHARS  # pending output written out at once
 FLUSH_AFTER_S = 0.02
-MAX_MESSAGE_CHARS = 2000
-MAX_FRAMES = 50
-# Names and attempts the code chooses (an exception class's name, a path it tried to
-# write) are clipped to this: every frame the runner writes must fit the host's line cap,
-# so that a line over it can only be bytes the code wrote to the channel itself.
-MAX_NAME_CHARS = 500
 CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: the code awaits at top level
 # Frames asyncio's loop adds under code that awaits at top level; not the code's own.
 ASYNC_FRAMES = 15
@@ -153,8 +155,8 @@ class Emitter:
             pending, self._pending, self._pending_bytes = self._pending, [], 0
             for stream, text in pending:
                 # Bounded frames keep the host's line buffer bounded.
-                for start in range(0, len(text), FLUSH_BYTES):
-                    self.frame({"t": "o", "s": stream, "d": text[start : start + FLUSH_BYTES]})
+                for start in range(0, len(text), OUTPUT_CHUNK_CHARS):
+                    self.frame(output_frame(stream, text[start : start + OUTPUT_CHUNK_CHARS]))
 
 
 class TextStream(io.TextIOBase):
@@ -339,48 +341,13 @@ _CHECKS: dict[str, Any] = {
 }
 
 
-def encode_frame(obj: dict[str, Any], *, strict: bool = False) -> bytes:
-    """A frame as one line of UTF-8. `strict`: only JSON values (TypeError or ValueError
-    for anything else, as for a tool's arguments)."""
-    text = json.dumps(
-        obj,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=not strict,
-        default=_not_json if strict else None,
-    )
-    return (text + "\n").encode("utf-8", "surrogatepass")
-
-
-def _not_json(value: Any) -> Any:
-    raise TypeError(f"a {type(value).__name__} is not a JSON value")
-
-
-def value_to_json(value: Any) -> str:
-    """JSON for a last-expression value; what JSON cannot hold exactly becomes repr()."""
-    try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False, default=_no_default)
-    except (TypeError, ValueError, RecursionError):
-        pass
-    try:
-        shown = repr(value)
-    except RecursionError:
-        shown = f"<{type(value).__name__} nested too deeply to show>"
-    except Exception as exc:  # a user __repr__ that raises
-        shown = f"<{type(value).__name__}: repr() raised {type(exc).__name__}>"
-    return json.dumps(shown, ensure_ascii=False)
-
-
-def _no_default(value: Any) -> Any:
-    raise TypeError(type(value).__name__)
-
-
 def _frames(tb: Any, source: list[str]) -> list[dict[str, Any]]:
     frames = []
     for summary in traceback.extract_tb(tb):
         if summary.filename != CODE_FILENAME:
             continue
         line = summary.lineno or 0
+        text = source[line - 1] if 0 < line <= len(source) else ""
         frames.append(
             {
                 "line": line,
@@ -388,7 +355,7 @@ def _frames(tb: Any, source: list[str]) -> list[dict[str, Any]]:
                 "end_line": summary.end_lineno or 0,
                 "end_column": (summary.end_colno or 0) + 1 if summary.end_colno is not None else 0,
                 "function_name": "" if summary.name == "<module>" else _clip(summary.name),
-                "source_line": source[line - 1][:500] if 0 < line <= len(source) else "",
+                "source_line": text[:MAX_SOURCE_CHARS],
             }
         )
     return frames[-MAX_FRAMES:]
@@ -470,8 +437,8 @@ class Runner:
         try:
             apply_seccomp()
         except Exception as exc:
-            self.emitter.frame({"t": "fatal", "message": f"seccomp: {type(exc).__name__}: {exc}"})
-            raise SystemExit(70) from exc
+            self.emitter.frame(fatal_frame(f"seccomp: {type(exc).__name__}: {exc}"))
+            raise SystemExit(FATAL_STATUS) from exc
         self.pump = FdPump(self.emitter)
         self.pid = os.getpid()
         os.register_at_fork(after_in_child=self._in_forked_child)
@@ -479,7 +446,7 @@ class Runner:
         sys.stderr = TextStream("stderr", 2, self.emitter)
         sys.addaudithook(self.auditor)
         self.base_depth = _depth(sys._getframe())
-        self.emitter.frame({"t": "ready", "pid": os.getpid()})
+        self.emitter.frame(ready_frame(os.getpid()))
 
     def _in_forked_child(self) -> None:
         """A child the code forked writes plain text to fds 1 and 2, which the parent's
@@ -523,7 +490,7 @@ class Runner:
         sys.setrecursionlimit(depth + self.base_depth + 10)
         self.auditor.attempts = []
         usage_before = _cpu_s()
-        result: dict[str, Any] = {"t": "result", "ok": True, "exit_code": 0}
+        result: dict[str, Any] = {TYPE: RESULT, "ok": True, "exit_code": 0}
         try:
             body, tail = _compile(code)
         except SyntaxError as exc:
@@ -613,7 +580,7 @@ class Runner:
             raise RuntimeError(f"{name}() cannot be called from a child process")
         with self._call_lock:  # threads of the code take turns
             seq = self.tool_seq + 1
-            frame = {"t": "call", "seq": seq, "name": name, "args": list(args), "kwargs": kwargs}
+            frame = call_frame(seq, name, list(args), kwargs)
             try:
                 data = encode_frame(frame, strict=True)
             except (TypeError, ValueError, RecursionError) as exc:
@@ -635,16 +602,14 @@ class Runner:
     def _read_reply(self, seq: int) -> dict[str, Any]:
         line = self.job_in.readline()
         if not line:
-            os._exit(70)  # the host is gone; nobody is left to report to
+            os._exit(FATAL_STATUS)  # the host is gone; nobody is left to report to
         try:
             reply = json.loads(line)
         except ValueError:
             reply = None
-        if not isinstance(reply, dict) or reply.get("t") != "reply" or reply.get("seq") != seq:
-            self.emitter.frame(
-                {"t": "fatal", "message": f"expected the reply to call {seq}, got {line[:200]!r}"}
-            )
-            os._exit(70)
+        if not isinstance(reply, dict) or reply.get(TYPE) != REPLY or reply.get("seq") != seq:
+            self.emitter.frame(fatal_frame(f"expected the reply to call {seq}, got {line[:200]!r}"))
+            os._exit(FATAL_STATUS)
         return reply
 
 
@@ -709,7 +674,7 @@ def _syntax_error(exc: SyntaxError) -> dict[str, Any]:
                 "end_line": exc.end_lineno or 0,
                 "end_column": exc.end_offset or 0,
                 "function_name": "",
-                "source_line": (exc.text or "").rstrip("\n")[:500],
+                "source_line": (exc.text or "").rstrip("\n")[:MAX_SOURCE_CHARS],
             }
         ],
         "syntax": True,
@@ -738,8 +703,8 @@ def main() -> None:
         runner.serve()
     except BaseException:
         # A runner bug, or a job it cannot read: say so, rather than die without a frame.
-        runner.emitter.frame({"t": "fatal", "message": traceback.format_exc()[-4000:]})
-        os._exit(70)
+        runner.emitter.frame(fatal_frame(traceback.format_exc()[-4000:]))
+        os._exit(FATAL_STATUS)
     # Threads (the pump, the code's own) must not keep a finished single-use run alive.
     os._exit(0)
 

@@ -40,6 +40,26 @@ def result_too_large_failure(limits: Limits) -> Failure:
     )
 
 
+def runtime_error_failure(
+    limits: Limits,
+    type_name: str,
+    message: str,
+    frames: tuple[Frame, ...],
+    details: dict[str, str] | None = None,
+) -> Failure:
+    """RUNTIME_ERROR for an exception the code left uncaught (nothing more specific
+    explains it). A RecursionError names the depth cap it hit."""
+    if type_name == "RecursionError":
+        details = {"limit": "max_recursion_depth", "limit_value": str(limits.max_recursion_depth)}
+    return Failure.of(
+        FailureKind.RUNTIME_ERROR,
+        one_line(f"{type_name}: {message}" if message else type_name, frames),
+        exception_type=type_name,
+        frames=frames,
+        details=details or {},
+    )
+
+
 def tool_failure(
     *,
     tool: str,

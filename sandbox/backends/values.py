@@ -1,27 +1,10 @@
-"""Turns a run's last-expression value into the JSON the wire carries."""
+"""Turns a run's last-expression value into the JSON the wire carries. One implementation
+for both backends: the container's runner computes the value with the same function, so
+it lives in the frame schema the runner ships with (sandbox.backends.container.protocol,
+standard library only; importing it does not import the container backend)."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from sandbox.backends.container.protocol import value_to_json
 
-
-def _reject(value: Any) -> Any:
-    raise TypeError(type(value).__name__)
-
-
-_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, default=_reject)
-
-
-def value_to_json(value: Any) -> str:
-    """JSON for `value`; anything JSON cannot hold exactly (sets, bytes, NaN, objects,
-    structures too deep to walk) becomes its repr() string, itself JSON-encoded."""
-    try:
-        return _ENCODER.encode(value)
-    except (TypeError, ValueError, RecursionError):
-        pass
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"<{type(value).__name__} nested too deeply to show>"
-    return json.dumps(text, ensure_ascii=False)
+__all__ = ["value_to_json"]

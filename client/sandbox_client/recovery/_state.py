@@ -123,6 +123,7 @@ class RunState:
         self._clock = clock
         self.started = clock()
         self._budget_start = self.started  # reset when a person approves a way forward
+        self._attempts_budget_from = 0  # the attempt count a fresh budget started at
         self.attempts: list[Attempt] = []
         self.escalations: list[Escalation] = []
         self.result: ExecutionResult | None = None
@@ -151,7 +152,7 @@ class RunState:
         """stamina.retry_context() bounds for the next stretch of same-request retries."""
         r = self.recovery
         return {
-            "attempts": max(1, r.max_attempts - len(self.attempts)),
+            "attempts": max(1, r.max_attempts - (len(self.attempts) - self._attempts_budget_from)),
             "timeout": max(self.remaining_s(), 0.001),
             "wait_initial": r.wait_initial_s,
             "wait_max": r.wait_max_s,
@@ -160,7 +161,7 @@ class RunState:
         }
 
     def _out_of_budget(self) -> str:
-        if len(self.attempts) >= self.recovery.max_attempts:
+        if len(self.attempts) - self._attempts_budget_from >= self.recovery.max_attempts:
             return f"the run used all {self.recovery.max_attempts} attempts"
         if self.remaining_s() <= 0:
             return f"the run used its {self.recovery.max_total_s:g} s"
@@ -475,9 +476,7 @@ class RunState:
         self._used.clear()
         self._spent.clear()
         self._budget_start = self._clock()
-        self.recovery = self.recovery.model_copy(
-            update={"max_attempts": len(self.attempts) + self.recovery.max_attempts}
-        )
+        self._attempts_budget_from = len(self.attempts)
         return Step("execute")
 
     def outcome(self) -> Outcome:

@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 import structlog
 
 from sandbox.backends.base import BackendSession, RunSpec
+from sandbox.backends.container import conversation
+from sandbox.backends.container.conversation import Container
 from sandbox.backends.container.engine import (
     INSTANCE_LABEL,
     OWNER,
     OWNER_LABEL,
     SCOPE_LABEL,
-    Container,
     Engine,
     Runtime,
     Shape,
@@ -35,6 +36,7 @@ from sandbox.backends.container.outcome import (
 )
 from sandbox.backends.container.owner import OWNER_PROCESS_LABEL, owner_process, owner_process_gone
 from sandbox.backends.container.pool import REFILL_PARALLELISM, WarmPool
+from sandbox.backends.container.protocol import job_frame
 from sandbox.backends.container.settings import ContainerSettings
 from sandbox.backends.container.tools import ToolBridge
 from sandbox.backends.tools import ToolHost
@@ -45,7 +47,6 @@ from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Usage
 
 log = structlog.get_logger("sandbox.container")
 T = TypeVar("T")
-MiB = 1024 * 1024
 
 
 class _Busy(Exception):
@@ -271,7 +272,7 @@ class ContainerBackend:
             return ExecutionResult.failed(failure, backend=Backend.CONTAINER)
 
     async def _launch(self, shape: Shape) -> Container:
-        return await self._call(self._engine.launch, shape, max_line_bytes=MiB)
+        return await self._call(conversation.launch, self._engine, shape)
 
     async def _execute(
         self,
@@ -285,32 +286,28 @@ class ContainerBackend:
         limits = spec.limits
         capture = OutputCapture(limits.output_bytes, spec.on_output)
         signals = ContainerSignals(limits=limits, image=container.shape.image)
-        job: dict[str, Any] = {
-            "code": spec.code,
-            "inputs": dict(spec.inputs),
-            "stdin": spec.stdin,
-            "limits": {
-                "max_recursion_depth": limits.max_recursion_depth,
-                "output_bytes": limits.output_bytes,
-            },
-            "keep": keep,
-        }
-        # A result frame carries the value (at most output_bytes) JSON-encoded twice.
-        container.channel.max_line_bytes = 16 * limits.output_bytes + MiB
+        job = job_frame(
+            code=spec.code,
+            inputs=spec.inputs,
+            stdin=spec.stdin,
+            keep=keep,
+            max_recursion_depth=limits.max_recursion_depth,
+            output_bytes=limits.output_bytes,
+            tools=tools.tools if tools is not None else None,
+            seed=seed,
+        )
         if tools is not None:
-            job["tools"] = dict(tools.tools)
-            job["seed"] = seed
-            # A call frame must fit the channel's line, or the run would break there.
-            job["limits"]["max_call_bytes"] = container.channel.max_line_bytes
             signals.tool_errors = tools.tool_errors
         error: Exception | None = None
         started = time.monotonic()
         self._busy.add(container.id)
         try:
-            await self._call(self._engine.execute, container, job, capture, signals, tools)
+            await self._call(
+                conversation.execute, self._engine, container, job, capture, signals, tools
+            )
         except asyncio.CancelledError:
             if tools is not None:
-                tools.cancel()  # wakes the engine thread if it waits on an answer
+                tools.cancel()  # wakes the conversation's thread if it waits on an answer
             raise
         except Exception as exc:
             error = exc

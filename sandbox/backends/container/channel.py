@@ -1,5 +1,6 @@
-"""The conversation with one runner over the container's attach socket. Blocking; used
-from worker threads only.
+"""Frames to and from one runner over the container's attach socket: bytes on one side,
+decoded frames on the other (the conversation itself is conversation.py's). Blocking;
+used from worker threads only.
 
 Docker multiplexes a non-TTY container's stdout and stderr on the attach socket as
 frames of an 8-byte header (stream, 0, 0, 0, big-endian length) and a payload. The
@@ -15,6 +16,8 @@ import socket
 import struct
 import time
 from typing import Any
+
+from sandbox.backends.container.protocol import TYPE, encode_frame
 
 _HEADER = struct.Struct(">BxxxL")
 _STDOUT, _STDERR = 1, 2
@@ -94,11 +97,9 @@ class RunnerChannel:
         self.closed = False
 
     def send(self, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode(
-            "utf-8", "surrogatepass"
-        )
+        data = encode_frame(obj)
         self._sock.settimeout(30)
-        self._sock.sendall(data + b"\n")
+        self._sock.sendall(data)
 
     def looks_alive(self) -> bool:
         """True unless the runner is known gone. A waiting runner sends nothing, so any
@@ -124,7 +125,7 @@ class RunnerChannel:
             frame = json.loads(line)
         except ValueError:
             raise ProtocolError(f"unreadable frame ({len(line)} bytes)") from None
-        if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
+        if not isinstance(frame, dict) or not isinstance(frame.get(TYPE), str):
             raise ProtocolError("a frame without a type")
         return _without_surrogates(frame) if _SURROGATE_BYTES.search(line) else frame
 

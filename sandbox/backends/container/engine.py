@@ -1,11 +1,12 @@
-"""Blocking calls to the Docker engine (docker-py): create, start, talk to, kill and remove
-sandbox containers. Everything here runs in worker threads, never on the event loop."""
+"""Blocking calls to the Docker engine (docker-py), by container id: create (with the
+hardening below), attach, start, kill, wait for, inspect, remove and list sandbox
+containers. What is said over the attach socket is conversation.py's. Everything here
+runs in worker threads, never on the event loop."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,21 +14,7 @@ import docker
 import docker.errors as de
 from docker.types import LogConfig, Ulimit
 
-from sandbox.backends.container.channel import (
-    ChannelClosed,
-    ChannelTimeout,
-    ProtocolError,
-    RunnerChannel,
-    StreamError,
-)
-from sandbox.backends.container.outcome import (
-    ContainerSignals,
-    RunnerStartError,
-    checked_result_frame,
-)
-from sandbox.backends.container.tools import ForgedFrame, RelayStopped, ToolBridge
 from sandbox.core.limits import Limits
-from sandbox.core.output import OutputCapture, OutputLimitExceeded, StreamName
 
 Runtime = Literal["runc", "runsc"]
 
@@ -38,9 +25,6 @@ INSTANCE_LABEL = "dev.sandbox.instance"
 
 WORKDIR = "/workspace"
 SANDBOX_USER = "10001:10001"
-READY_TIMEOUT_S = 30.0
-# After a run ends without a frame: how long to wait for the container's exit status.
-EXIT_WAIT_S = 5
 NOFILE = 256
 RUNSC_HOST_PIDS = 1024
 RUNSC_THREADS_PER_PROCESS = 16
@@ -70,16 +54,12 @@ class Shape:
         )
 
 
-@dataclass(eq=False)
-class Container:
-    """A started container whose runner waits for its job on `channel`."""
+@dataclass(frozen=True)
+class ExitState:
+    """How a container ended, as the engine saw it."""
 
-    id: str
-    shape: Shape
-    channel: RunnerChannel
-
-    def looks_alive(self) -> bool:
-        return self.channel.looks_alive()
+    oom_killed: bool  # State.OOMKilled
+    exit_code: int | None  # None: still running
 
 
 def host_config_args(shape: Shape) -> dict[str, Any]:
@@ -157,8 +137,8 @@ class Engine:
             return False
         return True
 
-    def launch(self, shape: Shape, *, max_line_bytes: int) -> Container:
-        """Creates, attaches and starts a container, and waits for its runner's ready frame."""
+    def create(self, shape: Shape) -> str:
+        """A new container of `shape`, not started, its stdin open; its id."""
         api = self.client().api
         created = api.create_container(
             shape.image,
@@ -172,122 +152,33 @@ class Engine:
             host_config=api.create_host_config(**host_config_args(shape)),
         )
         container_id: str = created["Id"]
-        channel: RunnerChannel | None = None
-        try:
-            attach = api.attach_socket(
-                container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            )
-            channel = RunnerChannel(attach, max_line_bytes=max_line_bytes)
-            api.start(container_id)
-            try:
-                frame = channel.read_frame(time.monotonic() + READY_TIMEOUT_S)
-            except (ChannelClosed, ChannelTimeout, ProtocolError, StreamError) as exc:
-                why = channel.diagnostics.decode("utf-8", "replace").strip()[-500:]
-                raise RunnerStartError(
-                    f"the runner did not start ({type(exc).__name__}) {why}".strip()
-                ) from exc
-            if frame["t"] != "ready":
-                raise RunnerStartError(str(frame.get("message") or frame)[-500:])
-            return Container(id=container_id, shape=shape, channel=channel)
-        except BaseException:
-            if channel is not None:
-                channel.close()
-            self.remove(container_id)
-            raise
+        return container_id
 
-    def execute(
-        self,
-        container: Container,
-        job: dict[str, Any],
-        capture: OutputCapture,
-        signals: ContainerSignals,
-        tools: ToolBridge | None = None,
-    ) -> None:
-        """Sends `job` and collects frames until its result, the deadline or the runner's
-        end; fills `signals`. With `tools`, answers the runner's call frames through it;
-        the time a call waits for its answer (the runner blocked, reading) does not count
-        against the wall-time budget. Kills the container when a cap is hit, the code
-        writes to the channel (garbage, a forged call, fatal or result frame), the engine's stream
-        breaks or the run is stopped. Errors talking to the engine propagate."""
-        channel = container.channel
-        started = time.monotonic()
-        deadline = started + signals.limits.wall_time_s
-        try:
-            channel.send(job)
-            while True:
-                frame = channel.read_frame(deadline)
-                kind = frame["t"]
-                if kind == "o":
-                    stream: StreamName = "stderr" if frame.get("s") == "stderr" else "stdout"
-                    capture(stream, str(frame.get("d", "")))
-                elif kind == "call" and tools is not None:
-                    asked = time.monotonic()
-                    try:
-                        reply = tools.answer(frame)
-                    finally:
-                        waited = time.monotonic() - asked
-                        deadline += waited
-                        signals.tool_wait_s += waited
-                    channel.send(reply)
-                elif kind == "result":
-                    signals.frame = checked_result_frame(frame)
-                    break
-                elif kind == "fatal":
-                    # The runner reports its own set-up failures before "ready" (launch()
-                    # turns those into RunnerStartError); once it runs the job, only the
-                    # code can make one appear: written to the channel, or caused by
-                    # reading the host's replies off it. A retry runs the same code.
-                    said = str(frame.get("message") or "").strip().splitlines() or [""]
-                    raise ForgedFrame(f"a fatal frame in the middle of the run: {said[0][:200]!r}")
-        except OutputLimitExceeded:
-            signals.output_exceeded = True
-            self._stop(container)
-        except ChannelTimeout:
-            signals.host_timed_out = True
-            self._stop(container)
-        except ProtocolError as exc:
-            signals.protocol_error = str(exc)
-            self._stop(container)
-        except StreamError as exc:
-            signals.stream_error = str(exc)
-            self._stop(container)
-        except ForgedFrame as exc:
-            signals.forged_frame = str(exc)
-            self._stop(container)
-        except RelayStopped:
-            signals.relay_stopped = True
-            self._stop(container)
-        except (ChannelClosed, ConnectionError):
-            pass  # the container ended; its state says how
-        finally:
-            signals.elapsed_s = time.monotonic() - started - signals.tool_wait_s
-        stopped = signals.host_timed_out or signals.output_exceeded or signals.relay_stopped
-        if signals.frame is None and not stopped:
-            self._read_exit(container.id, signals)
+    def attach(self, container_id: str) -> Any:
+        """docker-py's socket to the container's stdin, stdout and stderr (multiplexed)."""
+        return self.client().api.attach_socket(
+            container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        )
 
-    def _read_exit(self, container_id: str, signals: ContainerSignals) -> None:
+    def start(self, container_id: str) -> None:
+        self.client().api.start(container_id)
+
+    def wait_exit(self, container_id: str, timeout_s: int) -> ExitState | None:
+        """How the container ended, waiting at most `timeout_s` for it to; one still
+        running then is killed. None: it was removed from outside, its status is lost."""
         api = self.client().api
         try:
-            api.wait(container_id, timeout=EXIT_WAIT_S)
+            api.wait(container_id, timeout=timeout_s)
         except de.NotFound:
-            return  # removed from outside: the status is lost
+            return None
         except (de.APIError, OSError):
             self.kill(container_id)  # still running after closing its output: stop it
         try:
             state = api.inspect_container(container_id)["State"]
         except de.NotFound:
-            return
-        signals.oom_killed = bool(state.get("OOMKilled"))
-        if not state.get("Running"):
-            signals.exit_code = int(state.get("ExitCode", 0))
-
-    def _stop(self, container: Container) -> None:
-        """Kills a container mid-run. Its channel is closed first: the engine does not
-        finish a kill while it still has the container's output to hand us, and we no
-        longer read it (a kill of a container still writing waited for the client's
-        30 s timeout)."""
-        container.channel.close()
-        self.kill(container.id)
+            return None
+        exit_code = None if state.get("Running") else int(state.get("ExitCode", 0))
+        return ExitState(oom_killed=bool(state.get("OOMKilled")), exit_code=exit_code)
 
     def kill(self, container_id: str) -> None:
         with contextlib.suppress(de.APIError):  # already gone or already stopped

@@ -1,12 +1,12 @@
 """Maps every way a container run can end to the failure taxonomy. The only place that
-knows docker-py's error classes, container exit statuses and the runner's result frame.
+knows docker-py's error classes, container exit statuses and what the runner's result
+frame means (its schema, and the check of a frame against it, are protocol.py's).
 Most specific signal first: what the host itself did or saw (its own kill for a time or
 output cap, the kernel's OOM flag), then errors talking to the engine, then how the
 container ended, then the runner's own frame."""
 
 from __future__ import annotations
 
-import re
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +14,13 @@ from typing import Any
 import docker.errors as de
 import requests.exceptions as rq
 
-from sandbox.backends.container.tools import ForgedFrame
-from sandbox.backends.outcome_parts import first_line, one_line, output_limit_failure, tool_failure
+from sandbox.backends.outcome_parts import (
+    first_line,
+    one_line,
+    output_limit_failure,
+    runtime_error_failure,
+    tool_failure,
+)
 from sandbox.backends.tools import InjectedToolError
 from sandbox.core.limits import Limits
 from sandbox_client import Failure, FailureKind, Frame
@@ -25,9 +30,6 @@ class RunnerStartError(Exception):
     """A container started but its runner never said it was ready (a broken image, or a
     runtime that cannot run it)."""
 
-
-# Exit status the runner uses when it cannot set itself up (no seccomp, unreadable job).
-RUNNER_FATAL_STATUS = 70
 
 # Every exception class docker.errors defines, mapped explicitly; test_container_outcome
 # fails when docker-py grows one this table does not name. None: decided below.
@@ -89,80 +91,6 @@ class ContainerSignals:
     tool_wait_s: float = 0.0
     forged_frame: str = ""  # a call or fatal frame only the code can have written
     relay_stopped: bool = False
-
-
-# What the runner's result frame holds (sandbox_runner.py, Runner.run): each field's type.
-_INT32 = 2**31 - 1
-_INT64 = 2**63 - 1
-_RESULT_FIELDS = {"t", "ok", "exit_code", "value", "value_bytes", "error", "blocked", "usage"}
-_ERROR_FIELDS = {"type", "module", "message", "frames", "os_error", "syntax", "tool_seq"}
-_FRAME_INTS = {"line", "column", "end_line", "end_column"}
-_FRAME_TEXTS = {"function_name", "source_line"}
-# A JSON escape of a surrogate (not an escaped backslash before "u"). The runner writes
-# the value with ensure_ascii=False, so never one; a lone one would reach the client as
-# a surrogate from its json.loads.
-_SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u[dD][89a-fA-F]")
-
-
-def checked_result_frame(frame: dict[str, Any]) -> dict[str, Any]:
-    """`frame` if it is a result frame the runner could have written; raises ForgedFrame
-    for any other (the code can write one to the channel). The one place the host checks
-    the fields it later turns into a result: int() and the wire's int32 and int64 fields
-    must not fail on them."""
-    problem = _result_problem(frame)
-    if problem:
-        raise ForgedFrame(f"a result frame the runner does not write ({problem})")
-    return frame
-
-
-def _is_int(value: Any, top: int, bottom: int = 0) -> bool:
-    return type(value) is int and bottom <= value <= top
-
-
-def _result_problem(frame: dict[str, Any]) -> str:
-    if set(frame) - _RESULT_FIELDS:
-        return "unknown fields"
-    ok = frame.get("ok")
-    if type(ok) is not bool or not _is_int(frame.get("exit_code"), 255):
-        return "ok or exit_code"
-    usage = frame.get("usage", {})
-    if not isinstance(usage, dict) or set(usage) - {"cpu_ms", "peak_memory_bytes"}:
-        return "usage"
-    if not all(_is_int(v, _INT64) for v in usage.values()):
-        return "usage"
-    blocked = frame.get("blocked", [])
-    if not isinstance(blocked, list) or not all(isinstance(b, str) for b in blocked):
-        return "blocked"
-    if "value_bytes" in frame and not (ok and _is_int(frame["value_bytes"], _INT64)):
-        return "value_bytes"
-    if "value" in frame:
-        value = frame["value"]
-        if not ok or not isinstance(value, str) or _SURROGATE_ESCAPE.search(value):
-            return "value"
-    if ok:
-        return "error" if "error" in frame else ""
-    error = frame.get("error")
-    if not isinstance(error, dict) or set(error) - _ERROR_FIELDS:
-        return "error"
-    texts = [error.get(k, "") for k in ("type", "module", "message")]
-    flags = [error.get(k, False) for k in ("os_error", "syntax")]
-    if not all(isinstance(t, str) for t in texts) or not all(type(f) is bool for f in flags):
-        return "error"
-    if "tool_seq" in error and not _is_int(error["tool_seq"], _INT32):
-        return "error"
-    frames = error.get("frames", [])
-    if not isinstance(frames, list) or not all(_frame_ok(f) for f in frames):
-        return "error frames"
-    return ""
-
-
-def _frame_ok(frame: Any) -> bool:
-    if not isinstance(frame, dict) or set(frame) - _FRAME_INTS - _FRAME_TEXTS:
-        return False
-    return all(
-        _is_int(v, _INT32, -_INT32 - 1) if k in _FRAME_INTS else isinstance(v, str)
-        for k, v in frame.items()
-    )
 
 
 def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) -> Failure | None:
@@ -326,18 +254,8 @@ def _from_frame(frame: dict[str, Any], signals: ContainerSignals) -> Failure | N
             frames=frames,
             details={"attempted": "; ".join(blocked[:5])},
         )
-    details: dict[str, str] = {}
-    if type_name == "RecursionError":
-        details = {"limit": "max_recursion_depth", "limit_value": str(limits.max_recursion_depth)}
-    if type_name == "SystemExit":
-        details = {"exit_code": str(frame.get("exit_code", 1))}
-    return Failure.of(
-        FailureKind.RUNTIME_ERROR,
-        one_line(f"{type_name}: {message}" if message else type_name, frames),
-        exception_type=type_name,
-        frames=frames,
-        details=details,
-    )
+    details = {"exit_code": str(frame.get("exit_code", 1))} if type_name == "SystemExit" else None
+    return runtime_error_failure(limits, type_name, message, frames, details)
 
 
 def _timeout(limits: Limits) -> Failure:

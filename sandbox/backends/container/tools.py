@@ -2,7 +2,7 @@
 ToolCallRequests for a ToolHost (the same Protocol Monty tool runs answer through), and
 its answers become reply frames on the container's stdin.
 
-The conversation with the runner blocks on a worker thread (container_engine), while
+The conversation with the runner blocks on a worker thread (conversation.py), while
 answers come from the event loop (the client's stream, or the journal when a run is
 replayed). `ToolBridge.answer()` runs on that thread: it hands each call to the loop with
 `run_coroutine_threadsafe` and waits. `cancel()`, from the loop, wakes it when the run is
@@ -23,13 +23,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from sandbox.backends.container.protocol import ForgedFrame, error_reply_frame, reply_frame
 from sandbox.backends.tools import InjectedToolError, ToolCallRequest, ToolHost, ToolReply
-
-
-class ForgedFrame(Exception):
-    """A call frame that breaks the tool protocol (out of sequence, an undeclared tool,
-    malformed), or a fatal frame once the job runs. The runner never writes one; the
-    code can."""
 
 
 class RelayStopped(Exception):
@@ -71,16 +66,18 @@ class ToolBridge:
             with self._lock:
                 self._pending = None
         if not reply.error_type:
-            return {"t": "reply", "seq": request.seq, "value": reply.value}
-        self.tool_errors[request.seq] = InjectedToolError(
+            return reply_frame(request.seq, reply.value)
+        error = InjectedToolError(
             seq=request.seq,
             tool=request.name,
             exception_type=reply.error_type,
             message=reply.error_message,
             kind=reply.error_kind,
         )
-        error = {"type": reply.error_type, "message": reply.error_message, "kind": reply.error_kind}
-        return {"t": "reply", "seq": request.seq, "error": error}
+        self.tool_errors[request.seq] = error
+        return error_reply_frame(
+            error.seq, error_type=error.exception_type, message=error.message, kind=error.kind
+        )
 
     def _request(self, frame: dict[str, Any]) -> ToolCallRequest:
         seq, name = frame.get("seq"), frame.get("name")

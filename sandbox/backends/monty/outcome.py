@@ -18,6 +18,7 @@ from sandbox.backends.outcome_parts import (
     one_line,
     output_limit_failure,
     result_too_large_failure,
+    runtime_error_failure,
     tool_failure,
 )
 from sandbox.backends.tools import InjectedToolError
@@ -172,16 +173,7 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
             frames=frames,
             details={"limit": "host_calls", "limit_value": cap},
         )
-    details = {}
-    if type_name == "RecursionError":
-        details = {"limit": "max_recursion_depth", "limit_value": str(limits.max_recursion_depth)}
-    return Failure.of(
-        FailureKind.RUNTIME_ERROR,
-        one_line(f"{type_name}: {message}" if message else type_name, frames),
-        exception_type=type_name,
-        frames=frames,
-        details=details,
-    )
+    return runtime_error_failure(limits, type_name, message, frames)
 
 
 def _uncaught_tool_error(

@@ -1,0 +1,260 @@
+"""The frame schema of the conversation between the host and the sandbox runner, shared
+by both sides: the host imports it as `sandbox.backends.container.protocol`, the image
+ships this very file beside the runner (/opt/sandbox/protocol.py, see images/Dockerfile)
+and the runner imports it as `protocol`. Standard library only, for that reason.
+
+One JSON object per line, UTF-8 (a lone surrogate the code printed travels as the bytes
+"surrogatepass" gives; the host replaces it):
+
+  host -> runner, on stdin:  a job (`job_frame`): {"code": ..., "inputs": {...},
+                              "stdin": "...", "limits": {"max_recursion_depth": N,
+                              "output_bytes": N[, "max_call_bytes": N]}, "keep": bool
+                              [, "tools": {name: is_async, ...}, "seed": N]} ("tools",
+                              "seed" and "max_call_bytes" only for a tool run); during a
+                              tool call, its answer (`reply_frame`, `error_reply_frame`).
+  runner -> host, on stdout: `ready_frame` once, after seccomp is on (or `fatal_frame`
+                              when the runner cannot set itself up, then exit status
+                              FATAL_STATUS); then per job any number of `output_frame`s
+                              and `call_frame`s (seq counts the job's calls from 1), and
+                              exactly one result frame (RESULT_FIELDS, checked on the
+                              host by `checked_result_frame`).
+With "keep" the runner waits for another job in the same interpreter (a session).
+
+The code runs in the runner's process and can write to the channel's fds too, so the
+host trusts nothing it reads: a line that is not a frame, or a frame the runner does not
+write, is the code's doing. The caps below keep every frame the runner writes under the
+host's line cap (`line_cap`), so that a longer line can only be the code's own bytes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# -- frames -------------------------------------------------------------------------
+
+TYPE = "t"  # every frame's type field; the job has none
+READY = "ready"
+OUTPUT = "o"
+CALL = "call"
+REPLY = "reply"
+RESULT = "result"
+FATAL = "fatal"
+
+# The runner's exit status when it cannot set itself up or read its job, or a tool call
+# gets no reply, or one it did not expect.
+FATAL_STATUS = 70
+
+# -- caps ---------------------------------------------------------------------------
+
+MiB = 1024 * 1024
+# The host's cap on one line while no job runs (the ready frame).
+IDLE_LINE_BYTES = MiB
+# The most text one output frame carries.
+OUTPUT_CHUNK_CHARS = 16 * 1024
+# What the runner clips in a result frame: an exception's message, its traceback (the
+# innermost frames), a source line, and names and attempts the code chooses (an
+# exception class's name, a path it tried to write).
+MAX_MESSAGE_CHARS = 2000
+MAX_FRAMES = 50
+MAX_SOURCE_CHARS = 500
+MAX_NAME_CHARS = 500
+
+
+def line_cap(output_bytes: int) -> int:
+    """The host's cap on one line during a job whose output cap is `output_bytes`. A result
+    frame carries the value (at most output_bytes) JSON-encoded twice; a tool run's call
+    frames are held to it too (its job's max_call_bytes)."""
+    return 16 * output_bytes + MiB
+
+
+# -- writing frames -----------------------------------------------------------------
+
+
+def encode_frame(obj: Mapping[str, Any], *, strict: bool = False) -> bytes:
+    """A frame as one line of UTF-8. `strict`: only JSON values (TypeError or ValueError
+    for anything else, as for a tool's arguments)."""
+    text = json.dumps(
+        obj,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=not strict,
+        default=_not_json if strict else None,
+    )
+    return (text + "\n").encode("utf-8", "surrogatepass")
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"a {type(value).__name__} is not a JSON value")
+
+
+def job_frame(
+    *,
+    code: str,
+    inputs: Mapping[str, Any],
+    stdin: str,
+    keep: bool,
+    max_recursion_depth: int,
+    output_bytes: int,
+    tools: Mapping[str, bool] | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """A job; with `tools` (name -> is_async) a tool run, whose call frames must fit the
+    host's line cap."""
+    limits: dict[str, int] = {
+        "max_recursion_depth": max_recursion_depth,
+        "output_bytes": output_bytes,
+    }
+    job: dict[str, Any] = {
+        "code": code,
+        "inputs": dict(inputs),
+        "stdin": stdin,
+        "limits": limits,
+        "keep": keep,
+    }
+    if tools is not None:
+        job["tools"] = dict(tools)
+        job["seed"] = seed
+        limits["max_call_bytes"] = line_cap(output_bytes)
+    return job
+
+
+def ready_frame(pid: int) -> dict[str, Any]:
+    return {TYPE: READY, "pid": pid}
+
+
+def output_frame(stream: str, text: str) -> dict[str, Any]:
+    """At most OUTPUT_CHUNK_CHARS of `text` the code wrote to "stdout" or "stderr"."""
+    return {TYPE: OUTPUT, "s": stream, "d": text}
+
+
+def call_frame(seq: int, name: str, args: list[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {TYPE: CALL, "seq": seq, "name": name, "args": args, "kwargs": kwargs}
+
+
+def reply_frame(seq: int, value: Any) -> dict[str, Any]:
+    return {TYPE: REPLY, "seq": seq, "value": value}
+
+
+def error_reply_frame(seq: int, *, error_type: str, message: str, kind: str) -> dict[str, Any]:
+    """The answer that raises in the code where it called the tool."""
+    error = {"type": error_type, "message": message, "kind": kind}
+    return {TYPE: REPLY, "seq": seq, "error": error}
+
+
+def fatal_frame(message: str) -> dict[str, Any]:
+    return {TYPE: FATAL, "message": message}
+
+
+# -- the last expression's value ----------------------------------------------------
+
+
+def _reject(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+_VALUE_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, default=_reject)
+
+
+def value_to_json(value: Any) -> str:
+    """JSON for a run's last-expression value (both backends): anything JSON cannot hold
+    exactly (sets, bytes, NaN, objects, structures too deep to walk) becomes its repr()
+    string, itself JSON-encoded."""
+    try:
+        return _VALUE_ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        shown = repr(value)
+    except RecursionError:
+        shown = f"<{type(value).__name__} nested too deeply to show>"
+    except Exception as exc:  # a user __repr__ that raises
+        shown = f"<{type(value).__name__}: repr() raised {type(exc).__name__}>"
+    return json.dumps(shown, ensure_ascii=False)
+
+
+# -- reading the result frame -------------------------------------------------------
+
+
+class ForgedFrame(Exception):
+    """A frame the runner never writes: a call frame that breaks the tool protocol (out
+    of sequence, an undeclared tool, malformed), a fatal frame once the job runs, or a
+    result frame with fields the runner does not write. The code can write one."""
+
+
+# What the runner's result frame holds (sandbox_runner.py, Runner.run), and its error's.
+RESULT_FIELDS = frozenset(
+    {TYPE, "ok", "exit_code", "value", "value_bytes", "error", "blocked", "usage"}
+)
+USAGE_FIELDS = frozenset({"cpu_ms", "peak_memory_bytes"})
+ERROR_FIELDS = frozenset({"type", "module", "message", "frames", "os_error", "syntax", "tool_seq"})
+TRACE_INT_FIELDS = frozenset({"line", "column", "end_line", "end_column"})
+TRACE_TEXT_FIELDS = frozenset({"function_name", "source_line"})
+_INT32 = 2**31 - 1
+_INT64 = 2**63 - 1
+# A JSON escape of a surrogate (not an escaped backslash before "u"). The runner writes
+# the value with ensure_ascii=False, so never one; a lone one would reach the client as
+# a surrogate from its json.loads.
+_SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u[dD][89a-fA-F]")
+
+
+def checked_result_frame(frame: dict[str, Any]) -> dict[str, Any]:
+    """`frame` if it is a result frame the runner could have written; raises ForgedFrame
+    for any other (the code can write one to the channel). The one place the host checks
+    the fields it later turns into a result: int() and the wire's int32 and int64 fields
+    must not fail on them."""
+    problem = _result_problem(frame)
+    if problem:
+        raise ForgedFrame(f"a result frame the runner does not write ({problem})")
+    return frame
+
+
+def _is_int(value: Any, top: int, bottom: int = 0) -> bool:
+    return type(value) is int and bottom <= value <= top
+
+
+def _result_problem(frame: dict[str, Any]) -> str:
+    if set(frame) - RESULT_FIELDS:
+        return "unknown fields"
+    ok = frame.get("ok")
+    if type(ok) is not bool or not _is_int(frame.get("exit_code"), 255):
+        return "ok or exit_code"
+    usage = frame.get("usage", {})
+    if not isinstance(usage, dict) or set(usage) - USAGE_FIELDS:
+        return "usage"
+    if not all(_is_int(v, _INT64) for v in usage.values()):
+        return "usage"
+    blocked = frame.get("blocked", [])
+    if not isinstance(blocked, list) or not all(isinstance(b, str) for b in blocked):
+        return "blocked"
+    if "value_bytes" in frame and not (ok and _is_int(frame["value_bytes"], _INT64)):
+        return "value_bytes"
+    if "value" in frame:
+        value = frame["value"]
+        if not ok or not isinstance(value, str) or _SURROGATE_ESCAPE.search(value):
+            return "value"
+    if ok:
+        return "error" if "error" in frame else ""
+    error = frame.get("error")
+    if not isinstance(error, dict) or set(error) - ERROR_FIELDS:
+        return "error"
+    texts = [error.get(k, "") for k in ("type", "module", "message")]
+    flags = [error.get(k, False) for k in ("os_error", "syntax")]
+    if not all(isinstance(t, str) for t in texts) or not all(type(f) is bool for f in flags):
+        return "error"
+    if "tool_seq" in error and not _is_int(error["tool_seq"], _INT32):
+        return "error"
+    frames = error.get("frames", [])
+    if not isinstance(frames, list) or not all(_trace_frame_ok(f) for f in frames):
+        return "error frames"
+    return ""
+
+
+def _trace_frame_ok(frame: Any) -> bool:
+    if not isinstance(frame, dict) or set(frame) - TRACE_INT_FIELDS - TRACE_TEXT_FIELDS:
+        return False
+    return all(
+        _is_int(v, _INT32, -_INT32 - 1) if k in TRACE_INT_FIELDS else isinstance(v, str)
+        for k, v in frame.items()
+    )
