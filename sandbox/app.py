@@ -130,13 +130,15 @@ class SandboxServer:
         log.info("stopped")
 
     async def serve_forever(self) -> None:
-        """Runs until SIGINT or SIGTERM, then drains in-flight calls and stops."""
-        await self.start()
+        """Runs until SIGINT or SIGTERM, then drains in-flight calls and stops. The
+        handlers are in place before start-up, so a signal that arrives while the
+        server starts (or just after it says it serves) stops it the same way."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
+        await self.start()
         await stop.wait()
         await self.stop()
 

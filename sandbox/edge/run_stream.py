@@ -18,7 +18,7 @@ from sandbox.durable.tool_host import args_json, kwargs_json
 from sandbox.edge.calls import Call
 from sandbox.errors import Cancelled
 from sandbox_client.protocol import ExecutionResult, FailureKind
-from sandbox_client.protocol.convert import output_chunk_to_proto, result_to_proto
+from sandbox_client.protocol.convert import output_chunk_to_proto
 from sandbox_client.protocol.v1 import sandbox_pb2
 
 log = structlog.get_logger("sandbox.run")
@@ -89,8 +89,9 @@ def _reply(msg: sandbox_pb2.ToolResult) -> ToolReply:
 async def serve_run(
     executor: Executor, call: Call, requests: AsyncIterator[Any]
 ) -> AsyncIterator[sandbox_pb2.RunResponse]:
-    """The stream of a Run whose start the edge decoded into `call.request`; sets
-    `call.result`. Raises RequestError for a run that cannot be served."""
+    """The stream of a Run whose start the edge decoded into `call.request`: output and
+    tool calls, until the run ends and `call.result` is set (the caller sends it, once
+    the call is recorded). Raises RequestError for a run that cannot be served."""
     request = call.request
     assert request is not None
     loop = asyncio.get_running_loop()
@@ -134,4 +135,3 @@ async def serve_run(
                 pending.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
-    yield sandbox_pb2.RunResponse(result=result_to_proto(call.result))

@@ -71,7 +71,9 @@ class SandboxService:
             finally:
                 if not task.done():
                     task.cancel()
-            yield sandbox_pb2.ExecuteStreamResponse(result=result_to_proto(call.result))
+        # After the record is written (audit_fsync = "always"), as for a unary reply.
+        assert call.result is not None
+        yield sandbox_pb2.ExecuteStreamResponse(result=result_to_proto(call.result))
 
     async def Run(
         self, requests: AsyncIterator[Any], context: Context
@@ -83,6 +85,8 @@ class SandboxService:
         async with self._edge.call("Run", context, first) as call:
             async for event in serve_run(self._executor, call, requests):
                 yield event
+        assert call.result is not None
+        yield sandbox_pb2.RunResponse(result=result_to_proto(call.result))
 
     async def CreateSession(
         self, message: Any, context: Context
