@@ -56,6 +56,7 @@ from pydantic_settings import (
 
 from sandbox.backends.container.settings import ContainerSettings
 from sandbox.backends.monty.settings import MontySettings
+from sandbox.errors import ConfigError
 from sandbox.policy.model import ServerMaximums
 
 MiB = 1024 * 1024
@@ -79,10 +80,6 @@ __all__ = [
     "TlsSettings",
     "load_settings",
 ]
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message says which file and field."""
 
 
 class DeprecatedSettingWarning(DeprecationWarning):

@@ -16,7 +16,8 @@ import pytest
 
 from sandbox.access.tenants import new_api_key
 from sandbox.app import SandboxServer
-from sandbox.config import ConfigError, ServerSettings, Settings
+from sandbox.config import ServerSettings, Settings
+from sandbox.errors import ConfigError
 from sandbox_client import AsyncSandboxClient, FailureKind, Limits, SandboxClient, SandboxError
 
 from .conftest import ServerThread, running_server

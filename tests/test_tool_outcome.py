@@ -11,10 +11,10 @@ import pytest
 
 from sandbox.backends.monty.outcome import RunSignals, map_monty_outcome
 from sandbox.backends.tools import InjectedToolError
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox_client import FailureKind, SuggestedAction
 
-LIMITS = Limits(
+LIMITS = EffectiveLimits(
     wall_time_ms=5000,
     memory_bytes=64 << 20,
     output_bytes=1 << 20,

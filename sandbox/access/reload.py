@@ -13,7 +13,8 @@ from typing import Protocol
 import structlog
 
 from sandbox.access.tenants import Access, TenantRegistry, TenantsError
-from sandbox.config import ConfigError, PolicySettings, TenantSettings
+from sandbox.config import PolicySettings, TenantSettings
+from sandbox.errors import ConfigError
 from sandbox.metrics import Metrics
 from sandbox.policy.files import Problem, load_policy_dir
 from sandbox.policy.model import PolicyRegistry

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from sandbox.backends.tools import ToolHost
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputSink
 from sandbox_client.protocol import Backend, ExecutionResult
 
@@ -29,7 +29,7 @@ class Resume:
 @dataclass(frozen=True, kw_only=True)
 class RunSpec:
     code: str
-    limits: Limits
+    limits: EffectiveLimits
     inputs: Mapping[str, Any] = field(default_factory=dict)
     stdin: str = ""
     # Receives output chunks as they are produced, possibly from another thread.
@@ -76,6 +76,6 @@ class ExecutionBackend(Protocol):
         answers is not charged to the wall-time budget."""
         ...
 
-    async def open_session(self, limits: Limits) -> BackendSession: ...
+    async def open_session(self, limits: EffectiveLimits) -> BackendSession: ...
 
     async def close_session(self, session: BackendSession) -> None: ...

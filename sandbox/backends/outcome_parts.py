@@ -3,7 +3,7 @@ backend produced it."""
 
 from __future__ import annotations
 
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox_client.protocol import KIND_DEFAULTS, Failure, FailureKind, Frame
 
 _MAX_CHARS = 500
@@ -24,7 +24,7 @@ def first_line(text: str) -> str:
     return line if len(line) <= _MAX_CHARS else line[: _MAX_CHARS - 3] + "..."
 
 
-def output_limit_failure(limits: Limits) -> Failure:
+def output_limit_failure(limits: EffectiveLimits) -> Failure:
     return Failure.of(
         FailureKind.OUTPUT_LIMIT,
         f"output exceeded the {limits.output_bytes}-byte cap; it was truncated there",
@@ -32,7 +32,7 @@ def output_limit_failure(limits: Limits) -> Failure:
     )
 
 
-def result_too_large_failure(limits: Limits) -> Failure:
+def result_too_large_failure(limits: EffectiveLimits) -> Failure:
     return Failure.of(
         FailureKind.OUTPUT_LIMIT,
         f"the result exceeded the {limits.output_bytes}-byte output cap",
@@ -41,7 +41,7 @@ def result_too_large_failure(limits: Limits) -> Failure:
 
 
 def runtime_error_failure(
-    limits: Limits,
+    limits: EffectiveLimits,
     type_name: str,
     message: str,
     frames: tuple[Frame, ...],

@@ -16,8 +16,8 @@ from google.protobuf import json_format
 
 from sandbox.cli.admin import add_commands as add_admin_commands
 from sandbox.cli.settings import load_printing_notes, load_with_notes
-from sandbox.config import ConfigError, Settings
-from sandbox.errors import RequestError
+from sandbox.config import Settings
+from sandbox.errors import ConfigError, RequestError
 from sandbox.logs import configure_logging
 from sandbox_client import Backend, ExecutionResult, Failure, SandboxClient
 from sandbox_client.protocol.convert import result_to_proto

@@ -8,7 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sandbox.config import ConfigError, DeprecatedSettingWarning, Settings, load_settings
+from sandbox.config import DeprecatedSettingWarning, Settings, load_settings
+from sandbox.errors import ConfigError
 
 
 def load_with_notes(config_file: Path | None, **overrides: Any) -> tuple[Settings, list[str]]:

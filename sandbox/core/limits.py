@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from sandbox_client.protocol import LIMIT_FIELDS
 from sandbox_client.protocol import Limits as RequestedLimits
 
-__all__ = ["LIMIT_FIELDS", "Limits", "RequestedLimits"]
+__all__ = ["LIMIT_FIELDS", "EffectiveLimits", "RequestedLimits"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Limits:
+class EffectiveLimits:
     """Effective, policy-clamped limits handed to a backend. Every field is set."""
 
     wall_time_ms: int

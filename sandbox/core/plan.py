@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 
 from sandbox.access.tenants import Access
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox.core.request import Request, ToolDecl
 from sandbox.core.sessions import SessionEntry, SessionRegistry
 from sandbox.errors import InvalidRequest, PolicyDenied, Unavailable
@@ -34,7 +34,7 @@ _MAX_TOOL_NAME = 128
 class Plan:
     execution_id: str
     policy: Policy
-    limits: Limits
+    limits: EffectiveLimits
     # Backends to run on, in order: the next one runs only when the one before says
     # UNSUPPORTED (and, in a tool run, before the code called a tool).
     steps: tuple[Backend, ...]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from sandbox.backends.base import BackendSession, ExecutionBackend
 from sandbox.config import SessionSettings
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox.errors import CorruptState, NotFound, Throttled
 from sandbox.policy.model import Policy
 
@@ -24,7 +24,7 @@ class SessionEntry:
     backend: ExecutionBackend
     handle: BackendSession
     policy: Policy
-    limits: Limits
+    limits: EffectiveLimits
     # The tenant that opened it; no other tenant can use, close or even see it.
     tenant: str = ""
     last_used: float = field(default_factory=time.monotonic)
@@ -42,7 +42,12 @@ class SessionRegistry:
         return len(self._entries)
 
     async def create(
-        self, backend: ExecutionBackend, policy: Policy, limits: Limits, *, tenant: str = ""
+        self,
+        backend: ExecutionBackend,
+        policy: Policy,
+        limits: EffectiveLimits,
+        *,
+        tenant: str = "",
     ) -> SessionEntry:
         if len(self._entries) >= self.max_sessions:
             raise Throttled(

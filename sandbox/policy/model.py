@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sandbox.core.limits import LIMIT_FIELDS, Limits, RequestedLimits
+from sandbox.core.limits import LIMIT_FIELDS, EffectiveLimits, RequestedLimits
 from sandbox.errors import NotFound, PolicyDenied
 from sandbox_client.protocol import Backend
 from sandbox_client.protocol.convert import NO_LIMITS_ASKED
@@ -119,11 +119,11 @@ class Policy(BaseModel):
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
     @functools.cached_property
-    def default_limits(self) -> Limits:
+    def default_limits(self) -> EffectiveLimits:
         """The limits of a request that asks for none: the policy's own."""
-        return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
+        return EffectiveLimits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
-    def limits(self, requested: RequestedLimits | None = None) -> Limits:
+    def limits(self, requested: RequestedLimits | None = None) -> EffectiveLimits:
         """The effective limits for a request. Raises POLICY_VIOLATION naming the first
         field that asks for more than this policy allows."""
         if requested is None or requested == NO_LIMITS_ASKED:
@@ -139,7 +139,7 @@ class Policy(BaseModel):
                     metadata={"limit": name, "limit_value": str(ceiling)},
                 )
             values[name] = ceiling if asked is None else asked
-        return Limits(**values)
+        return EffectiveLimits(**values)
 
 
 DEFAULT_POLICY = Policy(name="default")

@@ -18,7 +18,7 @@ from sandbox.backends.base import BackendSession, RunSpec
 from sandbox.backends.container.backend import ContainerBackend
 from sandbox.backends.container.engine import SCOPE_LABEL
 from sandbox.config import ContainerSettings
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputSink
 from sandbox_client import ExecutionResult
 
@@ -29,7 +29,7 @@ RUNTIMES = ("runc", "runsc")
 # Every container this test run makes carries this scope; the finalizer removes them all.
 SCOPE = f"test-{secrets.token_hex(4)}"
 MiB = 1024 * 1024
-LIMITS = Limits(
+LIMITS = EffectiveLimits(
     wall_time_ms=10_000,
     memory_bytes=256 * MiB,
     output_bytes=1 * MiB,
@@ -80,7 +80,7 @@ def runtime_problem(client: docker.DockerClient, runtime: str) -> str | None:
 
 
 def make_backend(
-    runtime: str = "runc", *, pool_limits: Limits | None = LIMITS, **overrides: Any
+    runtime: str = "runc", *, pool_limits: EffectiveLimits | None = LIMITS, **overrides: Any
 ) -> ContainerBackend:
     """A backend for these tests; `overrides` are ContainerSettings fields."""
     fields: dict[str, Any] = {

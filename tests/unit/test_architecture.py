@@ -8,7 +8,7 @@ import ast
 import dataclasses
 from pathlib import Path
 
-from sandbox.core.limits import LIMIT_FIELDS, Limits
+from sandbox.core.limits import LIMIT_FIELDS, EffectiveLimits
 from sandbox.policy.model import Policy, ServerMaximums
 from sandbox_client.protocol.v1 import sandbox_pb2
 
@@ -99,7 +99,7 @@ def test_the_core_knows_nothing_of_grpc() -> None:
 
 
 def test_every_spelling_of_the_limits_is_the_one_list() -> None:
-    assert tuple(f.name for f in dataclasses.fields(Limits)) == LIMIT_FIELDS
+    assert tuple(f.name for f in dataclasses.fields(EffectiveLimits)) == LIMIT_FIELDS
     assert tuple(f.name for f in sandbox_pb2.Limits.DESCRIPTOR.fields) == LIMIT_FIELDS
     assert set(LIMIT_FIELDS) <= set(Policy.model_fields)
     assert set(LIMIT_FIELDS) <= set(ServerMaximums.model_fields)

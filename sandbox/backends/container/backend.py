@@ -40,7 +40,7 @@ from sandbox.backends.container.protocol import job_frame
 from sandbox.backends.container.settings import ContainerSettings
 from sandbox.backends.container.tools import ToolBridge
 from sandbox.backends.tools import ToolHost
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputCapture
 from sandbox.errors import RequestError
 from sandbox_client import Backend, ExecutionResult, Failure, FailureKind, Usage
@@ -90,7 +90,7 @@ class ContainerSession:
     """A dedicated container whose interpreter keeps its globals across runs."""
 
     container: Container
-    limits: Limits
+    limits: EffectiveLimits
     alive: bool = True
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -98,7 +98,9 @@ class ContainerSession:
 class ContainerBackend:
     kind = Backend.CONTAINER
 
-    def __init__(self, settings: ContainerSettings, *, pool_limits: Limits | None = None) -> None:
+    def __init__(
+        self, settings: ContainerSettings, *, pool_limits: EffectiveLimits | None = None
+    ) -> None:
         """`pool_limits`: what the warm pool's containers are shaped for (the server's
         default policy); None: no pool, every run starts its own container."""
         image, runtime = settings.image, settings.runtime
@@ -215,7 +217,7 @@ class ContainerBackend:
         except _Busy as busy:
             return _busy_result(busy.message)
 
-    async def open_session(self, limits: Limits) -> ContainerSession:
+    async def open_session(self, limits: EffectiveLimits) -> ContainerSession:
         shape = Shape.of(limits, image=self.image, runtime=self.runtime)
         container = await self._acquire(shape, limits)
         if isinstance(container, ExecutionResult):
@@ -256,7 +258,7 @@ class ContainerBackend:
                 await self.close_session(session)
             return result
 
-    async def _acquire(self, shape: Shape, limits: Limits) -> Container | ExecutionResult:
+    async def _acquire(self, shape: Shape, limits: EffectiveLimits) -> Container | ExecutionResult:
         """A ready container of `shape`: from the warm pool when it has one, else started
         now. A failure to start one comes back as the result to return."""
         if self.pool is not None and shape == self._pool_shape:

@@ -10,10 +10,10 @@ from sandbox.backends.base import RunSpec
 from sandbox.backends.container.backend import ContainerBackend
 from sandbox.backends.container.engine import Runtime
 from sandbox.backends.container.settings import ContainerSettings
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 
 MiB = 1024 * 1024
-_PROBE_LIMITS = Limits(
+_PROBE_LIMITS = EffectiveLimits(
     wall_time_ms=20_000,
     memory_bytes=128 * MiB,
     output_bytes=64 * 1024,

@@ -14,7 +14,7 @@ import docker
 import docker.errors as de
 from docker.types import LogConfig, Ulimit
 
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 
 Runtime = Literal["runc", "runsc"]
 
@@ -43,7 +43,7 @@ class Shape:
     disk_bytes: int
 
     @classmethod
-    def of(cls, limits: Limits, *, image: str, runtime: Runtime) -> Shape:
+    def of(cls, limits: EffectiveLimits, *, image: str, runtime: Runtime) -> Shape:
         return cls(
             image=image,
             runtime=runtime,

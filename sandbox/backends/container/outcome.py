@@ -22,7 +22,7 @@ from sandbox.backends.outcome_parts import (
     tool_failure,
 )
 from sandbox.backends.tools import InjectedToolError
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox_client import Failure, FailureKind, Frame
 
 
@@ -72,7 +72,7 @@ INFRA_RETRY_AFTER_MS = 1000
 class ContainerSignals:
     """What the host saw while a run went on."""
 
-    limits: Limits
+    limits: EffectiveLimits
     frame: dict[str, Any] | None = None  # the runner's result frame, if one came
     exit_code: int | None = None  # the container's status, when it ended without a frame
     oom_killed: bool = False  # State.OOMKilled
@@ -258,7 +258,7 @@ def _from_frame(frame: dict[str, Any], signals: ContainerSignals) -> Failure | N
     return runtime_error_failure(limits, type_name, message, frames, details)
 
 
-def _timeout(limits: Limits) -> Failure:
+def _timeout(limits: EffectiveLimits) -> Failure:
     return Failure.of(
         FailureKind.TIMEOUT,
         f"time limit of {limits.wall_time_ms} ms exceeded; the container was stopped",
@@ -267,7 +267,7 @@ def _timeout(limits: Limits) -> Failure:
     )
 
 
-def _memory(limits: Limits, why: str, frames: tuple[Frame, ...] | None) -> Failure:
+def _memory(limits: EffectiveLimits, why: str, frames: tuple[Frame, ...] | None) -> Failure:
     return Failure.of(
         FailureKind.MEMORY_LIMIT,
         one_line(f"memory limit of {limits.memory_bytes} bytes exceeded: {why}", frames or ()),

@@ -18,7 +18,7 @@ from sandbox.backends.monty.settings import MontySettings
 from sandbox.backends.monty.supply import SessionSupply
 from sandbox.backends.monty.tools import drive_tools, tool_os_policy
 from sandbox.backends.tools import ToolHost
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputCapture
 from sandbox.errors import Unavailable
 from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
@@ -27,7 +27,7 @@ from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
 @dataclass(eq=False)
 class MontySessionHandle:
     session: pm.AsyncMontySession
-    limits: Limits
+    limits: EffectiveLimits
     alive: bool = True
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -98,7 +98,7 @@ class MontyBackend:
             gc.collect()
 
     def _checkout(
-        self, limits: Limits, os_policy: pm.OSPolicy | None = None
+        self, limits: EffectiveLimits, os_policy: pm.OSPolicy | None = None
     ) -> pm.AsyncMontySession:
         if self._pool is None:
             raise RuntimeError("MontyBackend.start() was not awaited")
@@ -133,7 +133,7 @@ class MontyBackend:
 
     @contextlib.asynccontextmanager
     async def checkout_session(
-        self, limits: Limits, *, os_policy: pm.OSPolicy | None = None
+        self, limits: EffectiveLimits, *, os_policy: pm.OSPolicy | None = None
     ) -> AsyncIterator[pm.AsyncMontySession]:
         """A fresh, entered session for one execution; returned to the pool afterwards
         (in the background, off the caller's path). `os_policy` (e.g. a pinned clock and
@@ -167,7 +167,7 @@ class MontyBackend:
                 backend=Backend.MONTY,
             )
 
-    async def open_session(self, limits: Limits) -> MontySessionHandle:
+    async def open_session(self, limits: EffectiveLimits) -> MontySessionHandle:
         session = self._checkout(limits)
         try:
             await session.__aenter__()

@@ -23,7 +23,7 @@ from sandbox.backends.outcome_parts import (
 )
 from sandbox.backends.tools import InjectedToolError
 from sandbox.backends.values import value_to_json
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox_client.protocol import Backend, ExecutionResult, Failure, FailureKind, Frame, Usage
 
 
@@ -31,7 +31,7 @@ from sandbox_client.protocol import Backend, ExecutionResult, Failure, FailureKi
 class RunSignals:
     """What the host saw while the run went on, besides the exception."""
 
-    limits: Limits
+    limits: EffectiveLimits
     output_exceeded: bool = False
     host_timed_out: bool = False  # our wall-clock backstop cancelled the run
     elapsed_s: float = 0.0
@@ -239,7 +239,7 @@ def _cpython_has(type_name: str, attribute: str) -> bool:
     return False
 
 
-def _timeout(limits: Limits, why: str, frames: tuple[Frame, ...]) -> Failure:
+def _timeout(limits: EffectiveLimits, why: str, frames: tuple[Frame, ...]) -> Failure:
     return Failure.of(
         FailureKind.TIMEOUT,
         one_line(f"time limit of {limits.wall_time_ms} ms exceeded: {why}", frames),
@@ -273,7 +273,7 @@ def monty_result(
     value: Any,
     failure: Failure | None,
     *,
-    limits: Limits,
+    limits: EffectiveLimits,
     elapsed_s: float,
     stdout: str,
     stdout_truncated: bool,

@@ -17,22 +17,22 @@ from typing import Any
 
 import pydantic_monty as pm
 
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 
-Checkout = Callable[[Limits], pm.AsyncMontySession]
+Checkout = Callable[[EffectiveLimits], pm.AsyncMontySession]
 
 
 class SessionSupply:
     def __init__(self, checkout: Checkout, depth: int) -> None:
         self._checkout = checkout
         self._depth = depth
-        self._limits: Limits | None = None
+        self._limits: EffectiveLimits | None = None
         self._parked: deque[pm.AsyncMontySession] = deque()
         self._parking = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def take(self, limits: Limits) -> pm.AsyncMontySession:
+    async def take(self, limits: EffectiveLimits) -> pm.AsyncMontySession:
         """An entered session with `limits` that has run nothing yet."""
         if limits != self._limits:
             self._limits = limits
@@ -73,7 +73,7 @@ class SessionSupply:
             self._parking += 1
             self._spawn(self._park(self._limits))
 
-    async def _park(self, limits: Limits) -> None:
+    async def _park(self, limits: EffectiveLimits) -> None:
         try:
             session = self._checkout(limits)
             await session.__aenter__()

@@ -20,7 +20,7 @@ import pydantic_monty as pm
 from sandbox.backends.base import RunSpec
 from sandbox.backends.monty.outcome import HOST_GRACE_S, RunSignals, map_monty_outcome, monty_result
 from sandbox.backends.tools import InjectedToolError, ToolCallRequest, ToolHost, ToolReply
-from sandbox.core.limits import Limits
+from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputCapture, OutputLimitExceeded, OutputSink, StreamName
 from sandbox_client import ExecutionResult
 
@@ -35,7 +35,9 @@ _EXC_TYPES = frozenset(pm.ExcType.__args__)  # type: ignore[attr-defined]
 class _Output:
     """The capture for this leg of the run, after whatever earlier legs printed."""
 
-    def __init__(self, limits: Limits, prior: Mapping[str, Any], forward: OutputSink | None):
+    def __init__(
+        self, limits: EffectiveLimits, prior: Mapping[str, Any], forward: OutputSink | None
+    ):
         self.prior: dict[StreamName, str] = {
             "stdout": str(prior.get("stdout", "")),
             "stderr": str(prior.get("stderr", "")),
