@@ -15,7 +15,7 @@ removed. `check_runtimes` (doctor.py) probes which OCI runtimes work on this mac
 # * protocol.py is the one schema of the host <-> runner frames (types, fields, caps,
 #   value_to_json, checked_result_frame). The image ships that very file beside the
 #   runner (images/Dockerfile), so it is standard library only and imports nothing of
-#   this package; tests/container/test_container_image.py checks the copy in the image.
+#   this package; tests/backends/container/test_container_image.py checks the copy in the image.
 # * engine.py speaks to the engine by container id and never reads the attach socket;
 #   conversation.py never makes an engine call but through engine.py. Both block, and
 #   run on the backend's own threads, never on the event loop.

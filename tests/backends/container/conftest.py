@@ -1,0 +1,153 @@
+"""A real Docker engine for the container tests. Without one they skip locally, saying
+why, and fail under CI=true: CI installs and starts the engine (scripts/ci_docker.sh)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import pytest_asyncio
+
+from sandbox.backends.base import BackendSession, RunSpec
+from sandbox.backends.container.backend import ContainerBackend
+from sandbox.backends.container.engine import SCOPE_LABEL
+from sandbox.config import ContainerSettings
+from sandbox.core.limits import EffectiveLimits
+from sandbox.core.output import OutputSink
+from sandbox_client import ExecutionResult
+from tests.conftest import IN_CI
+
+IMAGE = "sandbox-runner:latest"
+RUNTIMES = ("runc", "runsc")
+# Every container this test run makes carries this scope; the finalizer removes them all.
+SCOPE = f"test-{secrets.token_hex(4)}"
+MiB = 1024 * 1024
+LIMITS = EffectiveLimits(
+    wall_time_ms=10_000,
+    memory_bytes=256 * MiB,
+    output_bytes=1 * MiB,
+    max_recursion_depth=200,
+    cpu_millis=1000,
+    pids=64,
+    disk_bytes=64 * MiB,
+)
+
+
+def require(problem: str | None) -> None:
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{problem} (container tests must run under CI=true)")
+    pytest.skip(problem)
+
+
+def _engine_problem() -> str | None:
+    try:
+        client = docker.from_env(version="auto", timeout=10)
+        client.ping()
+    except Exception as exc:
+        return f"no Docker engine answers ({type(exc).__name__}: {exc}); see scripts/ci_docker.sh"
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        return f"the image {IMAGE} is missing; build it with `make image`"
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[docker.DockerClient]:
+    require(_engine_problem())
+    client = docker.from_env(version="auto", timeout=30)
+    yield client
+    for container in client.containers.list(all=True, filters={"label": f"{SCOPE_LABEL}={SCOPE}"}):
+        container.remove(force=True)
+    client.close()
+
+
+def runtime_problem(client: docker.DockerClient, runtime: str) -> str | None:
+    if runtime in (client.info().get("Runtimes") or {}):
+        return None
+    return f"the {runtime} runtime is not registered with dockerd; see scripts/ci_docker.sh"
+
+
+def make_backend(
+    runtime: str = "runc", *, pool_limits: EffectiveLimits | None = LIMITS, **overrides: Any
+) -> ContainerBackend:
+    """A backend for these tests; `overrides` are ContainerSettings fields."""
+    fields: dict[str, Any] = {
+        "image": IMAGE,
+        "runtime": runtime,
+        "pool_size": 2,
+        "max_concurrency": 4,
+        "scope": SCOPE,
+    }
+    fields.update(overrides)
+    return ContainerBackend(ContainerSettings(**fields), pool_limits=pool_limits)
+
+
+@pytest_asyncio.fixture(scope="session", params=RUNTIMES)
+async def backend(
+    request: pytest.FixtureRequest, engine: docker.DockerClient
+) -> AsyncIterator[ContainerBackend]:
+    """A started backend with a filled warm pool, once per OCI runtime."""
+    require(runtime_problem(engine, request.param))
+    started = make_backend(request.param)
+    await started.start()
+    assert started.pool is not None
+    await started.pool.wait_filled(120)
+    yield started
+    await started.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def runc_backend(engine: docker.DockerClient) -> AsyncIterator[ContainerBackend]:
+    started = make_backend("runc")
+    await started.start()
+    yield started
+    await started.stop()
+
+
+async def run(
+    backend: ContainerBackend,
+    code: str,
+    *,
+    session: BackendSession | None = None,
+    stdin: str = "",
+    inputs: dict[str, Any] | None = None,
+    on_output: OutputSink | None = None,
+    **limits: int,
+) -> ExecutionResult:
+    spec = RunSpec(
+        code=code,
+        limits=replace(LIMITS, **limits),
+        stdin=stdin,
+        inputs=inputs or {},
+        on_output=on_output,
+    )
+    return await backend.run(spec, session)
+
+
+async def assert_healthy(backend: ContainerBackend) -> None:
+    """`print(1)` still works: what every outcome test checks last."""
+    result = await run(backend, "print(1)")
+    assert result.ok, result.failure
+    assert result.stdout == "1\n"
+
+
+def signal_on_output() -> tuple[asyncio.Event, Callable[[str, str], None]]:
+    """An event set (from any thread) once the run prints something."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+
+    def sink(stream: str, text: str) -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    return event, sink

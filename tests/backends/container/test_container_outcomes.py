@@ -1,0 +1,399 @@
+"""One test per way a container run can end, under runc and runsc, each followed by a
+`print(1)` that must succeed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import docker
+import pytest
+
+from sandbox.backends.container.backend import ContainerBackend
+from sandbox.config import ContainerSettings
+from sandbox_client import FailureKind, SuggestedAction
+from tests.backends.container.conftest import (
+    LIMITS,
+    SCOPE,
+    assert_healthy,
+    make_backend,
+    run,
+    signal_on_output,
+)
+
+pytestmark = pytest.mark.docker
+
+
+async def test_ok_with_value_stdin_and_inputs(backend: ContainerBackend) -> None:
+    code = "import sys\nname = input()\nprint('hi', name)\nprint('e', file=sys.stderr)\nx * 2"
+    result = await run(backend, code, stdin="ada\n", inputs={"x": 21})
+    assert result.ok, result.failure
+    assert (result.stdout, result.stderr, result.result) == ("hi ada\n", "e\n", 42)
+    assert result.backend == "container" and result.exit_code == 0
+    await assert_healthy(backend)
+
+
+async def test_full_cpython_stdlib(backend: ContainerBackend) -> None:
+    code = "import sqlite3, decimal\n[str(decimal.Decimal(1) / 8), sqlite3.sqlite_version > '3']"
+    result = await run(backend, code)
+    assert result.ok, result.failure
+    assert result.result == ["0.125", True]
+    await assert_healthy(backend)
+
+
+async def test_syntax_error(backend: ContainerBackend) -> None:
+    result = await run(backend, "x = 1\ndef f(:\n    pass")
+    assert result.failure is not None
+    assert result.failure.kind is FailureKind.SYNTAX_ERROR
+    assert result.failure.line == 2
+    assert result.failure.suggested_action is SuggestedAction.REPAIR
+    await assert_healthy(backend)
+
+
+async def test_runtime_error_with_line(backend: ContainerBackend) -> None:
+    code = "def f(d):\n    return d['missing']\n\nprint('before')\nf({})"
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR
+    assert failure.exception_type == "KeyError"
+    assert [f.line for f in failure.frames] == [5, 2]
+    assert failure.frames[-1].function_name == "f"
+    assert result.stdout == "before\n"
+    assert not failure.retryable
+    await assert_healthy(backend)
+
+
+async def test_timeout(backend: ContainerBackend) -> None:
+    started = time.monotonic()
+    result = await run(backend, "while True:\n    pass", wall_time_ms=1500)
+    assert result.failure is not None and result.failure.kind is FailureKind.TIMEOUT
+    assert time.monotonic() - started < 6
+    await assert_healthy(backend)
+
+
+async def test_oom_is_memory_limit(backend: ContainerBackend) -> None:
+    code = "chunks = []\nwhile True:\n    chunks.append(b'x' * (16 * 2**20))"
+    result = await run(backend, code)
+    assert result.failure is not None, result
+    assert result.failure.kind is FailureKind.MEMORY_LIMIT, result.failure
+    await assert_healthy(backend)
+
+
+async def test_output_cap_is_output_limit_and_truncated(backend: ContainerBackend) -> None:
+    result = await run(backend, "i = 0\nwhile True:\n    print(i)\n    i += 1", output_bytes=4096)
+    assert result.failure is not None and result.failure.kind is FailureKind.OUTPUT_LIMIT
+    assert result.stdout_truncated
+    assert len(result.stdout.encode()) <= 4096
+    assert result.stdout.startswith("0\n1\n2\n")
+    await assert_healthy(backend)
+
+
+async def test_oversized_result_is_output_limit(backend: ContainerBackend) -> None:
+    result = await run(backend, "'x' * 10_000", output_bytes=1000)
+    assert result.failure is not None and result.failure.kind is FailureKind.OUTPUT_LIMIT
+    assert result.failure.details["part"] == "result"
+    await assert_healthy(backend)
+
+
+async def test_network_is_policy_violation(backend: ContainerBackend) -> None:
+    code = "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=2)"
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert "socket" in failure.details["attempted"]
+    assert failure.line == 2
+    assert failure.suggested_action is SuggestedAction.ESCALATE
+    await assert_healthy(backend)
+
+
+async def test_write_outside_work_dirs_is_policy_violation(backend: ContainerBackend) -> None:
+    result = await run(backend, "open('/etc/hosts', 'a').write('1.2.3.4 evil')")
+    assert result.failure is not None and result.failure.kind is FailureKind.POLICY_VIOLATION
+    assert "/etc/hosts" in result.failure.details["attempted"]
+    await assert_healthy(backend)
+
+
+# The runner's frame writer (its stdin reader is PRIVATE_FD_MIN, 200).
+RUNNER_OUT_FD = 201
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        "b'not a frame\\n'",
+        "b'[1, 2]\\n'",  # JSON, but no frame
+        "b'{\"t\": '",  # half a frame: the runner's own next frame completes the garbage
+        "b'x' * (1 << 20)",  # a line that never ends, past the line cap (1 MiB + 16 x 4 KiB)
+    ],
+)
+async def test_bytes_the_code_writes_to_the_runners_channel_are_policy_violation(
+    backend: ContainerBackend, write: str
+) -> None:
+    # Not SANDBOX_CRASH: that is retried, and the same code writes the same bytes again.
+    code = f"import os\nfor _ in range(64):\n    os.write({RUNNER_OUT_FD}, {write})\nprint(1)"
+    started = time.monotonic()
+    result = await run(backend, code, output_bytes=4096)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert "private channel" in failure.message
+    assert failure.details == {"attempted": "write to the runner's channel"}
+    assert not failure.retryable
+    # Stopped while still writing: the kill must not wait on output nobody reads.
+    assert time.monotonic() - started < 10
+    await assert_healthy(backend)
+
+
+@pytest.mark.parametrize("then", ["import time\ntime.sleep(30)", "print(1)"])
+async def test_a_fatal_frame_the_code_writes_is_policy_violation(
+    backend: ContainerBackend, then: str
+) -> None:
+    # The runner's own fatal frames come before "ready"; during a job only the code can
+    # write one. It was INFRA_UNAVAILABLE ("the runner could not start"), retried.
+    frame = b'{"t": "fatal", "message": "seccomp: forged\\nsecond line"}\n'
+    code = f"import os\nos.write({RUNNER_OUT_FD}, {frame!r})\n{then}"
+    started = time.monotonic()
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert "private channel" in failure.message and "fatal frame" in failure.message
+    assert "seccomp: forged" in failure.message and "second line" not in failure.message
+    assert failure.details == {"attempted": "forge a runner frame"}
+    assert not failure.retryable
+    assert time.monotonic() - started < 10  # stopped, not left to sleep
+    await assert_healthy(backend)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b'"exit_code":"x"',
+        b'"exit_code":' + str(10**30).encode(),  # past the wire's int32
+        b'"exit_code":0,"usage":"x"',
+        b'"exit_code":0,"value":"\\"\\\\ud800\\""',  # JSON text escaping a lone surrogate
+    ],
+)
+async def test_a_result_frame_the_code_forges_is_policy_violation(
+    backend: ContainerBackend, fields: bytes
+) -> None:
+    # Fields the runner never writes failed converting the frame (int(), the proto's
+    # int32, the client's json.loads) and escaped as an engine error, or reached the client.
+    frame = b'{"t":"result","ok":true,' + fields + b"}\n"
+    code = f"import os\nos.write({RUNNER_OUT_FD}, {frame!r})\nimport time\ntime.sleep(30)"
+    started = time.monotonic()
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert "private channel" in failure.message and "result frame" in failure.message
+    assert failure.details == {"attempted": "forge a runner frame"}
+    assert not failure.retryable
+    assert time.monotonic() - started < 10  # stopped, not left to sleep
+    await assert_healthy(backend)
+
+
+async def test_names_the_code_chooses_are_clipped_to_fit_the_channel(
+    backend: ContainerBackend,
+) -> None:
+    # Past the line cap unclipped (16 x 1 MiB + 1 MiB): this must stay the code's own
+    # error, not look like garbage on the channel.
+    result = await run(backend, "raise type('E' * (20 << 20), (Exception,), {})()")
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type.startswith("EEE") and len(failure.exception_type) == 500
+    code = (
+        "for _ in range(20):\n"
+        "    try:\n"
+        "        open('/' + 'x' * (1 << 20), 'w')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "open('/etc/hosts', 'a')"
+    )
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert failure.details["attempted"].startswith("write to '/xxx")
+    await assert_healthy(backend)
+
+
+async def test_killed_from_outside_is_sandbox_crash(
+    backend: ContainerBackend, engine: docker.DockerClient
+) -> None:
+    printed, sink = signal_on_output()
+    code = "print('up', flush=True)\nimport time\ntime.sleep(30)"
+    task = asyncio.create_task(run(backend, code, on_output=sink))
+    await asyncio.wait_for(printed.wait(), 20)
+    (running,) = backend.running_ids()
+    await asyncio.to_thread(engine.api.kill, running)
+    result = await asyncio.wait_for(task, 20)
+    assert result.failure is not None and result.failure.kind is FailureKind.SANDBOX_CRASH
+    assert result.failure.retryable
+    await assert_healthy(backend)
+
+
+async def test_runner_exit_status_is_runtime_error(backend: ContainerBackend) -> None:
+    result = await run(backend, "import os\nprint('bye', flush=True)\nos._exit(3)")
+    assert result.failure is not None and result.failure.kind is FailureKind.RUNTIME_ERROR
+    assert result.exit_code == 3
+    result = await run(backend, "import sys\nsys.exit(4)")
+    assert result.failure is not None and result.failure.exception_type == "SystemExit"
+    assert result.exit_code == 4
+    assert (await run(backend, "import sys\nsys.exit(0)")).ok
+    await assert_healthy(backend)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "message"),
+    [
+        # The statuses CPython's own `python3 -c 'raise SystemExit(...)'` exits with.
+        ("10**5000", 255, ""),  # past a C long; no JSON text either (4300-digit limit)
+        ("2**63", 255, ""),
+        ("-1", 255, ""),
+        ("257", 1, ""),
+        ("[10**5000]", 1, "<list: str() raised ValueError>"),
+        ("'x' * 10**6", 1, "x" * 1997 + "..."),
+    ],
+)
+async def test_any_exit_code_is_reported_as_the_status_cpython_gives(
+    backend: ContainerBackend, code: str, status: int, message: str
+) -> None:
+    # SystemExit(10**5000) broke the runner's result frame: INFRA_UNAVAILABLE, retried.
+    result = await run(backend, f"raise SystemExit({code})")
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == "SystemExit" and not failure.retryable
+    assert result.exit_code == status
+    assert failure.details == {"exit_code": str(status)}
+    shown = f"SystemExit: {message}" if message else "SystemExit"
+    assert (
+        failure.message.startswith(shown[:60]) and "(line 1: raise SystemExit(" in failure.message
+    )
+    assert len(failure.message) < 3000  # a long message is clipped
+
+
+async def test_huge_ints_the_code_chooses_do_not_break_the_result_frame(
+    backend: ContainerBackend,
+) -> None:
+    # An exit status CPython takes modulo 256 to 0 is a clean exit, as for the process.
+    assert (await run(backend, "raise SystemExit(2**40)")).ok
+    result = await run(backend, "10**5000")
+    assert result.ok and result.result == "<int: repr() raised ValueError>", result
+    # The runner's tool mark on an exception, set by the code to a huge int.
+    code = "e = ValueError('v')\ne._sandbox_tool_seq = 10**5000\nraise e"
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == "ValueError"
+    await assert_healthy(backend)
+
+
+async def test_engine_unreachable_is_infra_unavailable(backend: ContainerBackend) -> None:
+    unreachable = ContainerBackend(
+        ContainerSettings(docker_host="unix:///nonexistent/docker.sock", pool_size=0)
+    )
+    await unreachable.start()
+    try:
+        result = await run(unreachable, "print(1)")
+    finally:
+        await unreachable.stop()
+    assert result.failure is not None and result.failure.kind is FailureKind.INFRA_UNAVAILABLE
+    assert result.failure.retryable and result.failure.retry_after_ms > 0
+    await assert_healthy(backend)
+
+
+async def test_image_missing_is_infra_unavailable(backend: ContainerBackend) -> None:
+    missing = make_backend(backend.runtime, image="sandbox-runner-missing:none", pool_size=0)
+    await missing.start()
+    try:
+        result = await run(missing, "print(1)")
+    finally:
+        await missing.stop()
+    assert result.failure is not None and result.failure.kind is FailureKind.INFRA_UNAVAILABLE
+    assert "make image" in result.failure.message
+    await assert_healthy(backend)
+
+
+async def test_full_queue_is_infra_unavailable(backend: ContainerBackend) -> None:
+    narrow = make_backend(backend.runtime, pool_size=1, max_concurrency=1, queue_size=0)
+    await narrow.start()
+    try:
+        printed, sink = signal_on_output()
+        slow = asyncio.create_task(
+            run(narrow, "print('up', flush=True)\nimport time\ntime.sleep(2)", on_output=sink)
+        )
+        await asyncio.wait_for(printed.wait(), 20)
+        refused = await run(narrow, "print(1)")
+        assert (await slow).ok
+        after = await run(narrow, "print(1)")
+    finally:
+        await narrow.stop()
+    assert refused.failure is not None
+    assert refused.failure.kind is FailureKind.INFRA_UNAVAILABLE
+    assert refused.failure.retry_after_ms > 0
+    assert after.ok
+    await assert_healthy(backend)
+
+
+async def test_session_keeps_state_until_a_timeout_ends_it(backend: ContainerBackend) -> None:
+    session = await backend.open_session(LIMITS)
+    try:
+        assert (await run(backend, "counter = 41", session=session)).ok
+        result = await run(backend, "counter += 1\ncounter", session=session)
+        assert result.result == 42
+        failed = await run(backend, "1/0", session=session)
+        assert failed.failure is not None and failed.failure.kind is FailureKind.RUNTIME_ERROR
+        assert session.alive  # a plain exception keeps the interpreter
+        timed_out = await run(backend, "while True: pass", session=session, wall_time_ms=1000)
+        assert timed_out.failure is not None and timed_out.failure.kind is FailureKind.TIMEOUT
+        assert not session.alive
+        lost = await run(backend, "counter", session=session)
+        assert lost.failure is not None and lost.failure.kind is FailureKind.CORRUPT_STATE
+    finally:
+        await backend.close_session(session)
+    await assert_healthy(backend)
+
+
+async def test_pool_holds_its_size_and_stop_removes_everything(
+    engine: docker.DockerClient,
+) -> None:
+    own = make_backend(pool_size=3)
+    await own.start()
+    try:
+        for _ in range(5):
+            assert (await run(own, "print(1)")).ok
+        await own.settled()
+        assert len(await own.containers()) == 3
+    finally:
+        await own.stop()
+    left = engine.containers.list(
+        all=True, filters={"label": f"dev.sandbox.instance={own.instance}"}
+    )
+    assert left == []
+
+
+async def test_start_reaps_what_a_dead_server_left(engine: docker.DockerClient) -> None:
+    labels = {
+        "dev.sandbox.owner": "sandbox-server",
+        "dev.sandbox.scope": SCOPE,
+        "dev.sandbox.owner-process": "ignored-host:1:0",
+    }
+    dead = dict(labels, **{"dev.sandbox.owner-process": f"{socket.gethostname()}:999999999:1"})
+    foreign = await asyncio.to_thread(
+        engine.containers.create, "sandbox-runner:latest", "true", labels=labels
+    )
+    leftover = await asyncio.to_thread(
+        engine.containers.create, "sandbox-runner:latest", "true", labels=dead
+    )
+    fresh = make_backend(pool_size=0)
+    await fresh.start()
+    await fresh.stop()
+    remaining = {
+        c.id
+        for c in engine.containers.list(all=True, filters={"label": f"dev.sandbox.scope={SCOPE}"})
+    }
+    assert leftover.id not in remaining
+    assert foreign.id in remaining  # another host's: not ours to judge
+    foreign.remove(force=True)
+
+
+def labelled(engine: docker.DockerClient, label: str) -> set[str]:
+    return {c.id for c in engine.containers.list(all=True, filters={"label": label})}

@@ -1,0 +1,178 @@
+"""The `sandbox` command, run as a user would: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerThread
+
+SANDBOX = [sys.executable, "-m", "sandbox"]
+
+
+def sandbox(*args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SANDBOX_MONTY__MIN_WORKERS": "1"}
+    return subprocess.run(
+        [*SANDBOX, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_run_success_exits_zero_and_prints_output(tmp_path: Path) -> None:
+    script = tmp_path / "ok.py"
+    script.write_text("print('hello')\n6 * 7\n")
+    done = sandbox("run", str(script), "--backend", "monty")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hello\n42\n"
+
+
+def test_run_failure_exits_one_and_names_the_kind() -> None:
+    done = sandbox("run", "-", stdin="x = [0] * 10**9\n")
+    assert done.returncode == 1
+    assert "MEMORY_LIMIT" in done.stderr and "line 1" in done.stderr
+
+
+def test_run_json_is_proto_json_with_snake_case_fields() -> None:
+    done = sandbox("run", "-", "--json", stdin="1/0\n")
+    assert done.returncode == 1
+    result = json.loads(done.stdout)
+    assert result["ok"] is False
+    assert result["failure"]["kind"] == "RUNTIME_ERROR"
+    assert result["failure"]["exception_type"] == "ZeroDivisionError"
+    assert result["failure"]["frames"][-1]["line"] == 1
+    assert "execution_id" in result and "policy_digest" in result
+
+
+def test_run_against_a_server(server: ServerThread) -> None:
+    done = sandbox("run", "-", "--server", server.address, "--json", stdin="print(3)\n")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["stdout"] == "3\n"
+
+
+def test_run_against_no_server_is_infra_unavailable() -> None:
+    done = sandbox("run", "-", "--server", "127.0.0.1:1", "--json", stdin="1\n")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["failure"]["kind"] == "INFRA_UNAVAILABLE"
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["run", "/no/such/file.py"], "", "cannot read"),
+        (["run", "-", "--inputs-json", "{nope"], "1", "--inputs-json"),
+        (["run", "-", "--inputs-json", "[1]"], "1", "JSON object"),
+        (["run", "-", "--backend", "cloud"], "1", "invalid choice"),
+        (["serve", "--host", "0.0.0.0", "--port", "0"], "", "loopback"),
+        (["serve", "--port", "99999"], "", "port"),
+        (["frobnicate"], "", "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_two_with_a_clear_message(
+    args: list[str], stdin: str, message: str
+) -> None:
+    done = sandbox(*args, stdin=stdin)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_run_empty_code_is_invalid_request() -> None:
+    done = sandbox("run", "-", "--json", stdin="")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["failure"]["kind"] == "INVALID_REQUEST"
+
+
+def test_bad_config_file_is_named(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("port = [not toml")
+    done = sandbox("serve", "--config", str(broken))
+    assert done.returncode == 2 and "broken.toml" in done.stderr and "TOML" in done.stderr
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[server]\nprot = 5\n")
+    done = sandbox("serve", "--config", str(unknown))
+    assert done.returncode == 2 and "unknown.toml" in done.stderr and "server.prot" in done.stderr
+    wrong_type = tmp_path / "wrong.toml"
+    wrong_type.write_text("[sessions]\nmax_open = 'many'\n")
+    done = sandbox("serve", "--config", str(wrong_type))
+    assert done.returncode == 2 and "sessions.max_open" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_doctor_reports_monty() -> None:
+    done = sandbox("doctor")
+    assert "monty: 1 + 1 = 2" in done.stdout
+    assert "docker engine" in done.stdout
+    assert done.returncode == 0
+
+
+def test_serve_answers_health_checks_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    config = tmp_path / "sandbox.toml"
+    config.write_text("[server]\nport = 0\n[log]\nformat = 'json'\n[monty]\nmin_workers = 1\n")
+    proc = subprocess.Popen(
+        [*SANDBOX, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        address = json.loads(line)["address"]
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 20
+    finally:
+        proc.kill()
+
+
+def test_serve_logs_old_setting_names_and_serves(tmp_path: Path) -> None:
+    """The flat names of 0.2 still work for a release; the log (JSON here) names the new
+    spelling of each, and the server starts with the values they gave."""
+    import signal
+
+    config = tmp_path / "old.toml"
+    config.write_text("port = 0\nlog_format = 'json'\nmonty_min_workers = 1\n")
+    proc = subprocess.Popen(
+        [*SANDBOX, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        events = []
+        for line in proc.stderr:
+            events.append(json.loads(line))  # every line JSON, the warnings too
+            if "address" in events[-1]:
+                break
+        notes = [e["detail"] for e in events if e["event"] == "deprecated setting name"]
+        assert any("`port` is deprecated; use `port` under [server]" in n for n in notes)
+        assert any("`min_workers` under [monty]" in n for n in notes), notes
+        assert not events[-1]["address"].endswith(":50051")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+
+
+def test_old_environment_names_warn_on_stderr(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "tight.toml").write_text("wall_time_ms = 500\n")
+    env = {**os.environ, "SANDBOX_POLICY_DIR": str(policies)}
+    done = subprocess.run(
+        [*SANDBOX, "policy", "show", "tight"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wall_time_ms = 500" in done.stdout
+    assert "SANDBOX_POLICY_DIR is deprecated; use SANDBOX_POLICIES__DIR" in done.stderr
+    assert done.stderr.count("deprecated") == 1  # once per command, however often it reads
