@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -101,6 +102,12 @@ def host_config_args(shape: Shape) -> dict[str, Any]:
     }
 
 
+# 128 + SIGKILL; how long to wait for a late OOMKilled flag on such an exit.
+_SIGKILLED = 137
+_OOM_REPORT_POLLS = 5
+_OOM_REPORT_WAIT_S = 0.1
+
+
 class Engine:
     def __init__(self, *, docker_host: str | None, labels: dict[str, str], max_pool: int) -> None:
         self._docker_host = docker_host
@@ -173,12 +180,19 @@ class Engine:
             return None
         except (de.APIError, OSError):
             self.kill(container_id)  # still running after closing its output: stop it
-        try:
-            state = api.inspect_container(container_id)["State"]
-        except de.NotFound:
-            return None
-        exit_code = None if state.get("Running") else int(state.get("ExitCode", 0))
-        return ExitState(oom_killed=bool(state.get("OOMKilled")), exit_code=exit_code)
+        for _ in range(_OOM_REPORT_POLLS + 1):
+            try:
+                state = api.inspect_container(container_id)["State"]
+            except de.NotFound:
+                return None
+            exit_code = None if state.get("Running") else int(state.get("ExitCode", 0))
+            oom_killed = bool(state.get("OOMKilled"))
+            if oom_killed or exit_code != _SIGKILLED:
+                break
+            # The engine learns of an OOM kill from an event that can come after the exit
+            # (gVisor's runsc reports it late): a SIGKILL nobody sent may still be one.
+            time.sleep(_OOM_REPORT_WAIT_S)
+        return ExitState(oom_killed=oom_killed, exit_code=exit_code)
 
     def kill(self, container_id: str) -> None:
         with contextlib.suppress(de.APIError):  # already gone or already stopped
