@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import grpc
 
-from sandbox_client.protocol import FailureKind
+from sandbox_client.protocol.models import FailureKind
 
 
 class SandboxServerError(Exception):

@@ -9,7 +9,7 @@ import sys
 
 from google.protobuf import json_format
 
-from sandbox_client.protocol import KIND_DEFAULTS, FailureKind
+from sandbox_client.protocol.models import KIND_DEFAULTS, FailureKind
 from sandbox_client.protocol.v1 import sandbox_pb2
 
 from .conftest import REPO, ServerThread

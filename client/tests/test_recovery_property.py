@@ -23,7 +23,7 @@ from sandbox_client import (
     RecoveryPolicy,
 )
 from sandbox_client._request import RequestFailure
-from sandbox_client.protocol import KIND_DEFAULTS
+from sandbox_client.protocol.models import KIND_DEFAULTS
 from sandbox_client.recovery import Abort, ApproveCode, ApprovePolicy, RecoveryAction
 from sandbox_client.recovery._run import run_sync
 from sandbox_client.recovery._state import RunState, code_sha256

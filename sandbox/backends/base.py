@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 from sandbox.backends.tools import ToolHost
 from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputSink
-from sandbox_client.protocol import Backend, ExecutionResult
+from sandbox_client.protocol.models import Backend, ExecutionResult
 
 
 @dataclass(frozen=True, kw_only=True)

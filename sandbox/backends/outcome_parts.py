@@ -4,7 +4,7 @@ backend produced it."""
 from __future__ import annotations
 
 from sandbox.core.limits import EffectiveLimits
-from sandbox_client.protocol import KIND_DEFAULTS, Failure, FailureKind, Frame
+from sandbox_client.protocol.models import KIND_DEFAULTS, Failure, FailureKind, Frame
 
 _MAX_CHARS = 500
 

@@ -26,7 +26,7 @@ from sandbox.durable.journal import Entry
 from sandbox.durable.tool_host import ToolRelay
 from sandbox.errors import PolicyDenied, Throttled, Unavailable
 from sandbox.policy.model import PolicyRegistry
-from sandbox_client.protocol import Backend, ExecutionResult, Failure, FailureKind
+from sandbox_client.protocol.models import Backend, ExecutionResult, Failure, FailureKind
 
 log = structlog.get_logger("sandbox.executor")
 

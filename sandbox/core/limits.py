@@ -1,6 +1,6 @@
 """The limits a backend is given: every field set, already clamped by the policy.
 
-What a request asks for is `sandbox_client.protocol.Limits` (None: the policy's value);
+What a request asks for is `sandbox_client.protocol.models.Limits` (None: the policy's value);
 the field names are that model's `LIMIT_FIELDS`, and a test pins this type, the proto's
 Limits message and the policy's fields to them."""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sandbox_client.protocol import LIMIT_FIELDS
-from sandbox_client.protocol import Limits as RequestedLimits
+from sandbox_client.protocol.models import LIMIT_FIELDS
+from sandbox_client.protocol.models import Limits as RequestedLimits
 
 __all__ = ["LIMIT_FIELDS", "EffectiveLimits", "RequestedLimits"]
 

@@ -23,8 +23,8 @@ from sandbox.core.sessions import SessionEntry, SessionRegistry
 from sandbox.errors import InvalidRequest, PolicyDenied, Unavailable
 from sandbox.policy.model import Policy, PolicyRegistry
 from sandbox.policy.static_check import find_violation
-from sandbox_client.protocol import Backend, ExecutionResult, Failure, FailureKind, Frame
 from sandbox_client.protocol.convert import NO_LIMITS_ASKED
+from sandbox_client.protocol.models import Backend, ExecutionResult, Failure, FailureKind, Frame
 
 MAX_TOOLS = 64
 _MAX_TOOL_NAME = 128

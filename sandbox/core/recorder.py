@@ -15,7 +15,7 @@ from sandbox.core.plan import Plan
 from sandbox.core.request import Request
 from sandbox.errors import RequestError, Unauthenticated
 from sandbox.metrics import Metrics
-from sandbox_client.protocol import ExecutionResult
+from sandbox_client.protocol.models import ExecutionResult
 
 # A failure message in the log is for humans skimming it; the kind is what queries use.
 _MESSAGE_CHARS = 500

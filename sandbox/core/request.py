@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from sandbox.access.tenants import LOCAL_TENANT
 from sandbox.core.limits import RequestedLimits
-from sandbox_client.protocol import Backend
 from sandbox_client.protocol.convert import NO_LIMITS_ASKED
+from sandbox_client.protocol.models import Backend
 
 Method = Literal["Execute", "ExecuteStream", "Run", "CreateSession", "CloseSession"]
 

@@ -35,7 +35,7 @@ from sandbox.durable.checkpoints import checkpoint_mac, load_checkpoint_key
 from sandbox.durable.journal import Entry, JournalStore, Pinned, SqliteJournal
 from sandbox.durable.tool_host import JournalHost, ToolRelay
 from sandbox.errors import InvalidRequest
-from sandbox_client.protocol import ExecutionResult, FailureKind
+from sandbox_client.protocol.models import ExecutionResult, FailureKind
 
 log = structlog.get_logger("sandbox.durable")
 

@@ -25,8 +25,8 @@ from sandbox.core.executor import Trace
 from sandbox.core.recorder import Recorder
 from sandbox.core.request import Method, Request
 from sandbox.errors import Cancelled, InvalidRequest, RequestError
-from sandbox_client.protocol import ExecutionResult
 from sandbox_client.protocol.convert import STATUS_DETAILS_KEY, status_details
+from sandbox_client.protocol.models import ExecutionResult
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Turns what arrived into the core's Request, for the authenticated tenant.

@@ -10,8 +10,8 @@ from typing import Any
 from sandbox.core.limits import LIMIT_FIELDS, RequestedLimits
 from sandbox.core.request import Method, Request, ToolDecl
 from sandbox.errors import InvalidRequest
-from sandbox_client.protocol import Backend
 from sandbox_client.protocol.convert import backend_from_proto, limits_from_proto
+from sandbox_client.protocol.models import Backend
 from sandbox_client.protocol.v1 import sandbox_pb2
 
 _MAX_KEY_BYTES = 256

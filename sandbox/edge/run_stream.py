@@ -17,8 +17,8 @@ from sandbox.core.output import StreamName
 from sandbox.durable.tool_host import args_json, kwargs_json
 from sandbox.edge.calls import Call
 from sandbox.errors import Cancelled
-from sandbox_client.protocol import ExecutionResult, FailureKind
 from sandbox_client.protocol.convert import output_chunk_to_proto
+from sandbox_client.protocol.models import ExecutionResult, FailureKind
 from sandbox_client.protocol.v1 import sandbox_pb2
 
 log = structlog.get_logger("sandbox.run")

@@ -15,8 +15,8 @@ from sandbox.core.request import Method, Request
 from sandbox.edge import decode
 from sandbox.edge.calls import Context, Decoder, Edge, checked, lenient
 from sandbox.edge.run_stream import serve_run
-from sandbox_client.protocol import ExecutionResult
 from sandbox_client.protocol.convert import output_chunk_to_proto, result_to_proto
+from sandbox_client.protocol.models import ExecutionResult
 from sandbox_client.protocol.service import METHODS
 from sandbox_client.protocol.service import generic_handler as service_handler
 from sandbox_client.protocol.v1 import sandbox_pb2

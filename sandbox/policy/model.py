@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sandbox.core.limits import LIMIT_FIELDS, EffectiveLimits, RequestedLimits
 from sandbox.errors import NotFound, PolicyDenied
-from sandbox_client.protocol import Backend
 from sandbox_client.protocol.convert import NO_LIMITS_ASKED
+from sandbox_client.protocol.models import Backend
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -13,7 +13,7 @@ from sandbox.core.request import Request, ToolDecl
 from sandbox.core.sessions import SessionEntry, SessionRegistry
 from sandbox.errors import InvalidRequest, NotFound, PolicyDenied, Unavailable
 from sandbox.policy.model import Policy, PolicyRegistry
-from sandbox_client.protocol import Backend, FailureKind, Limits
+from sandbox_client.protocol.models import Backend, FailureKind, Limits
 
 MONTY_ONLY = frozenset({Backend.MONTY})
 BOTH = frozenset({Backend.MONTY, Backend.CONTAINER})

@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from sandbox.access.tenants import new_api_key
-from sandbox_client.protocol import Backend
 from sandbox_client.protocol.convert import backend_to_proto, failure_from_status, result_from_proto
+from sandbox_client.protocol.models import Backend
 from sandbox_client.protocol.service import ServiceStub
 from sandbox_client.protocol.v1 import sandbox_pb2
 from tests.conftest import ServerThread, running_server

@@ -12,7 +12,7 @@ from sandbox.core.request import Request
 from sandbox.durable.durability import Durability
 from sandbox.durable.journal import Checkpoint, Entry, Pinned, SqliteJournal, ToolAnswer
 from sandbox.errors import InvalidRequest
-from sandbox_client.protocol import ExecutionResult, Failure, FailureKind
+from sandbox_client.protocol.models import ExecutionResult, Failure, FailureKind
 
 PINNED = Pinned(time_iso="2025-01-01T00:00:00", seed=7)
 

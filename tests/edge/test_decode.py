@@ -6,7 +6,7 @@ import pytest
 
 from sandbox.edge.decode import request_of, run_start_of
 from sandbox.errors import InvalidRequest
-from sandbox_client.protocol import Backend, Limits
+from sandbox_client.protocol.models import Backend, Limits
 from sandbox_client.protocol.v1 import sandbox_pb2
 
 

@@ -3,23 +3,16 @@ to the same `Failure` model. Both the server and the client use it."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from .models import (
-    LIMIT_FIELDS,
-    Backend,
-    ExecutionResult,
-    Failure,
-    FailureKind,
-    Frame,
-    Limits,
-    SuggestedAction,
-    Usage,
-)
+from .models import LIMIT_FIELDS, Backend, ExecutionResult, Failure, FailureKind, Limits
 from .v1 import sandbox_pb2
 
 ERROR_DOMAIN = "sandbox.v1"
@@ -70,97 +63,57 @@ NO_LIMITS_ASKED = Limits()
 
 
 def failure_to_proto(failure: Failure) -> sandbox_pb2.Failure:
-    return sandbox_pb2.Failure(
-        kind=failure.kind.value,
-        retryable=failure.retryable,
-        suggested_action=failure.suggested_action.value,
-        retry_after_ms=failure.retry_after_ms,
-        message=failure.message,
-        exception_type=failure.exception_type,
-        frames=[sandbox_pb2.Frame(**frame.model_dump()) for frame in failure.frames],
-        details=failure.details,
-    )
+    return sandbox_pb2.Failure(**failure.model_dump())
 
 
 def failure_from_proto(msg: sandbox_pb2.Failure) -> Failure:
-    return Failure(
-        kind=FailureKind(sandbox_pb2.FailureKind.Name(msg.kind)),
-        retryable=msg.retryable,
-        suggested_action=SuggestedAction(sandbox_pb2.SuggestedAction.Name(msg.suggested_action)),
-        retry_after_ms=msg.retry_after_ms,
-        message=msg.message,
-        exception_type=msg.exception_type,
-        frames=tuple(
-            Frame(
-                filename=f.filename,
-                line=f.line,
-                column=f.column,
-                end_line=f.end_line,
-                end_column=f.end_column,
-                function_name=f.function_name,
-                source_line=f.source_line,
-            )
-            for f in msg.frames
-        ),
-        details=dict(msg.details),
+    return Failure.model_validate(
+        {
+            **_fields(msg),
+            "kind": sandbox_pb2.FailureKind.Name(msg.kind),
+            "suggested_action": sandbox_pb2.SuggestedAction.Name(msg.suggested_action),
+            "frames": [_fields(frame) for frame in msg.frames],
+            "details": dict(msg.details),
+        }
     )
 
 
 def result_to_proto(result: ExecutionResult) -> sandbox_pb2.ExecutionResult:
-    usage = sandbox_pb2.Usage(wall_ms=result.usage.wall_ms)
-    if result.usage.cpu_ms is not None:
-        usage.cpu_ms = result.usage.cpu_ms
-    if result.usage.peak_memory_bytes is not None:
-        usage.peak_memory_bytes = result.usage.peak_memory_bytes
-    msg = sandbox_pb2.ExecutionResult(
-        ok=result.ok,
-        execution_id=result.execution_id,
+    # The models and the messages have the same fields; only the backends are spelled
+    # differently (an unset optional field, None in a model, is left unset).
+    return sandbox_pb2.ExecutionResult(
+        **result.model_dump(exclude={"backend", "fallback_from"}),
         backend=backend_to_proto(result.backend),
         fallback_from=backend_to_proto(result.fallback_from),
-        stdout=result.stdout,
-        stdout_truncated=result.stdout_truncated,
-        stderr=result.stderr,
-        stderr_truncated=result.stderr_truncated,
-        exit_code=result.exit_code,
-        usage=usage,
-        policy_name=result.policy_name,
-        policy_digest=result.policy_digest,
-        session_id=result.session_id,
-        replayed=result.replayed,
     )
-    if result.result_json is not None:
-        msg.result_json = result.result_json
-    if result.failure is not None:
-        msg.failure.CopyFrom(failure_to_proto(result.failure))
-    return msg
 
 
 def result_from_proto(msg: sandbox_pb2.ExecutionResult) -> ExecutionResult:
-    usage = msg.usage
-    return ExecutionResult(
-        ok=msg.ok,
-        execution_id=msg.execution_id,
-        backend=_BACKEND_FROM_PROTO.get(msg.backend),
-        fallback_from=_BACKEND_FROM_PROTO.get(msg.fallback_from),
-        stdout=msg.stdout,
-        stdout_truncated=msg.stdout_truncated,
-        stderr=msg.stderr,
-        stderr_truncated=msg.stderr_truncated,
-        result_json=msg.result_json if msg.HasField("result_json") else None,
-        exit_code=msg.exit_code,
-        failure=failure_from_proto(msg.failure) if msg.HasField("failure") else None,
-        usage=Usage(
-            wall_ms=usage.wall_ms,
-            cpu_ms=usage.cpu_ms if usage.HasField("cpu_ms") else None,
-            peak_memory_bytes=(
-                usage.peak_memory_bytes if usage.HasField("peak_memory_bytes") else None
-            ),
-        ),
-        policy_name=msg.policy_name,
-        policy_digest=msg.policy_digest,
-        session_id=msg.session_id,
-        replayed=msg.replayed,
+    return ExecutionResult.model_validate(
+        {
+            **_fields(msg),
+            "backend": _BACKEND_FROM_PROTO.get(msg.backend),
+            "fallback_from": _BACKEND_FROM_PROTO.get(msg.fallback_from),
+            "failure": failure_from_proto(msg.failure) if msg.HasField("failure") else None,
+            "usage": _fields(msg.usage),
+        }
     )
+
+
+def _fields(msg: Message) -> dict[str, Any]:
+    """`msg`'s fields by name, for the model of the same name to validate: an optional
+    field that is not set is None. Enums, maps and nested messages are the caller's to
+    convert."""
+    return {
+        name: getattr(msg, name) if not optional or msg.HasField(name) else None
+        for name, optional in _layout(msg.DESCRIPTOR)
+    }
+
+
+@functools.cache
+def _layout(descriptor: Descriptor) -> tuple[tuple[str, bool], ...]:
+    """(name, whether it has presence) for each field of a message type."""
+    return tuple((field.name, field.has_presence) for field in descriptor.fields)
 
 
 # A request error without our ErrorInfo (a proxy, the transport, grpc itself) is mapped

@@ -24,7 +24,14 @@ from sandbox.backends.outcome_parts import (
 from sandbox.backends.tools import InjectedToolError
 from sandbox.backends.values import value_to_json
 from sandbox.core.limits import EffectiveLimits
-from sandbox_client.protocol import Backend, ExecutionResult, Failure, FailureKind, Frame, Usage
+from sandbox_client.protocol.models import (
+    Backend,
+    ExecutionResult,
+    Failure,
+    FailureKind,
+    Frame,
+    Usage,
+)
 
 
 @dataclass(kw_only=True)
