@@ -5,6 +5,7 @@ limits to ask for, the exceptions, and RecoveryPolicy for run(). The rest of run
 vocabulary is in `sandbox_client.recovery`, the wire contract in
 `sandbox_client.protocol`, and a kit for tests in `sandbox_client.testing`."""
 
+from . import _names
 from ._client import AsyncSandboxClient, SandboxClient
 from ._exceptions import EscalationRequired, ExecutionFailed, RequestRefused, SandboxError
 from ._request import OutputChunk, Session
@@ -40,10 +41,4 @@ __all__ = [
     "Usage",
 ]
 
-# Tracebacks and reprs name the module a user imports from, as httpx does:
-# sandbox_client.Failure, not sandbox_client.protocol.models.Failure.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith(f"{__name__}."):
-        _obj.__module__ = __name__
-del _name, _obj
+_names.publish(__name__, globals(), __all__)

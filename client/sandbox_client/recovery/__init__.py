@@ -11,6 +11,7 @@ A first `run()` needs only `RecoveryPolicy` and `EscalationRequired`, both at th
 - `RepairFn`, `EscalationHandler` and their async forms: the callables `run()` takes.
 """
 
+from .. import _names
 from ._models import (
     DEFAULT_ACTIONS,
     DEFAULT_BUDGETS,
@@ -46,12 +47,7 @@ __all__ = [
     "raise_escalation",
 ]
 
-# Tracebacks and reprs name the module a user imports from, as httpx does.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith(f"{__name__}._"):
-        _obj.__module__ = __name__
-del _name, _obj
+_names.publish(__name__, globals(), __all__)
 
 # Design note: the decisions (_state.RunState) are pure and have no I/O; the sync and
 # async drivers (_run) only carry them out, so both clients recover alike and the
