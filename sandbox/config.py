@@ -43,7 +43,7 @@ import tomllib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -346,6 +346,9 @@ class Settings(BaseSettings):
     journal: JournalSettings = JournalSettings()
     log: LogSettings = LogSettings()
 
+    # The TOML file read below the environment and keywords (load_settings' config_file).
+    toml_file: ClassVar[Path | None] = None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -355,10 +358,15 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
+        sources: tuple[PydanticBaseSettingsSource, ...] = (
             _Renamed(settings_cls, init_settings, "keyword"),
             _Renamed(settings_cls, env_settings, "env", extra=_legacy_environment),
         )
+        toml_file = cls.toml_file
+        if toml_file is not None:
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+            sources += (_Renamed(settings_cls, toml, "toml", where=f"{toml_file}: "),)
+        return sources
 
     def check_bind(self, has_credentials: bool | None = None) -> None:
         """Refuses a non-loopback bind unless credentials (tenants) are configured."""
@@ -402,22 +410,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
 
     class _Settings(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources = super().settings_customise_sources(
-                settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-            )
-            if config_file is not None:
-                toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file)
-                sources += (_Renamed(settings_cls, toml, "toml", where=f"{config_file}: "),)
-            return sources
+        toml_file: ClassVar[Path | None] = config_file
 
     where = str(config_file) if config_file else "settings"
     try:
