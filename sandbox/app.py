@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from typing import Literal
 
@@ -26,6 +25,7 @@ from sandbox.durable.durability import Durability, build_journal
 from sandbox.edge.calls import Edge
 from sandbox.edge.service import SandboxService, generic_handler
 from sandbox.metrics import Metrics
+from sandbox.tasks import cancel_and_wait
 from sandbox_client import Backend
 from sandbox_client.protocol.service import SERVICE_NAME
 
@@ -113,10 +113,7 @@ class SandboxServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
         for task in (self._expiry, self._watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
         if self._server is not None:
             await self._server.stop(grace_s)
         await self.executor.sessions.close_all()

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import grpc
 
+from sandbox_client.protocol.convert import status_details
 from sandbox_client.protocol.models import FailureKind
 
 
@@ -85,6 +86,16 @@ class RequestError(SandboxServerError):
         info = {"field": self.field} if self.field else {}
         info.update(self.metadata)
         return info
+
+    def status_details(self) -> bytes:
+        """The `grpc-status-details-bin` trailer the edge sends with this error's status."""
+        return status_details(
+            self.status,
+            self.kind,
+            self.message,
+            metadata=self.error_info,
+            retry_after_ms=self.retry_after_ms,
+        )
 
 
 _Status = grpc.StatusCode

@@ -134,9 +134,9 @@ class Executor:
             plan = self.plan(request, trace)
             if plan.refusal is not None:
                 return _stamped(plan.refusal, plan, request)
-            host = journal.host(request, entry, relay)
+            host = journal.host(entry, relay)
             try:
-                resume = journal.resume_point(request, entry)
+                resume = journal.resume_point(entry)
                 spec = replace(
                     run_spec(request, plan, on_output),
                     tools={t.name: t.is_async for t in request.tools or ()},

@@ -35,6 +35,7 @@ from sandbox.durable.checkpoints import checkpoint_mac, load_checkpoint_key
 from sandbox.durable.journal import Entry, JournalStore, Pinned, SqliteJournal
 from sandbox.durable.tool_host import JournalHost, ToolRelay
 from sandbox.errors import InvalidRequest
+from sandbox.tasks import cancel_and_wait
 from sandbox_client.protocol.models import ExecutionResult, FailureKind
 
 log = structlog.get_logger("sandbox.durable")
@@ -123,7 +124,10 @@ class Durability:
                 stored = True
             else:
                 found = self.store.get(tenant, key)
-                entry = found or _unstored(tenant, key, digest, self.owner, self._clock())
+                # Or the entry of a plain execution claimed in memory only.
+                entry = found or Entry.running(
+                    tenant, key, digest=digest, owner=self.owner, pinned=_pin(), now=self._clock()
+                )
                 stored = found is not None
                 created = not stored
             if entry.digest != digest:
@@ -180,31 +184,23 @@ class Durability:
 
     # -- tool runs ---------------------------------------------------------------------
 
-    def host(self, request: Request, entry: Entry, relay: ToolRelay) -> JournalHost:
+    def host(self, entry: Entry, relay: ToolRelay) -> JournalHost:
         """The ToolHost of the tool run `entry` is the record of."""
-        return JournalHost(
-            self.store,
-            tenant=request.tenant,
-            key=request.idempotency_key,
-            recorded=entry.answers,
-            relay=relay,
-            checkpoint_key=self._key,
-            clock=self._clock,
-        )
+        return JournalHost(self.store, entry, relay, checkpoint_key=self._key, clock=self._clock)
 
-    def resume_point(self, request: Request, entry: Entry) -> Resume | None:
+    def resume_point(self, entry: Entry) -> Resume | None:
         """Where the tool run `entry` is the record of resumes: its last checkpoint, if it
         has one. Raises CheckpointMismatch when the checkpoint fails its integrity check."""
         checkpoint = entry.checkpoint
         if checkpoint is None:
             return None
         expected = checkpoint_mac(
-            self._key, request.tenant, request.idempotency_key, checkpoint.seq, checkpoint.blob
+            self._key, entry.tenant, entry.key, checkpoint.seq, checkpoint.blob
         )
         if not hmac.compare_digest(checkpoint.mac, expected):
             log.warning("checkpoint failed its integrity check", seq=checkpoint.seq)
             raise CheckpointMismatch("the run's checkpoint failed its integrity check")
-        return Resume(blob=checkpoint.blob, seq=checkpoint.seq, output=checkpoint.output)
+        return checkpoint
 
     # -- retention ---------------------------------------------------------------------
 
@@ -228,25 +224,8 @@ class Durability:
 
     async def stop(self) -> None:
         purger, self._purger = self._purger, None
-        if purger is not None:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+        await cancel_and_wait(purger)
         self.store.close()
-
-
-def _unstored(tenant: str, key: str, digest: str, owner: str, now: float) -> Entry:
-    """The entry of a plain execution claimed in memory only (see Durability.once)."""
-    return Entry(
-        tenant=tenant,
-        key=key,
-        digest=digest,
-        state="running",
-        owner=owner,
-        pinned=_pin(),
-        created_at=now,
-        updated_at=now,
-    )
 
 
 def _pin() -> Pinned:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from sandbox.backends.base import Resume
+
 State = Literal["running", "suspended", "done"]
 
 
@@ -27,15 +29,11 @@ class Pinned:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Checkpoint:
-    """A suspended Monty run after `seq` answered tool calls. `mac` is the HMAC of the
-    blob with the server's key (see durable.checkpoint_mac); it is checked before any
-    load. `output` is what the code printed before it (a dump does not carry it)."""
+class Checkpoint(Resume):
+    """Where a suspended Monty run resumes, as journaled: with `mac`, the HMAC of the
+    blob with the server's key (see durable.checkpoint_mac), checked before any load."""
 
-    seq: int
-    blob: bytes
     mac: bytes
-    output: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +60,22 @@ class Entry:
     result_json: str | None = None
     checkpoint: Checkpoint | None = None
     answers: dict[int, ToolAnswer] = field(default_factory=dict)
+
+    @classmethod
+    def running(
+        cls, tenant: str, key: str, *, digest: str, owner: str, pinned: Pinned, now: float
+    ) -> Entry:
+        """A new entry, just claimed by `owner`."""
+        return cls(
+            tenant=tenant,
+            key=key,
+            digest=digest,
+            state="running",
+            owner=owner,
+            pinned=pinned,
+            created_at=now,
+            updated_at=now,
+        )
 
 
 class JournalStore(Protocol):
@@ -166,15 +180,8 @@ class SqliteJournal:
                 (tenant, key, digest, owner, pinned.time_iso, pinned.seed, now, now),
             )
             if cur.rowcount == 1:  # the common case: no need to read back what we wrote
-                fresh = Entry(
-                    tenant=tenant,
-                    key=key,
-                    digest=digest,
-                    state="running",
-                    owner=owner,
-                    pinned=pinned,
-                    created_at=now,
-                    updated_at=now,
+                fresh = Entry.running(
+                    tenant, key, digest=digest, owner=owner, pinned=pinned, now=now
                 )
                 return fresh, True
             entry = self._get(tenant, key)

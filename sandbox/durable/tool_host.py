@@ -15,7 +15,7 @@ import structlog
 from sandbox.backends.tools import CheckpointMismatch, ToolCallRequest, ToolReply
 from sandbox.backends.values import value_to_json
 from sandbox.durable.checkpoints import checkpoint_mac
-from sandbox.durable.journal import Checkpoint, JournalStore, ToolAnswer
+from sandbox.durable.journal import Checkpoint, Entry, JournalStore, ToolAnswer
 
 log = structlog.get_logger("sandbox.durable")
 
@@ -29,24 +29,22 @@ class ToolRelay(Protocol):
 
 
 class JournalHost:
-    """The ToolHost of one run (tenant, key): see the module docstring. `calls` counts
-    the calls the code made through it, answered from the journal or not."""
+    """The ToolHost of the run `entry` is the record of: see the module docstring.
+    `calls` counts the calls the code made through it, answered from the journal or not."""
 
     def __init__(
         self,
         store: JournalStore,
-        *,
-        tenant: str,
-        key: str,
-        recorded: Mapping[int, ToolAnswer],
+        entry: Entry,
         relay: ToolRelay,
+        *,
         checkpoint_key: bytes,
         clock: Callable[[], float],
     ) -> None:
         self._store = store
-        self._tenant = tenant
-        self._key = key
-        self._recorded = recorded
+        self._tenant = entry.tenant
+        self._key = entry.key
+        self._recorded: Mapping[int, ToolAnswer] = entry.answers
         self._relay = relay
         self._checkpoint_key = checkpoint_key
         self._clock = clock

@@ -25,7 +25,7 @@ from sandbox.core.executor import Trace
 from sandbox.core.recorder import Recorder
 from sandbox.core.request import Method, Request
 from sandbox.errors import Cancelled, InvalidRequest, RequestError
-from sandbox_client.protocol.convert import STATUS_DETAILS_KEY, status_details
+from sandbox_client.protocol.convert import STATUS_DETAILS_KEY
 from sandbox_client.protocol.models import ExecutionResult
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -148,13 +148,7 @@ class Edge:
 
 
 async def _abort(context: Context, error: RequestError) -> None:
-    details = status_details(
-        error.status,
-        error.kind,
-        error.message,
-        metadata=error.error_info,
-        retry_after_ms=error.retry_after_ms,
-    )
+    details = error.status_details()
     await context.abort(
         error.status, error.message, trailing_metadata=((STATUS_DETAILS_KEY, details),)
     )

@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sandbox.edge.service import SandboxService, generic_handler
 from sandbox.errors import Throttled
 from sandbox_client import FailureKind
-from sandbox_client.protocol.convert import failure_from_status, status_details
+from sandbox_client.protocol.convert import failure_from_status
 from sandbox_client.protocol.service import ServiceStub
 from sandbox_client.protocol.v1 import sandbox_pb2
 from tests.conftest import ServerThread
@@ -72,13 +72,7 @@ def test_request_errors_carry_google_rpc_error_info(server: ServerThread) -> Non
 
 def test_client_subset_decodes_what_the_server_encodes() -> None:
     error = Throttled("slow down", field="sessions", retry_after_ms=1500)
-    raw = status_details(
-        error.status,
-        error.kind,
-        error.message,
-        metadata=error.error_info,
-        retry_after_ms=error.retry_after_ms,
-    )
+    raw = error.status_details()
     failure = failure_from_status(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", [("grpc-status-details-bin", raw)]
     )

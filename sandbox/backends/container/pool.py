@@ -5,12 +5,13 @@ itself in the background."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 import structlog
+
+from sandbox.tasks import cancel_and_wait
 
 log = structlog.get_logger("sandbox.container.pool")
 
@@ -73,10 +74,7 @@ class WarmPool(Generic[W]):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         ready, self._ready = list(self._ready), deque()
         for warm in ready:
             self._discard(warm)

@@ -127,6 +127,12 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
     frames = _frames(exc)
     is_limit = bool(_LIMIT_MESSAGE.search(message)) or not frames
 
+    def raised(kind: FailureKind, text: str, **details: str) -> Failure:
+        """`kind` for the inner exception, where it was raised."""
+        return Failure.of(
+            kind, one_line(text, frames), exception_type=type_name, frames=frames, details=details
+        )
+
     tool_error = _uncaught_tool_error(type_name, message, signals)
     if tool_error is not None:
         return tool_failure(
@@ -140,46 +146,26 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
     if type_name == "TimeoutError" and is_limit:
         return _timeout(limits, message, frames)
     if type_name == "MemoryError" and is_limit:
-        return Failure.of(
-            FailureKind.MEMORY_LIMIT,
-            one_line(f"MemoryError: {message}", frames),
-            exception_type=type_name,
-            frames=frames,
-            details={"limit": "memory_bytes", "limit_value": str(limits.memory_bytes)},
-        )
+        text, cap = f"MemoryError: {message}", str(limits.memory_bytes)
+        return raised(FailureKind.MEMORY_LIMIT, text, limit="memory_bytes", limit_value=cap)
     if signals.denied_os_calls and type_name in _DENIAL_TYPES:
         attempt = signals.denied_os_calls[0]
-        return Failure.of(
-            FailureKind.POLICY_VIOLATION,
-            one_line(f"the policy forbids {attempt}", frames),
-            exception_type=type_name,
-            frames=frames,
-            details={"attempted": attempt},
+        return raised(
+            FailureKind.POLICY_VIOLATION, f"the policy forbids {attempt}", attempted=attempt
         )
     missing = _missing_feature(type_name, message, frames)
     if missing is not None:
-        return Failure.of(
-            FailureKind.UNSUPPORTED,
-            one_line(f"Monty cannot run this: {type_name}: {message}", frames),
-            exception_type=type_name,
-            frames=frames,
-            details={"missing": missing},
-        )
+        text = f"Monty cannot run this: {type_name}: {message}"
+        return raised(FailureKind.UNSUPPORTED, text, missing=missing)
     suspensions = _SUSPENSION_LIMIT.search(message) if type_name == "RuntimeError" else None
     if suspensions is not None:
         cap = suspensions.group(1)
-        return Failure.of(
-            FailureKind.RUNTIME_ERROR,
-            one_line(
-                f"the run made more than {cap} calls to the host (tool calls, clock reads, "
-                "sleeps, input(), file operations), Monty's cap for one run; make fewer, "
-                "e.g. by batching them",
-                frames,
-            ),
-            exception_type=type_name,
-            frames=frames,
-            details={"limit": "host_calls", "limit_value": cap},
+        text = (
+            f"the run made more than {cap} calls to the host (tool calls, clock reads, "
+            "sleeps, input(), file operations), Monty's cap for one run; make fewer, "
+            "e.g. by batching them"
         )
+        return raised(FailureKind.RUNTIME_ERROR, text, limit="host_calls", limit_value=cap)
     return runtime_error_failure(limits, type_name, message, frames)
 
 
