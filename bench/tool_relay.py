@@ -102,16 +102,8 @@ def container(runs: int, calls: int, n: int) -> None:
         full = [paced(tool_run(loop_code)) for _ in range(runs)]
         empty = [paced(tool_run(empty_code)) for _ in range(runs)]
 
-    e50, e99 = percentiles(execute_samples)
-    full_ms = statistics.median(full) * 1000
-    empty_ms = statistics.median(empty) * 1000
-    per_call_ms = (full_ms - empty_ms) / calls
     print(f"container: runs={runs} calls/run={calls} execute n={n} (paced {PACE_S} s)")
-    print(f"Execute('1+1') in a container  p50 {e50:7.3f} ms  p99 {e99:7.3f} ms")
-    print(f"tool run, 0 calls              p50 {empty_ms:7.3f} ms")
-    print(f"tool run, {calls} calls            p50 {full_ms:7.3f} ms")
-    print(f"relay overhead per tool call       {per_call_ms:7.3f} ms")
-    print(f"ratio per call / Execute p50       {per_call_ms / e50:5.2f}x")
+    report(calls, full, empty, {"Execute('1+1') in a container": execute_samples})
 
 
 def monty(runs: int, calls: int, n: int) -> None:
@@ -155,18 +147,28 @@ def monty(runs: int, calls: int, n: int) -> None:
             if i >= 50:
                 unjournaled.append(time.perf_counter() - started)
 
-    e50, e99 = percentiles(execute_samples)
-    u50, u99 = percentiles(unjournaled)
-    full_ms = statistics.median(full) * 1000
-    empty_ms = statistics.median(empty) * 1000
-    per_call_ms = (full_ms - empty_ms) / calls
     print(f"runs={runs} calls/run={calls} execute n={n}")
-    print(f"Execute('1+1') round trip     p50 {e50:7.3f} ms  p99 {e99:7.3f} ms")
-    print(f"Execute, journal off          p50 {u50:7.3f} ms  p99 {u99:7.3f} ms")
-    print(f"tool run, 0 calls             p50 {empty_ms:7.3f} ms")
-    print(f"tool run, {calls} calls           p50 {full_ms:7.3f} ms")
-    print(f"relay overhead per tool call      {per_call_ms:7.3f} ms")
-    print(f"ratio per call / Execute p50      {per_call_ms / e50:5.2f}x")
+    executes = {"Execute('1+1') round trip": execute_samples, "Execute, journal off": unjournaled}
+    report(calls, full, empty, executes)
+
+
+def report(
+    calls: int, full: list[float], empty: list[float], executes: dict[str, list[float]]
+) -> None:
+    """Prints the Execute round trips (the first is the ratio's baseline), the median tool
+    run with `calls` calls and with none, and the relay's cost per call: their difference
+    over `calls`. Samples are in seconds."""
+    p50s = []
+    for label, samples in executes.items():
+        p50, p99 = percentiles(samples)
+        p50s.append(p50)
+        print(f"{label:<31}p50 {p50:7.3f} ms  p99 {p99:7.3f} ms")
+    full_ms, empty_ms = statistics.median(full) * 1000, statistics.median(empty) * 1000
+    per_call_ms = (full_ms - empty_ms) / calls
+    print(f"{'tool run, 0 calls':<31}p50 {empty_ms:7.3f} ms")
+    print(f"{f'tool run, {calls} calls':<31}p50 {full_ms:7.3f} ms")
+    print(f"relay overhead per tool call       {per_call_ms:7.3f} ms")
+    print(f"ratio per call / Execute p50       {per_call_ms / p50s[0]:5.2f}x")
 
 
 if __name__ == "__main__":
