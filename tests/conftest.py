@@ -7,16 +7,22 @@ import gc
 import os
 import signal
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from sandbox.app import new_event_loop
 from sandbox.config import Settings
 from sandbox_client import SandboxClient
+from sandbox_client._request import execute_request
+from sandbox_client._tool_run import call_tool_sync, invocation, start_message
+from sandbox_client.protocol.service import ServiceStub
+from sandbox_client.protocol.v1 import sandbox_pb2
 from sandbox_client.testing import InProcessServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,6 +69,72 @@ def server() -> Iterator[ServerThread]:
 def client(server: ServerThread) -> Iterator[SandboxClient]:
     with SandboxClient(server.address, timeout_s=60) as c:
         yield c
+
+
+def drive_run(
+    address: str,
+    code: str,
+    tools: dict[str, Any],
+    stop: Callable[[sandbox_pb2.RunResponse], bool],
+    **options: Any,
+) -> None:
+    """A Run stream driven by hand, as a client that can vanish mid-run: it answers each
+    tool call with `tools` until `stop` (shown every message first) says to stop, then
+    cancels the stream. `options` are execute()'s."""
+    outgoing = [start_message(execute_request(code, **options), tools)]
+    cond = threading.Condition()
+    done = threading.Event()
+
+    def requests() -> Iterator[sandbox_pb2.RunRequest]:
+        sent = 0
+        while not done.is_set():
+            with cond:
+                cond.wait_for(lambda n=sent: len(outgoing) > n or done.is_set(), timeout=0.1)
+                pending = outgoing[sent:]
+            for msg in pending:
+                sent += 1
+                yield msg
+
+    with grpc.insecure_channel(address) as channel:
+        stream = ServiceStub(channel).Run(requests(), timeout=30)
+        for msg in stream:
+            if stop(msg):
+                break
+            if msg.HasField("tool_call"):
+                with cond:
+                    outgoing.append(call_tool_sync(invocation(msg.tool_call, tools)))
+                    cond.notify()
+        stream.cancel()
+        done.set()
+
+
+def docker_problem(image: str) -> str | None:
+    """Why container tests cannot run here (no Docker engine answers, or `image` is not
+    built), or None when they can."""
+    import docker.errors  # only container tests pay for it
+
+    try:
+        engine = docker.from_env(version="auto", timeout=10)
+        engine.ping()
+    except Exception as exc:
+        return f"no Docker engine answers ({type(exc).__name__}: {exc}); see scripts/ci_docker.sh"
+    try:
+        engine.images.get(image)
+    except docker.errors.ImageNotFound:
+        return f"the image {image} is missing; build it with `make image`"
+    finally:
+        engine.close()
+    return None
+
+
+def require(problem: str | None) -> None:
+    """Skips the test for `problem`, if there is one; under CI=true, where the engine and
+    the images must exist, fails it."""
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{problem} (container tests must run under CI=true)")
+    pytest.skip(problem)
 
 
 def monty_worker_pids() -> list[int]:

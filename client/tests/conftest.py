@@ -17,9 +17,10 @@ from sandbox.policy.model import MiB, Policy, PolicyRegistry  # noqa: E402
 from sandbox_client import Backend, RecoveryPolicy, SandboxClient  # noqa: E402
 from sandbox_client.testing import sandbox_server  # noqa: E402
 from tests.conftest import (  # noqa: E402
-    IN_CI,
     ServerThread,
+    docker_problem,
     kill_monty_workers,
+    require,
     running_server,
 )
 
@@ -47,32 +48,11 @@ def server() -> Iterator[ServerThread]:
         yield srv
 
 
-def _docker_problem(image: str) -> str | None:
-    try:
-        import docker
-
-        engine = docker.from_env(version="auto", timeout=10)
-        engine.ping()
-    except Exception as exc:
-        return f"no Docker engine answers ({type(exc).__name__}: {exc})"
-    try:
-        engine.images.get(image)
-    except Exception:
-        return f"the image {image} is missing; build it with `make image`"
-    finally:
-        engine.close()
-    return None
-
-
 @pytest.fixture(scope="session")
 def container_server() -> Iterator[ServerThread]:
     """A real server with the container backend on. Skips locally without an engine or
     the runner image; fails under CI=true, where both must exist."""
-    problem = _docker_problem("sandbox-runner:latest")
-    if problem is not None:
-        if IN_CI:
-            pytest.fail(f"{problem} (container tests must run under CI=true)")
-        pytest.skip(problem)
+    require(docker_problem("sandbox-runner:latest"))
     with running_server(container={"enabled": True, "pool_size": 1, "scope": "test-client"}) as srv:
         yield srv
 

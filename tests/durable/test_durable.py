@@ -28,7 +28,7 @@ from sandbox_client import (
 )
 from sandbox_client.protocol.service import ServiceStub
 from sandbox_client.protocol.v1 import sandbox_pb2
-from tests.conftest import ServerThread, running_server
+from tests.conftest import ServerThread, drive_run, running_server
 
 THREE_TOOLS = """
 first = step_one(1)
@@ -318,40 +318,14 @@ def test_clock_readings_are_journaled(durable_server: ServerThread) -> None:
 
 def answer_two_then_disconnect(address: str, code: str, key: str) -> list[str]:
     """A client that answers the first two tool calls and then vanishes."""
-    counter = Counter()
-    tools = counter.tools()
-    from sandbox_client._request import execute_request
-    from sandbox_client._tool_run import call_tool_sync, invocation, start_message
-
     seen: list[str] = []
-    outgoing: list[sandbox_pb2.RunRequest] = [
-        start_message(execute_request(code, idempotency_key=key), tools)
-    ]
-    cond = threading.Condition()
-    done = threading.Event()
 
-    def requests() -> Iterator[sandbox_pb2.RunRequest]:
-        sent = 0
-        while not done.is_set():
-            with cond:
-                cond.wait_for(lambda n=sent: len(outgoing) > n or done.is_set(), timeout=0.1)
-                pending = outgoing[sent:]
-            for msg in pending:
-                sent += 1
-                yield msg
+    def third_call(msg: sandbox_pb2.RunResponse) -> bool:
+        if msg.HasField("tool_call"):
+            seen.append(msg.tool_call.name)
+        return len(seen) == 3  # the third call arrives: the second answer is journaled
 
-    with grpc.insecure_channel(address) as channel:
-        stream = ServiceStub(channel).Run(requests(), timeout=30)
-        for msg in stream:
-            if msg.HasField("tool_call"):
-                seen.append(msg.tool_call.name)
-                if len(seen) == 3:  # the third call arrives: the second answer is journaled
-                    break
-                with cond:
-                    outgoing.append(call_tool_sync(invocation(msg.tool_call, tools)))
-                    cond.notify()
-        stream.cancel()
-        done.set()
+    drive_run(address, code, Counter().tools(), third_call, idempotency_key=key)
     return seen
 
 

@@ -15,11 +15,12 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
 from sandbox_client import RecoveryPolicy, SandboxClient
+from sandbox_client.recovery import Outcome
 
 CODE = """
 import time, random, datetime
@@ -36,7 +37,8 @@ TOOL_PART = ("first", "second", "third")
 
 
 class Server:
-    """`sandbox serve` as a child process, restartable on the same port and state dir."""
+    """`sandbox serve` as a child process, restartable on the same port and state dir; as
+    a context manager, started and then stopped."""
 
     def __init__(self, tmp: Path) -> None:
         with socket.socket() as probe:
@@ -58,8 +60,11 @@ class Server:
             text=True,
         )
         assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert json.loads(line)["address"].endswith(f":{self.port}"), line
+        for line in proc.stderr:  # reaping leftovers may be logged before "serving"
+            if json.loads(line).get("address", "").endswith(f":{self.port}"):
+                break
+        else:
+            raise AssertionError("the server did not start")
         threading.Thread(target=proc.stderr.read, daemon=True).start()
         self.proc = proc
 
@@ -67,6 +72,11 @@ class Server:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Kills the server (SIGKILL: nothing is cleaned up) and starts it again."""
+        self.kill()
+        self.start()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -76,15 +86,18 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path)
-    srv.start()
-    try:
+    with Server(tmp_path) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def tools(calls: dict[str, int], after_second: Any = None) -> dict[str, Any]:
@@ -109,20 +122,18 @@ def tools(calls: dict[str, int], after_second: Any = None) -> dict[str, Any]:
 PATIENT = RecoveryPolicy(wait_initial_s=0.2, wait_max_s=1.0, wait_jitter_s=0.1)
 
 
-def test_a_run_survives_the_server_being_killed_after_the_second_answer(
-    server: Server,
-) -> None:
-    def kill_and_restart() -> None:
-        server.kill()
-        server.start()
-
+def survives_server_kill(server: Server, key: str, **options: Any) -> Outcome:
+    """Runs CODE under `key` with the server killed and restarted after the second tool
+    answer, and checks what the module docstring promises; `options` are run()'s, for
+    the interrupted run and the uninterrupted one it is compared with."""
     calls: dict[str, int] = {}
     with SandboxClient(server.address, timeout_s=60) as client:
         outcome = client.run(
             CODE,
-            tools=tools(calls, after_second=kill_and_restart),
-            idempotency_key="run-server-killed",
+            tools=tools(calls, after_second=server.restart),
+            idempotency_key=key,
             recovery=PATIENT,
+            **options,
         )
         assert outcome.ok, outcome.failure
         assert calls == {"step_one": 1, "step_two": 1, "step_three": 1}
@@ -130,12 +141,20 @@ def test_a_run_survives_the_server_being_killed_after_the_second_answer(
         assert outcome.attempts[0].idempotency_key == outcome.attempts[-1].idempotency_key
 
         plain: dict[str, int] = {}
-        uninterrupted = client.run(CODE, tools=tools(plain))
-    assert uninterrupted.ok
+        uninterrupted = client.run(CODE, tools=tools(plain), **options)
+    assert uninterrupted.ok and plain == {"step_one": 1, "step_two": 1, "step_three": 1}
     result, expected = outcome.result.result, uninterrupted.result.result
     assert {k: result[k] for k in TOOL_PART} == {k: expected[k] for k in TOOL_PART}
-    # Printed once, by the leg that finished, with the value the result carries.
+    # Printed once, with the value the result carries: by the leg that finished (Monty),
+    # or again by the replay (a container), which the result holds once.
     assert outcome.result.stdout == f"after two {result['r']}\n"
+    return outcome
+
+
+def test_a_run_survives_the_server_being_killed_after_the_second_answer(
+    server: Server,
+) -> None:
+    survives_server_kill(server, "run-server-killed")
 
 
 CLIENT = textwrap.dedent(

@@ -21,7 +21,7 @@ from sandbox.config import ContainerSettings
 from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputSink
 from sandbox_client import ExecutionResult
-from tests.conftest import IN_CI
+from tests.conftest import ServerThread, docker_problem, require, running_server
 
 IMAGE = "sandbox-runner:latest"
 RUNTIMES = ("runc", "runsc")
@@ -39,32 +39,9 @@ LIMITS = EffectiveLimits(
 )
 
 
-def require(problem: str | None) -> None:
-    if problem is None:
-        return
-    if IN_CI:
-        pytest.fail(f"{problem} (container tests must run under CI=true)")
-    pytest.skip(problem)
-
-
-def _engine_problem() -> str | None:
-    try:
-        client = docker.from_env(version="auto", timeout=10)
-        client.ping()
-    except Exception as exc:
-        return f"no Docker engine answers ({type(exc).__name__}: {exc}); see scripts/ci_docker.sh"
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        return f"the image {IMAGE} is missing; build it with `make image`"
-    finally:
-        client.close()
-    return None
-
-
 @pytest.fixture(scope="session")
 def engine() -> Iterator[docker.DockerClient]:
-    require(_engine_problem())
+    require(docker_problem(IMAGE))
     client = docker.from_env(version="auto", timeout=30)
     yield client
     for container in client.containers.list(all=True, filters={"label": f"{SCOPE_LABEL}={SCOPE}"}):
@@ -78,19 +55,23 @@ def runtime_problem(client: docker.DockerClient, runtime: str) -> str | None:
     return f"the {runtime} runtime is not registered with dockerd; see scripts/ci_docker.sh"
 
 
+# The container settings of these tests' backends and servers.
+CONTAINER: dict[str, Any] = {"image": IMAGE, "pool_size": 2, "max_concurrency": 4, "scope": SCOPE}
+
+
 def make_backend(
     runtime: str = "runc", *, pool_limits: EffectiveLimits | None = LIMITS, **overrides: Any
 ) -> ContainerBackend:
     """A backend for these tests; `overrides` are ContainerSettings fields."""
-    fields: dict[str, Any] = {
-        "image": IMAGE,
-        "runtime": runtime,
-        "pool_size": 2,
-        "max_concurrency": 4,
-        "scope": SCOPE,
-    }
-    fields.update(overrides)
-    return ContainerBackend(ContainerSettings(**fields), pool_limits=pool_limits)
+    settings = ContainerSettings(**{**CONTAINER, "runtime": runtime, **overrides})
+    return ContainerBackend(settings, pool_limits=pool_limits)
+
+
+@pytest.fixture(scope="module")
+def both_backends(engine: docker.DockerClient) -> Iterator[ServerThread]:
+    """A real server with Monty and the container backend (runc) on."""
+    with running_server(container={"enabled": True, **CONTAINER}) as server:
+        yield server
 
 
 @pytest_asyncio.fixture(scope="session", params=RUNTIMES)

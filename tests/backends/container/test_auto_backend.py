@@ -5,32 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
-import docker
 import pytest
 
 from sandbox_client import AsyncSandboxClient, Backend, ExecutionResult, SandboxClient
-from tests.backends.container.conftest import IMAGE, SCOPE
-from tests.conftest import ServerThread, running_server
+from tests.conftest import ServerThread
 from tests.corpus import read_jsonl, report
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture(scope="module")
-def both_backends(engine: docker.DockerClient) -> Iterator[ServerThread]:
-    with running_server(
-        container={
-            "enabled": True,
-            "image": IMAGE,
-            "pool_size": 2,
-            "max_concurrency": 4,
-            "scope": SCOPE,
-        },
-    ) as server:
-        yield server
 
 
 def test_auto_runs_plain_code_in_monty(both_backends: ServerThread) -> None:

@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
-import grpc
 import pytest
 
 from sandbox.durable.journal import ToolAnswer
@@ -29,17 +24,13 @@ from sandbox_client import (
     Limits,
     SandboxClient,
 )
-from sandbox_client._request import execute_request
-from sandbox_client._tool_run import call_tool_sync, invocation, start_message
 from sandbox_client.protocol.convert import result_from_proto
-from sandbox_client.protocol.service import ServiceStub
 from sandbox_client.protocol.v1 import sandbox_pb2
 from tests.backends.container.conftest import IMAGE, SCOPE
-from tests.conftest import ServerThread, running_server
+from tests.conftest import ServerThread, drive_run
 from tests.durable.test_durable import THREE_TOOLS, Counter
-from tests.durable.test_recovery_kill import CODE, PATIENT, TOOL_PART
 from tests.durable.test_recovery_kill import Server as MontyServer
-from tests.durable.test_recovery_kill import tools as kill_tools
+from tests.durable.test_recovery_kill import survives_server_kill
 
 pytestmark = pytest.mark.docker
 
@@ -47,30 +38,16 @@ pytestmark = pytest.mark.docker
 RUNNER_OUT_FD = 201
 
 
-@pytest.fixture(scope="module")
-def both(engine: docker.DockerClient) -> Iterator[ServerThread]:
-    with running_server(
-        container={
-            "enabled": True,
-            "image": IMAGE,
-            "pool_size": 2,
-            "max_concurrency": 4,
-            "scope": SCOPE,
-        },
-    ) as server:
-        yield server
-
-
 def container_run(srv: ServerThread, code: str, tools: dict[str, Any], **fields: Any) -> Any:
     with SandboxClient(srv.address, timeout_s=60) as client:
         return client.run_tools(code, tools=tools, backend="container", **fields)
 
 
-def test_a_container_tool_run_returns_what_monty_returns(both: ServerThread) -> None:
+def test_a_container_tool_run_returns_what_monty_returns(both_backends: ServerThread) -> None:
     results = {}
     for backend in (Backend.MONTY, Backend.CONTAINER):
         counter = Counter()
-        with SandboxClient(both.address, timeout_s=60) as client:
+        with SandboxClient(both_backends.address, timeout_s=60) as client:
             outcome = client.run(THREE_TOOLS, tools=counter.tools(), backend=backend)
         assert outcome.ok, outcome.failure
         assert outcome.result.backend is backend
@@ -85,9 +62,11 @@ def test_a_container_tool_run_returns_what_monty_returns(both: ServerThread) -> 
 SURROGATES = "import sys\nprint('a\\ud800b')\nprint('\\udfff', file=sys.stderr)\n'\\ud83d\\ude00'"
 
 
-def test_lone_surrogates_come_back_replaced_as_monty_shows_them(both: ServerThread) -> None:
+def test_lone_surrogates_come_back_replaced_as_monty_shows_them(
+    both_backends: ServerThread,
+) -> None:
     seen = {}
-    with SandboxClient(both.address, timeout_s=60) as client:
+    with SandboxClient(both_backends.address, timeout_s=60) as client:
         for backend in (Backend.MONTY, Backend.CONTAINER):
             result = client.execute(SURROGATES, backend=backend)
             assert result.ok, result.failure
@@ -103,22 +82,26 @@ def test_lone_surrogates_come_back_replaced_as_monty_shows_them(both: ServerThre
     # In a tool call's arguments too: the tool gets the replacement, not a surrogate.
     got: list[Any] = []
     result = container_run(
-        both, "echo('x\\ud800', k=['\\udc00'])", {"echo": lambda *a, **k: got.append((a, k))}
+        both_backends,
+        "echo('x\\ud800', k=['\\udc00'])",
+        {"echo": lambda *a, **k: got.append((a, k))},
     )
     assert result.ok, result.failure
     assert got == [(("x\ufffd",), {"k": ["\ufffd"]})]
 
 
 def test_output_printed_before_a_call_reaches_the_client_before_the_call(
-    both: ServerThread,
+    both_backends: ServerThread,
 ) -> None:
     code = "print('a')\nping()\nprint('b')\nping()\nprint('c')"
-    leg = interrupted_leg(both, code, "k-container-order", {"ping": lambda: None}, stop_at=None)
+    leg = interrupted_leg(
+        both_backends, code, "k-container-order", {"ping": lambda: None}, stop_at=None
+    )
     assert leg.events == ["out a\n", "call ping", "out b\n", "call ping", "out c\n"]
     assert leg.result is not None and leg.result.stdout == "a\nb\nc\n"
 
 
-def test_a_tool_error_is_an_exception_the_code_catches(both: ServerThread) -> None:
+def test_a_tool_error_is_an_exception_the_code_catches(both_backends: ServerThread) -> None:
     def lookup(key: str) -> str:
         raise KeyError(key)
 
@@ -134,17 +117,17 @@ def test_a_tool_error_is_an_exception_the_code_catches(both: ServerThread) -> No
     def later() -> None:
         raise Unusual("no builtin of that name")
 
-    result = container_run(both, code, {"lookup": lookup, "later": later})
+    result = container_run(both_backends, code, {"lookup": lookup, "later": later})
     assert result.ok, result.failure
     # KeyError is CPython's own; a type CPython lacks arrives as RuntimeError, as in Monty.
     assert result.result == ["'x'", "Unusual: no builtin of that name"]
 
 
-def test_an_uncaught_tool_error_is_tool_error(both: ServerThread) -> None:
+def test_an_uncaught_tool_error_is_tool_error(both_backends: ServerThread) -> None:
     def flaky() -> None:
         raise ValueError("upstream said no")
 
-    result = container_run(both, "x = 1\nflaky()\n", {"flaky": flaky})
+    result = container_run(both_backends, "x = 1\nflaky()\n", {"flaky": flaky})
     failure = result.failure
     assert failure is not None and failure.kind is FailureKind.TOOL_ERROR
     assert failure.exception_type == "ValueError"
@@ -153,14 +136,14 @@ def test_an_uncaught_tool_error_is_tool_error(both: ServerThread) -> None:
     assert result.backend is Backend.CONTAINER
 
 
-def test_the_codes_own_exception_is_not_a_tool_error(both: ServerThread) -> None:
+def test_the_codes_own_exception_is_not_a_tool_error(both_backends: ServerThread) -> None:
     code = "try:\n    flaky()\nexcept ValueError:\n    pass\nraise ValueError('mine')"
-    result = container_run(both, code, {"flaky": lambda: int("x")})
+    result = container_run(both_backends, code, {"flaky": lambda: int("x")})
     assert result.failure is not None
     assert result.failure.kind is FailureKind.RUNTIME_ERROR, result.failure
 
 
-async def test_async_tools_gathered_in_a_container(both: ServerThread) -> None:
+async def test_async_tools_gathered_in_a_container(both_backends: ServerThread) -> None:
     order: list[str] = []
 
     async def fetch(name: str) -> str:
@@ -174,21 +157,23 @@ async def test_async_tools_gathered_in_a_container(both: ServerThread) -> None:
         "    return await asyncio.gather(fetch('a'), fetch('b'), fetch('c'))\n"
         "await main()\n"
     )
-    async with AsyncSandboxClient(both.address, timeout_s=60) as client:
+    async with AsyncSandboxClient(both_backends.address, timeout_s=60) as client:
         outcome = await client.run(code, tools={"fetch": fetch}, backend="container")
     assert outcome.ok, outcome.failure
     assert outcome.result.result == ["A", "B", "C"]
     assert order == ["a", "b", "c"]  # relayed one at a time, in call order
 
 
-def test_a_non_json_argument_is_a_type_error_in_the_code(both: ServerThread) -> None:
+def test_a_non_json_argument_is_a_type_error_in_the_code(both_backends: ServerThread) -> None:
     calls: list[Any] = []
     code = (
         "try:\n    record({1, 2})\nexcept TypeError as e:\n    msg = str(e)\n"
         "try:\n    record(float('nan'))\nexcept TypeError as e:\n    nan = str(e)\n"
         "[msg, nan, record([1, (2, 3)], key={'k': None})]"
     )
-    result = container_run(both, code, {"record": lambda *a, **k: calls.append((a, k)) or 7})
+    result = container_run(
+        both_backends, code, {"record": lambda *a, **k: calls.append((a, k)) or 7}
+    )
     assert result.ok, result.failure
     assert result.result[0] == "record() takes JSON values only: a set is not a JSON value"
     assert "record() takes JSON values only" in result.result[1]
@@ -196,25 +181,27 @@ def test_a_non_json_argument_is_a_type_error_in_the_code(both: ServerThread) -> 
     assert calls == [(([1, [2, 3]],), {"key": {"k": None}})]  # only the JSON call went out
 
 
-def test_time_waiting_for_a_tool_is_not_charged(both: ServerThread) -> None:
+def test_time_waiting_for_a_tool_is_not_charged(both_backends: ServerThread) -> None:
     def slow() -> str:
         time.sleep(1.5)
         return "late"
 
     limits = Limits(wall_time_ms=1000)
-    result = container_run(both, "a = slow()\nb = slow()\n[a, b]", {"slow": slow}, limits=limits)
+    result = container_run(
+        both_backends, "a = slow()\nb = slow()\n[a, b]", {"slow": slow}, limits=limits
+    )
     assert result.ok, result.failure
     assert result.result == ["late", "late"]
     assert result.usage.wall_ms < 1000  # the code's own time, not the tools'
-    busy = container_run(both, "while True:\n    pass", {}, limits=limits)
+    busy = container_run(both_backends, "while True:\n    pass", {}, limits=limits)
     assert busy.failure is not None and busy.failure.kind is FailureKind.TIMEOUT
 
 
-def test_auto_falls_back_only_before_the_first_tool_call(both: ServerThread) -> None:
+def test_auto_falls_back_only_before_the_first_tool_call(both_backends: ServerThread) -> None:
     counter = Counter()
     tools = counter.tools()
     code = "import zipfile\nstep_one(zipfile.ZIP_STORED)"
-    with SandboxClient(both.address, timeout_s=60) as client:
+    with SandboxClient(both_backends.address, timeout_s=60) as client:
         moved = client.run_tools(code, tools=tools, backend="auto")
         assert moved.ok, moved.failure
         assert moved.result == 10
@@ -235,44 +222,44 @@ def forged(frame: dict[str, Any]) -> str:
     return f"import os\nos.write({RUNNER_OUT_FD}, {line!r})\n"
 
 
-def test_frames_the_code_forges_do_not_break_the_host(both: ServerThread) -> None:
+def test_frames_the_code_forges_do_not_break_the_host(both_backends: ServerThread) -> None:
     counter = Counter()
     tools = counter.tools()
 
     # A call out of sequence: stopped before any tool runs.
     call = {"t": "call", "seq": 9, "name": "step_one", "args": [1], "kwargs": {}}
-    result = container_run(both, forged(call) + "step_one(1)", tools)
+    result = container_run(both_backends, forged(call) + "step_one(1)", tools)
     assert result.failure is not None and result.failure.kind is FailureKind.POLICY_VIOLATION
     assert "call 1 was due" in result.failure.message
     assert counter.calls == {}
 
     # A call to something that is not a declared tool.
     call = {"t": "call", "seq": 1, "name": "open", "args": [], "kwargs": {}}
-    result = container_run(both, forged(call), tools)
+    result = container_run(both_backends, forged(call), tools)
     assert result.failure is not None and result.failure.kind is FailureKind.POLICY_VIOLATION
     assert "not a declared tool" in result.failure.message
 
     # A well-formed next call is a tool call like any other (the code could have made it
     # by calling the function); the runner's own call is then out of sequence.
     call = {"t": "call", "seq": 1, "name": "step_one", "args": [5], "kwargs": {}}
-    result = container_run(both, forged(call) + "step_one(1)", tools)
+    result = container_run(both_backends, forged(call) + "step_one(1)", tools)
     assert result.failure is not None and result.failure.kind is FailureKind.POLICY_VIOLATION
     assert counter.calls == {"step_one": 1}
 
     # A reply written the wrong way round means nothing to the host.
     reply = {"t": "reply", "seq": 1, "value": 666}
-    result = container_run(both, forged(reply) + "step_one(1)", tools)
+    result = container_run(both_backends, forged(reply) + "step_one(1)", tools)
     assert result.ok and result.result == 11
 
     # Garbage on the channel is the code's doing too. The same code would write it
     # again, so the SDK escalates at once instead of retrying it.
     garbage = f"import os\nos.write({RUNNER_OUT_FD}, b'not a frame\\n')\nstep_one(1)"
     calls_before = dict(counter.calls)
-    result = container_run(both, garbage, tools)
+    result = container_run(both_backends, garbage, tools)
     assert result.failure is not None and result.failure.kind is FailureKind.POLICY_VIOLATION
     assert not result.failure.retryable
     with (
-        SandboxClient(both.address, timeout_s=60) as client,
+        SandboxClient(both_backends.address, timeout_s=60) as client,
         pytest.raises(EscalationRequired) as escalated,
     ):
         client.run(garbage, tools=tools, backend=Backend.CONTAINER)
@@ -280,8 +267,8 @@ def test_frames_the_code_forges_do_not_break_the_host(both: ServerThread) -> Non
     assert counter.calls == calls_before  # stopped before its call, both times
 
     # The server is fine afterwards.
-    assert container_run(both, THREE_TOOLS, Counter().tools()).ok
-    with SandboxClient(both.address) as client:
+    assert container_run(both_backends, THREE_TOOLS, Counter().tools()).ok
+    with SandboxClient(both_backends.address) as client:
         assert client.execute("print(1)", backend="container").stdout == "1\n"
 
 
@@ -301,63 +288,46 @@ def interrupted_leg(
     """A container tool run over the raw stream: answers calls until call `stop_at`
     arrives (the previous answer is journaled by then), then cancels the stream."""
     backend: Any = srv.server.executor.backends[Backend.CONTAINER]
-    start = start_message(execute_request(code, idempotency_key=key, backend="container"), tools)
-    outgoing = [start]
-    cond = threading.Condition()
-    done = threading.Event()
     leg = Leg()
-
-    def requests() -> Iterator[sandbox_pb2.RunRequest]:
-        sent = 0
-        while not done.is_set():
-            with cond:
-                cond.wait_for(lambda n=sent: len(outgoing) > n or done.is_set(), timeout=0.1)
-                pending = outgoing[sent:]
-            for msg in pending:
-                sent += 1
-                yield msg
-
     calls = 0
-    with grpc.insecure_channel(srv.address) as channel:
-        stream = ServiceStub(channel).Run(requests(), timeout=30)
-        for msg in stream:
-            if msg.HasField("output"):
-                leg.events.append(f"out {msg.output.text}")
-            elif msg.HasField("tool_call"):
-                calls += 1
-                leg.events.append(f"call {msg.tool_call.name}")
-                if calls == stop_at:
-                    leg.running = backend.running_ids()
-                    break
-                with cond:
-                    outgoing.append(call_tool_sync(invocation(msg.tool_call, tools)))
-                    cond.notify()
-            elif msg.HasField("result"):
-                leg.result = result_from_proto(msg.result)
-        stream.cancel()
-        done.set()
+
+    def record(msg: sandbox_pb2.RunResponse) -> bool:
+        nonlocal calls
+        if msg.HasField("output"):
+            leg.events.append(f"out {msg.output.text}")
+        elif msg.HasField("tool_call"):
+            calls += 1
+            leg.events.append(f"call {msg.tool_call.name}")
+            if calls == stop_at:
+                leg.running = backend.running_ids()
+                return True
+        elif msg.HasField("result"):
+            leg.result = result_from_proto(msg.result)
+        return False
+
+    drive_run(srv.address, code, tools, record, idempotency_key=key, backend="container")
     return leg
 
 
 def test_a_reconnecting_client_gets_a_replay_that_calls_no_tool_twice(
-    both: ServerThread,
+    both_backends: ServerThread,
 ) -> None:
     code = "import random\nr = random.random()\nprint('r', r)\n" + THREE_TOOLS
     first = Counter()
-    leg = interrupted_leg(both, code, "k-container-replay", first.tools())
+    leg = interrupted_leg(both_backends, code, "k-container-replay", first.tools())
     assert first.calls == {"step_one": 1, "step_two": 1} and len(leg.running) == 1
     printed = leg.events[0]
     assert printed.startswith("out r 0.")
-    backend: Any = both.server.executor.backends[Backend.CONTAINER]
+    backend: Any = both_backends.server.executor.backends[Backend.CONTAINER]
     for _ in range(100):  # the cancelled run's container is killed and removed
-        if not leg.running & set(both.call(backend.containers())):
+        if not leg.running & set(both_backends.call(backend.containers())):
             break
         time.sleep(0.1)
     else:
         raise AssertionError("the cancelled run's container is still there")
 
     again = Counter()
-    with SandboxClient(both.address, timeout_s=60) as client:
+    with SandboxClient(both_backends.address, timeout_s=60) as client:
         outcome = client.run(
             code, tools=again.tools(), idempotency_key="k-container-replay", backend="container"
         )
@@ -369,10 +339,10 @@ def test_a_reconnecting_client_gets_a_replay_that_calls_no_tool_twice(
     assert outcome.result.stdout == printed.removeprefix("out ") + "done 2\n"
 
 
-def test_a_replay_that_calls_another_tool_is_corrupt_state(both: ServerThread) -> None:
-    journal = both.server.executor.journal
+def test_a_replay_that_calls_another_tool_is_corrupt_state(both_backends: ServerThread) -> None:
+    journal = both_backends.server.executor.journal
     assert journal is not None
-    interrupted_leg(both, THREE_TOOLS, "k-container-diverge", Counter().tools())
+    interrupted_leg(both_backends, THREE_TOOLS, "k-container-diverge", Counter().tools())
     entry = journal.store.get("local", "k-container-diverge")
     assert entry is not None and sorted(a for a in entry.answers if a > 0) == [1, 2]
     # Make the journal say call 2 went elsewhere, as a replay that diverged would find.
@@ -386,7 +356,7 @@ def test_a_replay_that_calls_another_tool_is_corrupt_state(both: ServerThread) -
     )
     counter = Counter()
     result = container_run(
-        both, THREE_TOOLS, counter.tools(), idempotency_key="k-container-diverge"
+        both_backends, THREE_TOOLS, counter.tools(), idempotency_key="k-container-diverge"
     )
     assert result.failure is not None and result.failure.kind is FailureKind.CORRUPT_STATE
     assert result.failure.retryable and counter.calls == {}
@@ -403,54 +373,10 @@ class ContainerServer(MontyServer):
             + f"pool_size = 1\nscope = '{SCOPE}'\n"
         )
 
-    def start(self) -> None:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "serve", "--config", str(self.config)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stderr is not None
-        for line in proc.stderr:  # reaping leftovers may be logged before "serving"
-            if json.loads(line).get("address", "").endswith(f":{self.port}"):
-                break
-        else:
-            raise AssertionError("the server did not start")
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        self.proc = proc
-
 
 def test_a_container_run_survives_the_server_being_killed_after_the_second_answer(
     engine: docker.DockerClient, tmp_path: Path
 ) -> None:
-    server = ContainerServer(tmp_path)
-    server.start()
-
-    def kill_and_restart() -> None:
-        server.kill()
-        server.start()
-
-    try:
-        calls: dict[str, int] = {}
-        with SandboxClient(server.address, timeout_s=60) as client:
-            outcome = client.run(
-                CODE,
-                tools=kill_tools(calls, after_second=kill_and_restart),
-                idempotency_key="container-server-killed",
-                recovery=PATIENT,
-                backend="container",
-            )
-            assert outcome.ok, outcome.failure
-            assert calls == {"step_one": 1, "step_two": 1, "step_three": 1}
-            assert len(outcome.attempts) >= 2  # the first attempt died with the server
-            assert outcome.attempts[0].idempotency_key == outcome.attempts[-1].idempotency_key
-            assert outcome.result.backend is Backend.CONTAINER
-
-            plain: dict[str, int] = {}
-            uninterrupted = client.run(CODE, tools=kill_tools(plain), backend="container")
-        assert uninterrupted.ok and plain == {"step_one": 1, "step_two": 1, "step_three": 1}
-        result, expected = outcome.result.result, uninterrupted.result.result
-        assert {k: result[k] for k in TOOL_PART} == {k: expected[k] for k in TOOL_PART}
-        # The replay printed it again; the result holds it once, as an uninterrupted run's.
-        assert outcome.result.stdout == f"after two {result['r']}\n"
-    finally:
-        server.stop()
+    with ContainerServer(tmp_path) as server:
+        outcome = survives_server_kill(server, "container-server-killed", backend="container")
+    assert outcome.result.backend is Backend.CONTAINER
