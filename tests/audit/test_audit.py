@@ -12,12 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from sandbox.audit.log import GENESIS, AuditLog, log_files, query, verify
+from sandbox.audit.log import GENESIS, AuditLog, VerifyReport, log_files, query, verify
 from sandbox.cli.commands import main
 from sandbox.config import AuditSettings
 from sandbox_client import SandboxClient
@@ -44,11 +44,13 @@ def lines_of(directory: Path) -> tuple[Path, list[bytes]]:
     return only, only.read_bytes().splitlines(keepends=True)
 
 
-def tampered(src: Path, dst: Path, edit: object) -> Path:
-    shutil.copytree(src, dst)
-    path, lines = lines_of(dst)
-    path.write_bytes(b"".join(edit(lines)))  # type: ignore[operator]
-    return path
+def verify_tampered(
+    log: Path, tmp_path: Path, edit: Callable[[list[bytes]], list[bytes]]
+) -> tuple[Path, VerifyReport]:
+    """A copy of `log` whose lines went through `edit`: its file, and what verify says."""
+    path, lines = lines_of(shutil.copytree(log, tmp_path / "log"))
+    path.write_bytes(b"".join(edit(lines)))
+    return path, verify([path])
 
 
 def test_ten_thousand_executions_verify(big_log: Path) -> None:
@@ -76,15 +78,13 @@ def test_flipped_byte_fails_at_that_record(big_log: Path, tmp_path: Path) -> Non
         lines[4999] = bytes(line)
         return lines
 
-    path = tampered(big_log, tmp_path / "log", flip)
-    report = verify([path])
+    path, report = verify_tampered(big_log, tmp_path, flip)
     assert not report.ok and report.records == 4999
     assert report.error.startswith(f"{path}:5000: record seq 5000: content does not match")
 
 
 def test_deleted_record_fails_where_it_was(big_log: Path, tmp_path: Path) -> None:
-    path = tampered(big_log, tmp_path / "log", lambda lines: lines[:2999] + lines[3000:])
-    report = verify([path])
+    path, report = verify_tampered(big_log, tmp_path, lambda lines: lines[:2999] + lines[3000:])
     assert not report.ok and report.records == 2999
     assert report.error == (
         f"{path}:3000: record seq 3000: found seq 3001 instead (records removed)"
@@ -96,8 +96,7 @@ def test_swapped_records_fail_at_the_first(big_log: Path, tmp_path: Path) -> Non
         lines[6999], lines[7000] = lines[7000], lines[6999]
         return lines
 
-    path = tampered(big_log, tmp_path / "log", swap)
-    report = verify([path])
+    path, report = verify_tampered(big_log, tmp_path, swap)
     assert not report.ok and report.records == 6999
     assert report.error.startswith(f"{path}:7000: record seq 7000: found seq 7001 instead")
 
@@ -114,8 +113,7 @@ def test_rewritten_chain_is_caught_by_its_links(big_log: Path, tmp_path: Path) -
         lines[99] = canonical(record) + b"\n"
         return lines
 
-    path = tampered(big_log, tmp_path / "log", forge)
-    report = verify([path])
+    path, report = verify_tampered(big_log, tmp_path, forge)
     assert report.error == f"{path}:101: record seq 101: prev does not match the record before it"
 
 

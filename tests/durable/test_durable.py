@@ -38,6 +38,14 @@ print("done", third)
 {"first": first, "second": second, "third": third}
 """
 
+# Three calls of an async tool, gathered.
+GATHERED = (
+    "import asyncio\n"
+    "async def main():\n"
+    "    return await asyncio.gather(fetch('a'), fetch('b'), fetch('c'))\n"
+    "await main()\n"
+)
+
 
 @pytest.fixture(scope="module")
 def durable_server() -> Iterator[ServerThread]:
@@ -259,15 +267,9 @@ async def test_async_tools_the_code_gathers_run_concurrently(
         await asyncio.sleep(0.3)
         return name.upper()
 
-    code = (
-        "import asyncio\n"
-        "async def main():\n"
-        "    return await asyncio.gather(fetch('a'), fetch('b'), fetch('c'))\n"
-        "await main()\n"
-    )
     async with AsyncSandboxClient(durable_server.address) as client:
         started = time.monotonic()
-        outcome = await client.run(code, tools={"fetch": fetch})
+        outcome = await client.run(GATHERED, tools={"fetch": fetch})
         elapsed = time.monotonic() - started
     assert outcome.ok, outcome.failure
     assert outcome.result.result == ["A", "B", "C"]

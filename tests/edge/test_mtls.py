@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from sandbox_client import FailureKind, SandboxClient
+from sandbox_client import ExecutionResult, FailureKind, SandboxClient
 from tests.conftest import ServerThread, running_server
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -104,35 +104,30 @@ def _creds(pki: Path, who: str | None) -> grpc.ChannelCredentials:
     )
 
 
-def test_client_certificate_identifies_the_tenant(tls_server: ServerThread, pki: Path) -> None:
+def _execute_as(
+    tls_server: ServerThread, pki: Path, who: str | None, timeout_s: float = 30
+) -> ExecutionResult:
+    """`1+1` over TLS with `who`'s client certificate (None: with none)."""
     with SandboxClient(
         tls_server.address,
-        timeout_s=30,
-        credentials=_creds(pki, "agent"),
+        timeout_s=timeout_s,
+        credentials=_creds(pki, who),
         channel_options=[("grpc.ssl_target_name_override", "localhost")],
     ) as c:
-        result = c.execute("1+1")
+        return c.execute("1+1")
+
+
+def test_client_certificate_identifies_the_tenant(tls_server: ServerThread, pki: Path) -> None:
+    result = _execute_as(tls_server, pki, "agent")
     assert result.ok, result.failure
 
 
 def test_unlisted_certificate_is_unauthenticated(tls_server: ServerThread, pki: Path) -> None:
-    with SandboxClient(
-        tls_server.address,
-        timeout_s=30,
-        credentials=_creds(pki, "stranger"),
-        channel_options=[("grpc.ssl_target_name_override", "localhost")],
-    ) as c:
-        result = c.execute("1+1")
+    result = _execute_as(tls_server, pki, "stranger")
     assert result.failure is not None and result.failure.kind is FailureKind.INVALID_REQUEST
     assert "requires an API key" in result.failure.message
 
 
 def test_no_client_certificate_cannot_connect(tls_server: ServerThread, pki: Path) -> None:
-    with SandboxClient(
-        tls_server.address,
-        timeout_s=10,
-        credentials=_creds(pki, None),
-        channel_options=[("grpc.ssl_target_name_override", "localhost")],
-    ) as c:
-        result = c.execute("1+1")
+    result = _execute_as(tls_server, pki, None, timeout_s=10)
     assert result.failure is not None and result.failure.kind is FailureKind.INFRA_UNAVAILABLE

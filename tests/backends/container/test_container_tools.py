@@ -28,7 +28,7 @@ from sandbox_client.protocol.convert import result_from_proto
 from sandbox_client.protocol.v1 import sandbox_pb2
 from tests.backends.container.conftest import IMAGE, SCOPE
 from tests.conftest import ServerThread, drive_run
-from tests.durable.test_durable import THREE_TOOLS, Counter
+from tests.durable.test_durable import GATHERED, THREE_TOOLS, Counter
 from tests.durable.test_recovery_kill import Server as MontyServer
 from tests.durable.test_recovery_kill import survives_server_kill
 
@@ -151,14 +151,8 @@ async def test_async_tools_gathered_in_a_container(both_backends: ServerThread) 
         await asyncio.sleep(0.05)
         return name.upper()
 
-    code = (
-        "import asyncio\n"
-        "async def main():\n"
-        "    return await asyncio.gather(fetch('a'), fetch('b'), fetch('c'))\n"
-        "await main()\n"
-    )
     async with AsyncSandboxClient(both_backends.address, timeout_s=60) as client:
-        outcome = await client.run(code, tools={"fetch": fetch}, backend="container")
+        outcome = await client.run(GATHERED, tools={"fetch": fetch}, backend="container")
     assert outcome.ok, outcome.failure
     assert outcome.result.result == ["A", "B", "C"]
     assert order == ["a", "b", "c"]  # relayed one at a time, in call order
