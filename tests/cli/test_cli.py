@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -20,6 +23,21 @@ def sandbox(*args: str, stdin: str = "", timeout: float = 60) -> subprocess.Comp
     return subprocess.run(
         [*SANDBOX, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+@contextmanager
+def serving(config: Path, text: str) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
+    """`sandbox serve` with `text` as its config file: the process and its log (stderr);
+    killed on the way out, whatever the test did with it."""
+    config.write_text(text)
+    proc = subprocess.Popen(
+        [*SANDBOX, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        yield proc, proc.stderr
+    finally:
+        proc.kill()
 
 
 def test_run_success_exits_zero_and_prints_output(tmp_path: Path) -> None:
@@ -115,14 +133,9 @@ def test_serve_answers_health_checks_and_stops_on_sigterm(tmp_path: Path) -> Non
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    config = tmp_path / "sandbox.toml"
-    config.write_text("[server]\nport = 0\n[log]\nformat = 'json'\n[monty]\nmin_workers = 1\n")
-    proc = subprocess.Popen(
-        [*SANDBOX, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
+    config = "[server]\nport = 0\n[log]\nformat = 'json'\n[monty]\nmin_workers = 1\n"
+    with serving(tmp_path / "sandbox.toml", config) as (proc, log):
+        line = log.readline()
         address = json.loads(line)["address"]
         with grpc.insecure_channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -133,8 +146,6 @@ def test_serve_answers_health_checks_and_stops_on_sigterm(tmp_path: Path) -> Non
         started = time.monotonic()
         assert proc.wait(timeout=20) == 0
         assert time.monotonic() - started < 20
-    finally:
-        proc.kill()
 
 
 def test_serve_logs_old_setting_names_and_serves(tmp_path: Path) -> None:
@@ -142,15 +153,10 @@ def test_serve_logs_old_setting_names_and_serves(tmp_path: Path) -> None:
     spelling of each, and the server starts with the values they gave."""
     import signal
 
-    config = tmp_path / "old.toml"
-    config.write_text("port = 0\nlog_format = 'json'\nmonty_min_workers = 1\n")
-    proc = subprocess.Popen(
-        [*SANDBOX, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stderr is not None
+    config = "port = 0\nlog_format = 'json'\nmonty_min_workers = 1\n"
+    with serving(tmp_path / "old.toml", config) as (proc, log):
         events = []
-        for line in proc.stderr:
+        for line in log:
             events.append(json.loads(line))  # every line JSON, the warnings too
             if "address" in events[-1]:
                 break
@@ -160,8 +166,6 @@ def test_serve_logs_old_setting_names_and_serves(tmp_path: Path) -> None:
         assert not events[-1]["address"].endswith(":50051")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    finally:
-        proc.kill()
 
 
 def test_old_environment_names_warn_on_stderr(tmp_path: Path) -> None:

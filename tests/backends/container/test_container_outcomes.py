@@ -12,7 +12,7 @@ import pytest
 
 from sandbox.backends.container.backend import ContainerBackend
 from sandbox.config import ContainerSettings
-from sandbox_client import FailureKind, SuggestedAction
+from sandbox_client import Failure, FailureKind, SuggestedAction
 from tests.backends.container.conftest import (
     LIMITS,
     SCOPE,
@@ -118,6 +118,24 @@ async def test_write_outside_work_dirs_is_policy_violation(backend: ContainerBac
 RUNNER_OUT_FD = 201
 
 
+async def channel_violation(
+    backend: ContainerBackend, code: str, attempted: str, **limits: int
+) -> Failure:
+    """Runs `code`, which writes to the runner's private channel: a POLICY_VIOLATION that
+    says so and is not retried, stopped within 10 s (not left to sleep, nor waiting on
+    output nobody reads), with the backend healthy afterwards. Returns the failure."""
+    started = time.monotonic()
+    result = await run(backend, code, **limits)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    assert "private channel" in failure.message
+    assert failure.details == {"attempted": attempted}
+    assert not failure.retryable
+    assert time.monotonic() - started < 10
+    await assert_healthy(backend)
+    return failure
+
+
 @pytest.mark.parametrize(
     "write",
     [
@@ -132,16 +150,7 @@ async def test_bytes_the_code_writes_to_the_runners_channel_are_policy_violation
 ) -> None:
     # Not SANDBOX_CRASH: that is retried, and the same code writes the same bytes again.
     code = f"import os\nfor _ in range(64):\n    os.write({RUNNER_OUT_FD}, {write})\nprint(1)"
-    started = time.monotonic()
-    result = await run(backend, code, output_bytes=4096)
-    failure = result.failure
-    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
-    assert "private channel" in failure.message
-    assert failure.details == {"attempted": "write to the runner's channel"}
-    assert not failure.retryable
-    # Stopped while still writing: the kill must not wait on output nobody reads.
-    assert time.monotonic() - started < 10
-    await assert_healthy(backend)
+    await channel_violation(backend, code, "write to the runner's channel", output_bytes=4096)
 
 
 @pytest.mark.parametrize("then", ["import time\ntime.sleep(30)", "print(1)"])
@@ -152,16 +161,9 @@ async def test_a_fatal_frame_the_code_writes_is_policy_violation(
     # write one. It was INFRA_UNAVAILABLE ("the runner could not start"), retried.
     frame = b'{"t": "fatal", "message": "seccomp: forged\\nsecond line"}\n'
     code = f"import os\nos.write({RUNNER_OUT_FD}, {frame!r})\n{then}"
-    started = time.monotonic()
-    result = await run(backend, code)
-    failure = result.failure
-    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
-    assert "private channel" in failure.message and "fatal frame" in failure.message
+    failure = await channel_violation(backend, code, "forge a runner frame")
+    assert "fatal frame" in failure.message
     assert "seccomp: forged" in failure.message and "second line" not in failure.message
-    assert failure.details == {"attempted": "forge a runner frame"}
-    assert not failure.retryable
-    assert time.monotonic() - started < 10  # stopped, not left to sleep
-    await assert_healthy(backend)
 
 
 @pytest.mark.parametrize(
@@ -180,15 +182,8 @@ async def test_a_result_frame_the_code_forges_is_policy_violation(
     # int32, the client's json.loads) and escaped as an engine error, or reached the client.
     frame = b'{"t":"result","ok":true,' + fields + b"}\n"
     code = f"import os\nos.write({RUNNER_OUT_FD}, {frame!r})\nimport time\ntime.sleep(30)"
-    started = time.monotonic()
-    result = await run(backend, code)
-    failure = result.failure
-    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
-    assert "private channel" in failure.message and "result frame" in failure.message
-    assert failure.details == {"attempted": "forge a runner frame"}
-    assert not failure.retryable
-    assert time.monotonic() - started < 10  # stopped, not left to sleep
-    await assert_healthy(backend)
+    failure = await channel_violation(backend, code, "forge a runner frame")
+    assert "result frame" in failure.message
 
 
 async def test_names_the_code_chooses_are_clipped_to_fit_the_channel(
