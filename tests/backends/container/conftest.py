@@ -4,6 +4,7 @@ why, and fail under CI=true: CI installs and starts the engine (scripts/ci_docke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
@@ -94,6 +95,16 @@ async def runc_backend(engine: docker.DockerClient) -> AsyncIterator[ContainerBa
     await started.start()
     yield started
     await started.stop()
+
+
+@contextlib.asynccontextmanager
+async def started(backend: ContainerBackend) -> AsyncIterator[ContainerBackend]:
+    """`backend` started, and stopped on the way out."""
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.stop()
 
 
 async def run(

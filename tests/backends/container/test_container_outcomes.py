@@ -20,6 +20,7 @@ from tests.backends.container.conftest import (
     make_backend,
     run,
     signal_on_output,
+    started,
 )
 
 pytestmark = pytest.mark.docker
@@ -282,14 +283,9 @@ async def test_huge_ints_the_code_chooses_do_not_break_the_result_frame(
 
 
 async def test_engine_unreachable_is_infra_unavailable(backend: ContainerBackend) -> None:
-    unreachable = ContainerBackend(
-        ContainerSettings(docker_host="unix:///nonexistent/docker.sock", pool_size=0)
-    )
-    await unreachable.start()
-    try:
+    settings = ContainerSettings(docker_host="unix:///nonexistent/docker.sock", pool_size=0)
+    async with started(ContainerBackend(settings)) as unreachable:
         result = await run(unreachable, "print(1)")
-    finally:
-        await unreachable.stop()
     assert result.failure is not None and result.failure.kind is FailureKind.INFRA_UNAVAILABLE
     assert result.failure.retryable and result.failure.retry_after_ms > 0
     await assert_healthy(backend)
@@ -297,11 +293,8 @@ async def test_engine_unreachable_is_infra_unavailable(backend: ContainerBackend
 
 async def test_image_missing_is_infra_unavailable(backend: ContainerBackend) -> None:
     missing = make_backend(backend.runtime, image="sandbox-runner-missing:none", pool_size=0)
-    await missing.start()
-    try:
+    async with started(missing):
         result = await run(missing, "print(1)")
-    finally:
-        await missing.stop()
     assert result.failure is not None and result.failure.kind is FailureKind.INFRA_UNAVAILABLE
     assert "make image" in result.failure.message
     await assert_healthy(backend)
@@ -309,8 +302,7 @@ async def test_image_missing_is_infra_unavailable(backend: ContainerBackend) -> 
 
 async def test_full_queue_is_infra_unavailable(backend: ContainerBackend) -> None:
     narrow = make_backend(backend.runtime, pool_size=1, max_concurrency=1, queue_size=0)
-    await narrow.start()
-    try:
+    async with started(narrow):
         printed, sink = signal_on_output()
         slow = asyncio.create_task(
             run(narrow, "print('up', flush=True)\nimport time\ntime.sleep(2)", on_output=sink)
@@ -319,8 +311,6 @@ async def test_full_queue_is_infra_unavailable(backend: ContainerBackend) -> Non
         refused = await run(narrow, "print(1)")
         assert (await slow).ok
         after = await run(narrow, "print(1)")
-    finally:
-        await narrow.stop()
     assert refused.failure is not None
     assert refused.failure.kind is FailureKind.INFRA_UNAVAILABLE
     assert refused.failure.retry_after_ms > 0
@@ -351,14 +341,11 @@ async def test_pool_holds_its_size_and_stop_removes_everything(
     engine: docker.DockerClient,
 ) -> None:
     own = make_backend(pool_size=3)
-    await own.start()
-    try:
+    async with started(own):
         for _ in range(5):
             assert (await run(own, "print(1)")).ok
         await own.settled()
         assert len(await own.containers()) == 3
-    finally:
-        await own.stop()
     left = engine.containers.list(
         all=True, filters={"label": f"dev.sandbox.instance={own.instance}"}
     )
