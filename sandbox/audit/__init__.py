@@ -1,0 +1,2 @@
+"""The tamper-evident audit log: one hash-chained JSON line per request, rotated by size,
+with `verify` and `query`."""

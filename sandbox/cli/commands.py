@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import importlib.metadata
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +20,15 @@ from google.protobuf import json_format
 from sandbox.cli.admin import add_commands as add_admin_commands
 from sandbox.cli.settings import load_printing_notes, load_with_notes
 from sandbox.config import Settings
+from sandbox.core.request import Request
 from sandbox.errors import ConfigError, RequestError
 from sandbox.logs import configure_logging
-from sandbox_client import Backend, ExecutionResult, Failure, SandboxClient
-from sandbox_client.protocol.convert import result_to_proto
+from sandbox_client import Backend, ExecutionResult, Failure, Limits, SandboxClient
+from sandbox_client.protocol.convert import NO_LIMITS_ASKED, result_to_proto
+from sandbox_client.protocol.models import LIMIT_FIELDS
+
+# `sandbox run --server` reads the API key from here when --api-key is not given.
+API_KEY_VARIABLE = "SANDBOX_API_KEY"
 
 log = structlog.get_logger("sandbox.cli")
 
@@ -35,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # The reader went away (`sandbox run --json | head`): nothing more to say to it.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     # Collect Monty's pool objects now: finalizing them during interpreter shutdown can
     # abort the process and turn a clean exit status into 134.
     gc.collect()
@@ -44,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandbox", description="Run agent-written code in Monty or a container."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {importlib.metadata.version('sandbox')}"
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -61,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--inputs-json", default="", help="a JSON object bound as variables")
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.add_argument("--config", type=Path, help="TOML settings file (in-process runs)")
+    run.add_argument(
+        "--stdin", default="", help="what the code reads from stdin (input()); @FILE reads a file"
+    )
+    run.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE, ""),
+        help=f"API key for --server (default: ${API_KEY_VARIABLE})",
+    )
+    for name in LIMIT_FIELDS:  # --wall-time-ms, --memory-bytes, ...: lower than the policy's
+        run.add_argument(f"--{name.replace('_', '-')}", type=_non_negative, dest=name)
     run.set_defaults(func=_run)
 
     doctor = sub.add_parser("doctor", help="say what works on this machine")
@@ -99,8 +125,21 @@ def _read_code(file: str) -> str:
         raise ConfigError(f"cannot read {file}: {exc}") from None
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     code = _read_code(args.file)
+    stdin = _read_code(args.stdin[1:]) if args.stdin.startswith("@") else args.stdin
+    asked = {name: getattr(args, name) for name in LIMIT_FIELDS if getattr(args, name) is not None}
+    limits = Limits(**asked) if asked else None
     if args.inputs_json:
         try:
             inputs = json.loads(args.inputs_json)
@@ -111,30 +150,39 @@ def _run(args: argparse.Namespace) -> int:
     else:
         inputs = {}
     if args.server:
-        with SandboxClient(args.server) as client:
-            result = client.execute(code, backend=args.backend, policy=args.policy, inputs=inputs)
+        with SandboxClient(args.server, api_key=args.api_key or None) as client:
+            result = client.execute(
+                code,
+                backend=args.backend,
+                policy=args.policy,
+                inputs=inputs,
+                stdin=stdin,
+                limits=limits,
+            )
     else:
         settings = load_printing_notes(args.config, monty={"min_workers": 1})
         configure_logging(settings.log.model_copy(update={"level": "warning"}))
-        result = asyncio.run(_run_in_process(settings, code, args, inputs))
+        request = Request(
+            code=code,
+            backend=Backend(args.backend),
+            policy=args.policy,
+            inputs=inputs,
+            stdin=stdin,
+            limits=limits or NO_LIMITS_ASKED,
+        )
+        result = asyncio.run(_run_in_process(settings, request))
     _print_result(result, as_json=args.json)
     return 0 if result.ok else 1
 
 
-async def _run_in_process(
-    settings: Settings, code: str, args: argparse.Namespace, inputs: dict[str, Any]
-) -> ExecutionResult:
+async def _run_in_process(settings: Settings, request: Request) -> ExecutionResult:
     from sandbox.app import build_executor
     from sandbox.core.executor import Trace
-    from sandbox.core.request import Request
 
     executor = build_executor(settings)
     for backend in executor.backends.values():
         await backend.start()
     try:
-        request = Request(
-            code=code, backend=Backend(args.backend), policy=args.policy, inputs=inputs
-        )
         return await executor.execute(request, Trace())
     except RequestError as exc:
         failure = Failure.of(
@@ -148,14 +196,14 @@ async def _run_in_process(
 
 def _print_result(result: ExecutionResult, *, as_json: bool) -> None:
     if as_json:
-        message = result_to_proto(result)
-        text = json_format.MessageToJson(
-            message,
+        shown = json_format.MessageToDict(
+            result_to_proto(result),
             preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True,
-            indent=2,
         )
-        print(text)
+        if result.fallback_from is None:
+            del shown["fallback_from"]  # nothing fell back: not BACKEND_UNSPECIFIED
+        print(json.dumps(shown, indent=2, sort_keys=True))
         return
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)

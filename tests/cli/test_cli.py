@@ -180,3 +180,82 @@ def test_old_environment_names_warn_on_stderr(tmp_path: Path) -> None:
     assert "wall_time_ms = 500" in done.stdout
     assert "SANDBOX_POLICY_DIR is deprecated; use SANDBOX_POLICIES__DIR" in done.stderr
     assert done.stderr.count("deprecated") == 1  # once per command, however often it reads
+
+
+# -- the first hour: what a new user reaches for ------------------------------------------
+
+
+def test_version() -> None:
+    done = sandbox("--version")
+    assert done.returncode == 0 and done.stdout.startswith("sandbox ")
+
+
+def test_stdin_and_limits_reach_the_code(tmp_path: Path) -> None:
+    answers = tmp_path / "answers.txt"
+    answers.write_text("from a file\n")
+    code = "print(input())\n"
+    assert sandbox("run", "-", "--stdin", "typed", stdin=code).stdout == "typed\n"
+    assert sandbox("run", "-", "--stdin", f"@{answers}", stdin=code).stdout == "from a file\n"
+    slow = sandbox("run", "-", "--json", "--wall-time-ms", "300", stdin="while True:\n    pass\n")
+    failure = json.loads(slow.stdout)["failure"]
+    assert failure["kind"] == "TIMEOUT"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--memory-bytes", "-1"], ["--pids", "many"], ["--backend", "gpu"], ["--nope"]],
+)
+def test_bad_run_arguments_exit_two_with_one_line(args: list[str]) -> None:
+    done = sandbox("run", "-", *args, stdin="1\n")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("sandbox") and " error: " in last
+
+
+def test_json_into_a_closed_pipe_ends_quietly() -> None:
+    proc = subprocess.Popen(
+        [*SANDBOX, "run", "-", "--json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write("print('x' * 200_000)\n")
+    proc.stdin.close()
+    proc.stdout.read(10)
+    proc.stdout.close()  # as `| head -c 10` does
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_json_leaves_out_a_fallback_that_did_not_happen_and_sorts_keys() -> None:
+    done = sandbox("run", "-", "--json", "--backend", "monty", stdin="1\n")
+    shown = json.loads(done.stdout)
+    assert "fallback_from" not in shown
+    assert list(shown) == sorted(shown)
+
+
+def test_run_against_a_server_with_an_api_key(tmp_path: Path) -> None:
+    from sandbox.access.tenants import new_api_key
+    from tests.conftest import running_server
+
+    key, digest = new_api_key()
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(f'[tenants.cli]\napi_key_sha256 = ["{digest}"]\n')
+    with running_server(tenants={"file": tenants}) as srv:
+        refused = sandbox("run", "-", "--server", srv.address, "--json", stdin="print(1)\n")
+        by_flag = sandbox("run", "-", "--server", srv.address, "--api-key", key, stdin="print(1)\n")
+        env = {**os.environ, "SANDBOX_API_KEY": key}
+        by_env = subprocess.run(
+            [*SANDBOX, "run", "-", "--server", srv.address],
+            input="print(2)\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert json.loads(refused.stdout)["failure"]["kind"] == "INVALID_REQUEST"
+    assert by_flag.returncode == 0 and by_flag.stdout == "1\n", by_flag.stderr
+    assert by_env.returncode == 0 and by_env.stdout == "2\n", by_env.stderr

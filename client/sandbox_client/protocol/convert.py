@@ -23,7 +23,7 @@ _BACKEND_TO_PROTO = {
     Backend.MONTY: sandbox_pb2.MONTY,
     Backend.CONTAINER: sandbox_pb2.CONTAINER,
 }
-_BACKEND_FROM_PROTO = {v: k for k, v in _BACKEND_TO_PROTO.items()}
+_BACKEND_FROM_PROTO: dict[int, Backend] = {int(v): k for k, v in _BACKEND_TO_PROTO.items()}
 
 
 def backend_to_proto(backend: Backend | None) -> sandbox_pb2.Backend:
@@ -35,7 +35,7 @@ def backend_from_proto(value: int) -> Backend | None:
     if value == sandbox_pb2.BACKEND_UNSPECIFIED:
         return None
     try:
-        return _BACKEND_FROM_PROTO[value]  # type: ignore[index]
+        return _BACKEND_FROM_PROTO[value]
     except KeyError:
         raise ValueError(f"unknown backend {value}") from None
 

@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -78,7 +76,7 @@ STDOUT: Stream
 STDERR: Stream
 
 class Limits(_message.Message):
-    __slots__ = ("cpu_millis", "disk_bytes", "max_recursion_depth", "memory_bytes", "output_bytes", "pids", "wall_time_ms")
+    __slots__ = ("wall_time_ms", "memory_bytes", "output_bytes", "max_recursion_depth", "cpu_millis", "pids", "disk_bytes")
     WALL_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -93,10 +91,10 @@ class Limits(_message.Message):
     cpu_millis: int
     pids: int
     disk_bytes: int
-    def __init__(self, wall_time_ms: int | None = ..., memory_bytes: int | None = ..., output_bytes: int | None = ..., max_recursion_depth: int | None = ..., cpu_millis: int | None = ..., pids: int | None = ..., disk_bytes: int | None = ...) -> None: ...
+    def __init__(self, wall_time_ms: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., max_recursion_depth: _Optional[int] = ..., cpu_millis: _Optional[int] = ..., pids: _Optional[int] = ..., disk_bytes: _Optional[int] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("backend", "code", "idempotency_key", "inputs_json", "limits", "policy", "session_id", "stdin")
+    __slots__ = ("code", "backend", "policy", "inputs_json", "stdin", "limits", "session_id", "idempotency_key")
     CODE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -113,19 +111,19 @@ class ExecuteRequest(_message.Message):
     limits: Limits
     session_id: str
     idempotency_key: str
-    def __init__(self, code: str | None = ..., backend: Backend | str | None = ..., policy: str | None = ..., inputs_json: str | None = ..., stdin: str | None = ..., limits: Limits | _Mapping | None = ..., session_id: str | None = ..., idempotency_key: str | None = ...) -> None: ...
+    def __init__(self, code: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., policy: _Optional[str] = ..., inputs_json: _Optional[str] = ..., stdin: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., session_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("result",)
     RESULT_FIELD_NUMBER: _ClassVar[int]
     result: ExecutionResult
-    def __init__(self, result: ExecutionResult | _Mapping | None = ...) -> None: ...
+    def __init__(self, result: _Optional[_Union[ExecutionResult, _Mapping]] = ...) -> None: ...
 
 class ExecuteStreamRequest(_message.Message):
     __slots__ = ("request",)
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     request: ExecuteRequest
-    def __init__(self, request: ExecuteRequest | _Mapping | None = ...) -> None: ...
+    def __init__(self, request: _Optional[_Union[ExecuteRequest, _Mapping]] = ...) -> None: ...
 
 class ExecuteStreamResponse(_message.Message):
     __slots__ = ("output", "result")
@@ -133,7 +131,7 @@ class ExecuteStreamResponse(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     output: OutputChunk
     result: ExecutionResult
-    def __init__(self, output: OutputChunk | _Mapping | None = ..., result: ExecutionResult | _Mapping | None = ...) -> None: ...
+    def __init__(self, output: _Optional[_Union[OutputChunk, _Mapping]] = ..., result: _Optional[_Union[ExecutionResult, _Mapping]] = ...) -> None: ...
 
 class OutputChunk(_message.Message):
     __slots__ = ("stream", "text")
@@ -141,10 +139,10 @@ class OutputChunk(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     stream: Stream
     text: str
-    def __init__(self, stream: Stream | str | None = ..., text: str | None = ...) -> None: ...
+    def __init__(self, stream: _Optional[_Union[Stream, str]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ExecutionResult(_message.Message):
-    __slots__ = ("backend", "execution_id", "exit_code", "failure", "fallback_from", "ok", "policy_digest", "policy_name", "replayed", "result_json", "session_id", "stderr", "stderr_truncated", "stdout", "stdout_truncated", "usage")
+    __slots__ = ("ok", "execution_id", "backend", "fallback_from", "stdout", "stdout_truncated", "stderr", "stderr_truncated", "result_json", "exit_code", "failure", "usage", "policy_name", "policy_digest", "session_id", "replayed")
     OK_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -177,17 +175,17 @@ class ExecutionResult(_message.Message):
     policy_digest: str
     session_id: str
     replayed: bool
-    def __init__(self, ok: bool | None = ..., execution_id: str | None = ..., backend: Backend | str | None = ..., fallback_from: Backend | str | None = ..., stdout: str | None = ..., stdout_truncated: bool | None = ..., stderr: str | None = ..., stderr_truncated: bool | None = ..., result_json: str | None = ..., exit_code: int | None = ..., failure: Failure | _Mapping | None = ..., usage: Usage | _Mapping | None = ..., policy_name: str | None = ..., policy_digest: str | None = ..., session_id: str | None = ..., replayed: bool | None = ...) -> None: ...
+    def __init__(self, ok: _Optional[bool] = ..., execution_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., fallback_from: _Optional[_Union[Backend, str]] = ..., stdout: _Optional[str] = ..., stdout_truncated: _Optional[bool] = ..., stderr: _Optional[str] = ..., stderr_truncated: _Optional[bool] = ..., result_json: _Optional[str] = ..., exit_code: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., policy_name: _Optional[str] = ..., policy_digest: _Optional[str] = ..., session_id: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class Failure(_message.Message):
-    __slots__ = ("details", "exception_type", "frames", "kind", "message", "retry_after_ms", "retryable", "suggested_action")
+    __slots__ = ("kind", "retryable", "suggested_action", "retry_after_ms", "message", "exception_type", "frames", "details")
     class DetailsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     KIND_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     SUGGESTED_ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -204,10 +202,10 @@ class Failure(_message.Message):
     exception_type: str
     frames: _containers.RepeatedCompositeFieldContainer[Frame]
     details: _containers.ScalarMap[str, str]
-    def __init__(self, kind: FailureKind | str | None = ..., retryable: bool | None = ..., suggested_action: SuggestedAction | str | None = ..., retry_after_ms: int | None = ..., message: str | None = ..., exception_type: str | None = ..., frames: _Iterable[Frame | _Mapping] | None = ..., details: _Mapping[str, str] | None = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[FailureKind, str]] = ..., retryable: _Optional[bool] = ..., suggested_action: _Optional[_Union[SuggestedAction, str]] = ..., retry_after_ms: _Optional[int] = ..., message: _Optional[str] = ..., exception_type: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("column", "end_column", "end_line", "filename", "function_name", "line", "source_line")
+    __slots__ = ("filename", "line", "column", "end_line", "end_column", "function_name", "source_line")
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     LINE_FIELD_NUMBER: _ClassVar[int]
     COLUMN_FIELD_NUMBER: _ClassVar[int]
@@ -222,30 +220,30 @@ class Frame(_message.Message):
     end_column: int
     function_name: str
     source_line: str
-    def __init__(self, filename: str | None = ..., line: int | None = ..., column: int | None = ..., end_line: int | None = ..., end_column: int | None = ..., function_name: str | None = ..., source_line: str | None = ...) -> None: ...
+    def __init__(self, filename: _Optional[str] = ..., line: _Optional[int] = ..., column: _Optional[int] = ..., end_line: _Optional[int] = ..., end_column: _Optional[int] = ..., function_name: _Optional[str] = ..., source_line: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("cpu_ms", "peak_memory_bytes", "wall_ms")
+    __slots__ = ("wall_ms", "cpu_ms", "peak_memory_bytes")
     WALL_MS_FIELD_NUMBER: _ClassVar[int]
     CPU_MS_FIELD_NUMBER: _ClassVar[int]
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     wall_ms: int
     cpu_ms: int
     peak_memory_bytes: int
-    def __init__(self, wall_ms: int | None = ..., cpu_ms: int | None = ..., peak_memory_bytes: int | None = ...) -> None: ...
+    def __init__(self, wall_ms: _Optional[int] = ..., cpu_ms: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("backend", "limits", "policy")
+    __slots__ = ("backend", "policy", "limits")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     backend: Backend
     policy: str
     limits: Limits
-    def __init__(self, backend: Backend | str | None = ..., policy: str | None = ..., limits: Limits | _Mapping | None = ...) -> None: ...
+    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., policy: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
-    __slots__ = ("backend", "idle_timeout_ms", "policy_name", "session_id")
+    __slots__ = ("session_id", "backend", "policy_name", "idle_timeout_ms")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -254,20 +252,20 @@ class CreateSessionResponse(_message.Message):
     backend: Backend
     policy_name: str
     idle_timeout_ms: int
-    def __init__(self, session_id: str | None = ..., backend: Backend | str | None = ..., policy_name: str | None = ..., idle_timeout_ms: int | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., policy_name: _Optional[str] = ..., idle_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: str | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class CloseSessionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ToolSpec(_message.Message):
-    __slots__ = ("is_async", "json_schema", "name", "stub")
+    __slots__ = ("name", "json_schema", "stub", "is_async")
     NAME_FIELD_NUMBER: _ClassVar[int]
     JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     STUB_FIELD_NUMBER: _ClassVar[int]
@@ -276,7 +274,7 @@ class ToolSpec(_message.Message):
     json_schema: str
     stub: str
     is_async: bool
-    def __init__(self, name: str | None = ..., json_schema: str | None = ..., stub: str | None = ..., is_async: bool | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., json_schema: _Optional[str] = ..., stub: _Optional[str] = ..., is_async: _Optional[bool] = ...) -> None: ...
 
 class RunStart(_message.Message):
     __slots__ = ("request", "tools")
@@ -284,27 +282,27 @@ class RunStart(_message.Message):
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     request: ExecuteRequest
     tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
-    def __init__(self, request: ExecuteRequest | _Mapping | None = ..., tools: _Iterable[ToolSpec | _Mapping] | None = ...) -> None: ...
+    def __init__(self, request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ...) -> None: ...
 
 class ToolResult(_message.Message):
-    __slots__ = ("call_id", "error", "value_json")
+    __slots__ = ("call_id", "value_json", "error")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     value_json: str
     error: ToolError
-    def __init__(self, call_id: int | None = ..., value_json: str | None = ..., error: ToolError | _Mapping | None = ...) -> None: ...
+    def __init__(self, call_id: _Optional[int] = ..., value_json: _Optional[str] = ..., error: _Optional[_Union[ToolError, _Mapping]] = ...) -> None: ...
 
 class ToolError(_message.Message):
-    __slots__ = ("exception_type", "kind", "message")
+    __slots__ = ("exception_type", "message", "kind")
     EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     exception_type: str
     message: str
     kind: FailureKind
-    def __init__(self, exception_type: str | None = ..., message: str | None = ..., kind: FailureKind | str | None = ...) -> None: ...
+    def __init__(self, exception_type: _Optional[str] = ..., message: _Optional[str] = ..., kind: _Optional[_Union[FailureKind, str]] = ...) -> None: ...
 
 class RunRequest(_message.Message):
     __slots__ = ("start", "tool_result")
@@ -312,10 +310,10 @@ class RunRequest(_message.Message):
     TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
     start: RunStart
     tool_result: ToolResult
-    def __init__(self, start: RunStart | _Mapping | None = ..., tool_result: ToolResult | _Mapping | None = ...) -> None: ...
+    def __init__(self, start: _Optional[_Union[RunStart, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ...) -> None: ...
 
 class ToolCall(_message.Message):
-    __slots__ = ("args_json", "call_id", "kwargs_json", "name")
+    __slots__ = ("call_id", "name", "args_json", "kwargs_json")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -324,14 +322,14 @@ class ToolCall(_message.Message):
     name: str
     args_json: str
     kwargs_json: str
-    def __init__(self, call_id: int | None = ..., name: str | None = ..., args_json: str | None = ..., kwargs_json: str | None = ...) -> None: ...
+    def __init__(self, call_id: _Optional[int] = ..., name: _Optional[str] = ..., args_json: _Optional[str] = ..., kwargs_json: _Optional[str] = ...) -> None: ...
 
 class RunResponse(_message.Message):
-    __slots__ = ("output", "result", "tool_call")
+    __slots__ = ("output", "tool_call", "result")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     output: OutputChunk
     tool_call: ToolCall
     result: ExecutionResult
-    def __init__(self, output: OutputChunk | _Mapping | None = ..., tool_call: ToolCall | _Mapping | None = ..., result: ExecutionResult | _Mapping | None = ...) -> None: ...
+    def __init__(self, output: _Optional[_Union[OutputChunk, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., result: _Optional[_Union[ExecutionResult, _Mapping]] = ...) -> None: ...
