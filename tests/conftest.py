@@ -155,6 +155,30 @@ def monty_worker_pids() -> list[int]:
     return pids
 
 
+@contextmanager
+def killing_monty_workers(after_s: float = 0.5, every_s: float = 0.25) -> Iterator[None]:
+    """Kills this process's Monty workers after `after_s` and again every `every_s` until
+    the block ends: a run started late on a loaded machine (on a worker spawned after the
+    first kill) still meets a kill, instead of running into its time limit."""
+    done = threading.Event()
+
+    def keep_killing() -> None:
+        if done.wait(after_s):
+            return
+        while True:
+            kill_monty_workers()
+            if done.wait(every_s):
+                return
+
+    killer = threading.Thread(target=keep_killing, daemon=True)
+    killer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        killer.join(timeout=5)
+
+
 def kill_monty_workers() -> int:
     killed = 0
     for pid in monty_worker_pids():

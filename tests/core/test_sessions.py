@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from sandbox_client import FailureKind, Limits, SandboxClient, SandboxError
-from tests.conftest import kill_monty_workers, running_server
+from tests.conftest import killing_monty_workers, running_server
 
 
 def test_state_survives_between_executions(client: SandboxClient) -> None:
@@ -48,10 +47,8 @@ def test_closed_session_is_unknown(client: SandboxClient) -> None:
 
 def test_crash_loses_the_session_and_says_so(client: SandboxClient) -> None:
     session = client.create_session()
-    killer = threading.Timer(0.5, kill_monty_workers)
-    killer.start()
-    result = client.execute("while True:\n    pass", session_id=session.session_id)
-    killer.cancel()
+    with killing_monty_workers():
+        result = client.execute("while True:\n    pass", session_id=session.session_id)
     assert result.failure is not None and result.failure.kind is FailureKind.SANDBOX_CRASH
     again = client.execute("1", session_id=session.session_id)
     assert again.failure is not None and again.failure.kind is FailureKind.CORRUPT_STATE

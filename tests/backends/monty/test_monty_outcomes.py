@@ -3,13 +3,12 @@ server still runs `print(1)` after each one."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from sandbox_client import FailureKind, Limits, SandboxClient, SuggestedAction
-from tests.conftest import kill_monty_workers
+from tests.conftest import killing_monty_workers
 
 FAST = Limits(wall_time_ms=1500)
 
@@ -162,12 +161,8 @@ def test_unimplemented_syntax_is_unsupported(client: SandboxClient) -> None:
 
 
 def test_killed_worker_is_a_sandbox_crash(client: SandboxClient) -> None:
-    killer = threading.Timer(0.7, kill_monty_workers)
-    killer.start()
-    try:
+    with killing_monty_workers(after_s=0.7):
         result = client.execute("while True:\n    pass", backend="monty")
-    finally:
-        killer.cancel()
     failure = result.failure
     assert failure is not None and failure.kind is FailureKind.SANDBOX_CRASH
     assert failure.retryable and failure.suggested_action is SuggestedAction.RETRY
