@@ -450,11 +450,12 @@ class AuditLog:
                 )
                 os.close(self._anchor_fd)
             self._anchor_fd = os.open(self.anchor_path, os.O_WRONLY | os.O_CREAT, 0o644)
-            os.ftruncate(self._anchor_fd, 0)
             st = os.fstat(self._anchor_fd)
             self._anchor_identity = (st.st_dev, st.st_ino)
         assert self._anchor_fd is not None
         os.pwrite(self._anchor_fd, data, 0)
+        if not same:
+            os.ftruncate(self._anchor_fd, len(data))  # after the write: never empty
         self._anchor_behind, self._anchor_at = False, time.monotonic()
 
     def _own_anchor(self) -> dict[str, Any] | None:

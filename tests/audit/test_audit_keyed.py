@@ -386,3 +386,26 @@ def test_a_deleted_anchor_is_written_again(tmp_path: Path, captured: Captured) -
     assert ("warning", "audit anchor was replaced or deleted; rewritten") in [
         e[:2] for e in captured.events
     ]
+
+
+def test_a_log_from_before_signing_goes_on_in_a_new_file(tmp_path: Path) -> None:
+    """The upgrade: records without MACs, then a server that signs."""
+    directory = tmp_path / "audit"
+    directory.mkdir()
+    prev, lines = audit_log.GENESIS, []
+    for seq in range(1, 6):
+        record: dict[str, Any] = {"tenant": "t", "kind": "OK", "seq": seq, "prev": prev}
+        record["hash"] = prev = record_hash(record)
+        lines.append(canonical(record) + b"\n")
+    (directory / "audit-000001.jsonl").write_bytes(b"".join(lines))
+    log = writer(directory)
+    write(log, 3)
+    log.close()
+    old, new = log_files(directory)
+    rotation = json.loads(new.read_bytes().splitlines()[0])
+    assert rotation["rotation"] == "key" and rotation["after_seq"] == 5
+    key = read_key(log.key_file)
+    assert "record: has no MAC" in verify([directory], key=key).error
+    assert verify([old]).ok
+    start = (rotation["after_seq"], rotation["prev"])
+    assert verify([new], key=key, start=start, check_anchor=True, anchor=directory / ANCHOR_NAME).ok
