@@ -158,10 +158,10 @@ class AuditSettings(_Section):
     # Keep it out of the log directory: whoever can read it can forge records. Never logged.
     key: SecretStr | None = None
     key_file: Path | None = None
-    # Where the writer keeps the chain's head (last seq and hash, signed), replaced after
-    # every batch; verify compares the log's end with it. None: dir/anchor.json (catches a
-    # cut-off tail; elsewhere, e.g. another filesystem, it also survives whoever can
-    # rewrite the log directory).
+    # Where the writer keeps the chain's head (last seq and hash, signed), overwritten at
+    # most every 50 ms and on rotation and shutdown; verify compares the log's end with
+    # it. None: dir/anchor.json (catches a cut-off tail; elsewhere, e.g. another
+    # filesystem, it also survives whoever can rewrite the log directory).
     anchor_file: Path | None = None
 
 
