@@ -60,7 +60,11 @@ class SandboxServer:
         settings.check_bind()
         self.settings = settings
         self.metrics = Metrics()
-        self.audit = AuditLog(settings.audit) if settings.audit.dir is not None else None
+        self.audit = (
+            AuditLog(settings.audit, default_key_file=settings.journal.state_dir / "audit.key")
+            if settings.audit.dir is not None
+            else None
+        )
         self.executor = build_executor(settings, journal=build_journal(settings.journal))
         self.access = self.executor.access
         settings.check_bind(has_credentials=self.access.required)

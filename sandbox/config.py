@@ -11,7 +11,7 @@ that uses it:
     [sessions]   max_open, idle_timeout_s                            SessionRegistry
     [policies]   dir, default, maximums, reload_poll_s               load_policies, Reloader
     [tenants]    file                                                load_tenants, Reloader
-    [audit]      dir, fsync, max_file_bytes                          AuditLog
+    [audit]      dir, fsync, max_file_bytes, key, anchor_file        AuditLog
     [metrics]    port, host                                          Metrics.serve
     [journal]    enabled, state_dir, path, retention_s, checkpoint   build_journal
     [log]        format, level                                       configure_logging
@@ -152,6 +152,17 @@ class AuditSettings(_Section):
     # writer thread as they come, off the request path; never: the OS flushes.
     fsync: Literal["always", "batch", "never"] = "batch"
     max_file_bytes: int = Field(default=64 * MiB, gt=0)
+    # The HMAC key every record is signed with (SANDBOX_AUDIT__KEY), or a file holding it;
+    # neither: journal.state_dir/audit.key, generated on first start (mode 0600). The
+    # server holds it; reviewers check with a copy (`sandbox audit verify --key-file`).
+    # Keep it out of the log directory: whoever can read it can forge records. Never logged.
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    # Where the writer keeps the chain's head (last seq and hash, signed), overwritten at
+    # most every 50 ms and on rotation and shutdown; verify compares the log's end with
+    # it. None: dir/anchor.json (catches a cut-off tail; elsewhere, e.g. another
+    # filesystem, it also survives whoever can rewrite the log directory).
+    anchor_file: Path | None = None
 
 
 class MetricsSettings(_Section):

@@ -126,13 +126,17 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+# Fields added after the flat names were retired have no flat name to keep.
+NEWER_THAN_FLAT_NAMES = {("audit", "key"), ("audit", "key_file"), ("audit", "anchor_file")}
+
+
 def test_the_table_covers_every_field_once() -> None:
     fields = {
         (section, field)
         for section in Settings.model_fields
         for field in section_type(section).model_fields
     }
-    assert sorted(RENAMED.values()) == sorted(fields)
+    assert sorted(RENAMED.values()) == sorted(fields - NEWER_THAN_FLAT_NAMES)
     assert set(SAMPLES) == set(RENAMED)
     for old in RENAMED:
         assert expected(old) != landed(Settings(), old), f"{old}: the sample is the default"

@@ -39,8 +39,31 @@ def add_commands(sub: Any) -> None:
 
     audit = sub.add_parser("audit", help="verify and query the audit log")
     asub = audit.add_subparsers(required=True, metavar="ACTION")
-    verify = asub.add_parser("verify", help="check the hash chain; exit 1 at the first bad record")
+    verify = asub.add_parser(
+        "verify", help="check the chain, its MACs and its anchor; exit 1 at the first problem"
+    )
     verify.add_argument("files", nargs="+", type=Path, help="audit files or the log directory")
+    verify.add_argument(
+        "--key-file",
+        type=Path,
+        help="the audit key (the server's audit.key_file, by default journal.state_dir/"
+        "audit.key): checks every record's MAC; without it only the hashes are checked",
+    )
+    verify.add_argument(
+        "--anchor",
+        type=Path,
+        help="the head the writer keeps (its audit.anchor_file); default: DIR/anchor.json "
+        "when a directory is given",
+    )
+    verify.add_argument(
+        "--no-anchor", action="store_true", help="do not compare the log's end with an anchor"
+    )
+    verify.add_argument(
+        "--start",
+        metavar="SEQ:HASH",
+        help="the last seq and hash before the oldest file given (older files archived, "
+        "from an earlier verify's output)",
+    )
     verify.set_defaults(func=_verify)
     query = asub.add_parser("query", help="print matching records as JSON lines")
     query.add_argument("files", nargs="+", type=Path, help="audit files or the log directory")
@@ -116,21 +139,33 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from sandbox.audit.log import verify
+    from sandbox.audit.log import parse_start, read_key, verify
+    from sandbox.errors import ConfigError
 
+    try:
+        key = read_key(args.key_file) if args.key_file else None
+        start = parse_start(args.start) if args.start else None
+    except (OSError, ValueError, ConfigError) as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
-    report = verify(args.files)
+    report = verify(
+        args.files, key=key, anchor=args.anchor, start=start, check_anchor=not args.no_anchor
+    )
     elapsed = time.perf_counter() - started
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if not report.ok:
         print(f"FAILED after {report.records} good record(s): {report.error}")
         return 1
+    macs = "MACs checked" if report.macs_checked else "MACs NOT checked (no --key-file)"
+    anchor = f"anchor at seq {report.anchor_seq}" if report.anchor_seq is not None else "no anchor"
     print(
         f"OK: {report.records} record(s) in {report.files} file(s), seq "
-        f"{report.first_seq}..{report.last_seq}, last hash {report.last_hash} "
-        f"({elapsed:.2f} s)"
+        f"{report.first_seq}..{report.last_seq}, last hash {report.last_hash}; {macs}; "
+        f"{anchor} ({elapsed:.2f} s)"
     )
+    print(f"what follows starts after: {report.head_seq}:{report.last_hash}")
     return 0
 
 

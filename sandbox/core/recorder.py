@@ -85,6 +85,10 @@ class Recorder:
                 usage=result.usage.model_dump(mode="json", exclude_none=True),
                 replayed=result.replayed,
             )
+            if method == "Run":
+                # Both backends stop a tool run's clock while it waits for an answer: its
+                # usage.wall_ms is the code's own time, not the call's.
+                record["wall_excludes_tool_waits"] = True
         else:
             record.update(
                 backend=plan.steps[0].value if plan is not None and error is None else "",

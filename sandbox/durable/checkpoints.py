@@ -1,13 +1,20 @@
-"""The key checkpoints are signed with, and the signature that binds a checkpoint to
-its execution and position."""
+"""The key the journal is signed with, and the signatures that bind each replayed field
+(a checkpoint, a tool answer or clock reading, a result, the pinned values) to its
+execution and position."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sandbox.durable.journal import ToolAnswer
 
 
 def load_checkpoint_key(configured: str | None, key_file: Path) -> bytes:
@@ -30,11 +37,45 @@ def load_checkpoint_key(configured: str | None, key_file: Path) -> bytes:
     return key
 
 
-def checkpoint_mac(key: bytes, tenant: str, idempotency_key: str, seq: int, blob: bytes) -> bytes:
-    """Binds a checkpoint to its execution and position, so neither a flipped bit nor a
-    checkpoint copied from another run or an earlier call passes."""
+def journal_mac(
+    key: bytes, tenant: str, idempotency_key: str, field: str, position: int, *parts: str | bytes
+) -> bytes:
+    """Signs one replayed field of a journal entry: binds `parts` to its execution (tenant,
+    key), to what it is (`field`) and to its position, so that neither an edit nor a value
+    copied from another entry, field or position passes."""
     mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in (tenant.encode(), idempotency_key.encode(), str(seq).encode()):
-        mac.update(len(part).to_bytes(4, "big") + part)
-    mac.update(blob)
+    for part in (tenant, idempotency_key, field, str(position), *parts):
+        data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
+        mac.update(len(data).to_bytes(8, "big") + data)
     return mac.digest()
+
+
+def checkpoint_mac(
+    key: bytes,
+    tenant: str,
+    idempotency_key: str,
+    seq: int,
+    blob: bytes,
+    output: Mapping[str, object],
+) -> bytes:
+    """Binds a checkpoint (its interpreter state and what the code had printed) to its
+    execution and position, so neither a flipped bit nor a checkpoint copied from another
+    run or an earlier call passes."""
+    printed = json.dumps(output, sort_keys=True, separators=(",", ":")).encode()
+    return journal_mac(key, tenant, idempotency_key, "checkpoint", seq, blob, printed)
+
+
+def answer_mac(key: bytes, tenant: str, idempotency_key: str, answer: ToolAnswer) -> bytes:
+    """Binds a journaled tool answer (or clock reading, at a negative seq) to its run and
+    position: the call's name and arguments and the answer."""
+    return journal_mac(
+        key,
+        tenant,
+        idempotency_key,
+        "answer",
+        answer.seq,
+        answer.name,
+        answer.args_json,
+        answer.kwargs_json,
+        answer.answer_json,
+    )

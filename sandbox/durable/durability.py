@@ -7,6 +7,12 @@
   and cancellation, `host()` answers the code's calls from the journal or the client
   (tool_host.py), and `resume_point()` hands back its last checkpoint once its HMAC
   (checkpoints.py) checks out.
+- Everything replayed is signed with the checkpoint key, bound to (tenant, key) and its
+  position (checkpoints.journal_mac): the recorded result, the digest and pinned values,
+  every tool answer and clock reading, the checkpoint and its output. A recorded result
+  that fails its MAC is never replayed: the entry is discarded and the request refused
+  as CORRUPT_STATE (a retry runs afresh); a tool run's answers, pinned values and
+  checkpoint are checked by `resume_point()` before the run uses any.
 
 Only one server process may use a journal file: a `running` entry left by another owner
 is taken to be orphaned by a dead process. A networked store for several replicas would
@@ -31,10 +37,15 @@ from sandbox.backends.base import Resume
 from sandbox.backends.tools import CheckpointMismatch
 from sandbox.config import JournalSettings
 from sandbox.core.request import Request
-from sandbox.durable.checkpoints import checkpoint_mac, load_checkpoint_key
+from sandbox.durable.checkpoints import (
+    answer_mac,
+    checkpoint_mac,
+    journal_mac,
+    load_checkpoint_key,
+)
 from sandbox.durable.journal import Entry, JournalStore, Pinned, SqliteJournal
 from sandbox.durable.tool_host import JournalHost, ToolRelay
-from sandbox.errors import InvalidRequest
+from sandbox.errors import CorruptState, InvalidRequest
 from sandbox.tasks import cancel_and_wait
 from sandbox_client.protocol.models import ExecutionResult, FailureKind
 
@@ -117,16 +128,30 @@ class Durability:
         tenant, key = request.tenant, request.idempotency_key
         digest = request_digest(request)
         async with self._exclusive(tenant, key):
+            pinned = _pin()
+            signed = self._entry_mac(tenant, key, digest, pinned)
             if resumable:
                 entry, created = self.store.claim(
-                    tenant, key, digest=digest, owner=self.owner, pinned=_pin(), now=self._clock()
+                    tenant,
+                    key,
+                    digest=digest,
+                    owner=self.owner,
+                    pinned=pinned,
+                    now=self._clock(),
+                    mac=signed,
                 )
                 stored = True
             else:
                 found = self.store.get(tenant, key)
                 # Or the entry of a plain execution claimed in memory only.
                 entry = found or Entry.running(
-                    tenant, key, digest=digest, owner=self.owner, pinned=_pin(), now=self._clock()
+                    tenant,
+                    key,
+                    digest=digest,
+                    owner=self.owner,
+                    pinned=pinned,
+                    now=self._clock(),
+                    mac=signed,
                 )
                 stored = found is not None
                 created = not stored
@@ -136,6 +161,7 @@ class Durability:
                     field="idempotency_key",
                 )
             if entry.state == "done" and entry.result_json is not None:
+                self._check_result(entry)
                 recorded = ExecutionResult.model_validate_json(entry.result_json)
                 log.info("replayed", execution_id=recorded.execution_id)
                 return recorded.model_copy(update={"replayed": True})
@@ -158,12 +184,18 @@ class Durability:
                 if stored and not (resumable and failure.kind in _RESUMABLE):
                     self.store.forget(tenant, key)
             elif stored:
+                text = result.model_dump_json()
                 self.store.finish(
-                    tenant, key, result_json=result.model_dump_json(), now=self._clock()
+                    tenant,
+                    key,
+                    result_json=text,
+                    now=self._clock(),
+                    mac=self._result_mac(entry, text),
                 )
             else:
+                text = result.model_dump_json()
                 self.store.record_done(
-                    entry, result_json=result.model_dump_json(), now=self._clock()
+                    entry, result_json=text, now=self._clock(), mac=self._result_mac(entry, text)
                 )
             return result
 
@@ -190,17 +222,65 @@ class Durability:
 
     def resume_point(self, entry: Entry) -> Resume | None:
         """Where the tool run `entry` is the record of resumes: its last checkpoint, if it
-        has one. Raises CheckpointMismatch when the checkpoint fails its integrity check."""
+        has one. Checks first that the journal's record of it is the server's own: its
+        digest and pinned values, every journaled answer and clock reading, and the
+        checkpoint with its output; raises CheckpointMismatch at the first that fails its
+        MAC, before the run uses any."""
+        tenant, key = entry.tenant, entry.key
+        if not hmac.compare_digest(
+            entry.mac, self._entry_mac(tenant, key, entry.digest, entry.pinned)
+        ):
+            raise CheckpointMismatch(self._tampered(entry, "its digest and pinned values"))
+        for answer in entry.answers.values():
+            if not hmac.compare_digest(answer.mac, answer_mac(self._key, tenant, key, answer)):
+                what = f"clock reading {-answer.seq}" if answer.seq < 0 else f"answer {answer.seq}"
+                raise CheckpointMismatch(self._tampered(entry, what))
         checkpoint = entry.checkpoint
         if checkpoint is None:
             return None
         expected = checkpoint_mac(
-            self._key, entry.tenant, entry.key, checkpoint.seq, checkpoint.blob
+            self._key, tenant, key, checkpoint.seq, checkpoint.blob, checkpoint.output
         )
         if not hmac.compare_digest(checkpoint.mac, expected):
-            log.warning("checkpoint failed its integrity check", seq=checkpoint.seq)
-            raise CheckpointMismatch("the run's checkpoint failed its integrity check")
+            raise CheckpointMismatch(
+                self._tampered(entry, f"its checkpoint after call {checkpoint.seq}")
+            )
         return checkpoint
+
+    # -- signatures ----------------------------------------------------------------------
+
+    def _entry_mac(self, tenant: str, key: str, digest: str, pinned: Pinned) -> bytes:
+        return journal_mac(
+            self._key, tenant, key, "entry", 0, digest, pinned.time_iso, str(pinned.seed)
+        )
+
+    def _result_mac(self, entry: Entry, result_json: str) -> bytes:
+        return journal_mac(
+            self._key, entry.tenant, entry.key, "result", 0, entry.digest, result_json
+        )
+
+    def _check_result(self, entry: Entry) -> None:
+        """Raises CorruptState, after discarding the entry, unless its recorded result is
+        the server's own."""
+        assert entry.result_json is not None
+        if hmac.compare_digest(entry.result_mac, self._result_mac(entry, entry.result_json)):
+            return
+        self._tampered(entry, "its recorded result")
+        self.store.forget(entry.tenant, entry.key)
+        raise CorruptState(
+            "the journal's record of this request failed its integrity check, so it was not "
+            "replayed; the record was discarded and a retry runs the request afresh"
+        )
+
+    def _tampered(self, entry: Entry, what: str) -> str:
+        """Logs a record that failed its MAC; returns the reason to give."""
+        log.warning(
+            "journal entry failed its integrity check; not replayed",
+            tenant=entry.tenant,
+            key=entry.key[:64],
+            field=what,
+        )
+        return f"the journal's record of the run ({what}) failed its integrity check"
 
     # -- retention ---------------------------------------------------------------------
 

@@ -4,7 +4,13 @@ last checkpoint and every tool answer received.
 
 `JournalStore` is the seam: `SqliteJournal` (one file, WAL, no server to run) is the
 default, and a networked store can replace it for several replicas. A store only keeps
-records; what they mean (who may run, when to replay) is decided in `durable`."""
+records; what they mean (who may run, when to replay) is decided in `durable`.
+
+Everything replayed from a store carries a MAC made in `durable` (checkpoints.journal_mac)
+and checked there before use: the entry's digest and pinned values (`Entry.mac`), its
+result (`Entry.result_mac`), every tool answer and clock reading (`ToolAnswer.mac`) and
+the checkpoint with its output (`Checkpoint.mac`). A store keeps them beside what they
+sign and hands them back as stored; a field without one reads as b"" (never genuine)."""
 
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ class Pinned:
 @dataclass(frozen=True, kw_only=True)
 class Checkpoint(Resume):
     """Where a suspended Monty run resumes, as journaled: with `mac`, the HMAC of the
-    blob with the server's key (see durable.checkpoint_mac), checked before any load."""
+    blob and the output with the server's key (see durable.checkpoint_mac), checked
+    before any load."""
 
     mac: bytes
 
@@ -45,6 +52,7 @@ class ToolAnswer:
     args_json: str
     kwargs_json: str
     answer_json: str  # {"value": ...} or {"error": {"type": ..., "message": ..., "kind": ...}}
+    mac: bytes = b""  # of all the above, bound to the run (checkpoints.journal_mac)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,10 +68,20 @@ class Entry:
     result_json: str | None = None
     checkpoint: Checkpoint | None = None
     answers: dict[int, ToolAnswer] = field(default_factory=dict)
+    mac: bytes = b""  # of digest and pinned, bound to (tenant, key)
+    result_mac: bytes = b""  # of digest and result_json, bound to (tenant, key)
 
     @classmethod
     def running(
-        cls, tenant: str, key: str, *, digest: str, owner: str, pinned: Pinned, now: float
+        cls,
+        tenant: str,
+        key: str,
+        *,
+        digest: str,
+        owner: str,
+        pinned: Pinned,
+        now: float,
+        mac: bytes = b"",
     ) -> Entry:
         """A new entry, just claimed by `owner`."""
         return cls(
@@ -75,6 +93,7 @@ class Entry:
             pinned=pinned,
             created_at=now,
             updated_at=now,
+            mac=mac,
         )
 
 
@@ -82,10 +101,19 @@ class JournalStore(Protocol):
     """Every write is atomic; `claim` is the only one that may race and it decides."""
 
     def claim(
-        self, tenant: str, key: str, *, digest: str, owner: str, pinned: Pinned, now: float
+        self,
+        tenant: str,
+        key: str,
+        *,
+        digest: str,
+        owner: str,
+        pinned: Pinned,
+        now: float,
+        mac: bytes = b"",
     ) -> tuple[Entry, bool]:
-        """The entry for (tenant, key), inserting a running one owned by `owner` when
-        there is none. The bool says whether this call inserted it."""
+        """The entry for (tenant, key), inserting a running one owned by `owner` (and
+        `mac`, the signature of its digest and pinned values) when there is none. The
+        bool says whether this call inserted it."""
         ...
 
     def get(self, tenant: str, key: str) -> Entry | None: ...
@@ -100,13 +128,16 @@ class JournalStore(Protocol):
         self, tenant: str, key: str, checkpoint: Checkpoint, *, now: float
     ) -> None: ...
 
-    def finish(self, tenant: str, key: str, *, result_json: str, now: float) -> None:
-        """Records the result; the checkpoint and tool answers are dropped."""
+    def finish(
+        self, tenant: str, key: str, *, result_json: str, now: float, mac: bytes = b""
+    ) -> None:
+        """Records the result and its signature `mac`; the checkpoint and tool answers
+        are dropped."""
         ...
 
-    def record_done(self, entry: Entry, *, result_json: str, now: float) -> None:
-        """Writes `entry` as done with its result: one write for a run that was never
-        claimed in the store."""
+    def record_done(self, entry: Entry, *, result_json: str, now: float, mac: bytes = b"") -> None:
+        """Writes `entry` (with its `entry.mac`) as done with its result and the result's
+        signature `mac`: one write for a run that was never claimed in the store."""
         ...
 
     def forget(self, tenant: str, key: str) -> None:
@@ -136,6 +167,8 @@ CREATE TABLE IF NOT EXISTS executions (
     checkpoint_output TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
+    entry_mac BLOB,
+    result_mac BLOB,
     PRIMARY KEY (tenant, key)
 );
 CREATE INDEX IF NOT EXISTS executions_updated ON executions (updated_at);
@@ -148,9 +181,18 @@ CREATE TABLE IF NOT EXISTS tool_answers (
     kwargs_json TEXT NOT NULL,
     answer_json TEXT NOT NULL,
     answered_at REAL NOT NULL,
+    mac BLOB,
     PRIMARY KEY (tenant, key, seq)
 );
 """
+# Schema 2 added the MAC columns. A file of schema 1 gets them on open, empty: its rows
+# are unsigned, so a replay of one is refused as CORRUPT_STATE (and it is discarded, so the
+# retry runs afresh) until retention purges the rest.
+_SCHEMA_VERSION = 2
+_ADDED_COLUMNS = {
+    "executions": ("entry_mac BLOB", "result_mac BLOB"),
+    "tool_answers": ("mac BLOB",),
+}
 
 
 class SqliteJournal:
@@ -168,20 +210,43 @@ class SqliteJournal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Brings a journal file of an earlier schema up to this one (adds columns)."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version >= _SCHEMA_VERSION:
+            return
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                for column in columns:
+                    if column.split()[0] not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def claim(
-        self, tenant: str, key: str, *, digest: str, owner: str, pinned: Pinned, now: float
+        self,
+        tenant: str,
+        key: str,
+        *,
+        digest: str,
+        owner: str,
+        pinned: Pinned,
+        now: float,
+        mac: bytes = b"",
     ) -> tuple[Entry, bool]:
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO executions (tenant, key, digest, state, owner,"
-                " pinned_time, pinned_seed, created_at, updated_at)"
-                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                (tenant, key, digest, owner, pinned.time_iso, pinned.seed, now, now),
+                " pinned_time, pinned_seed, created_at, updated_at, entry_mac)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (tenant, key, digest, owner, pinned.time_iso, pinned.seed, now, now, mac),
             )
             if cur.rowcount == 1:  # the common case: no need to read back what we wrote
                 fresh = Entry.running(
-                    tenant, key, digest=digest, owner=owner, pinned=pinned, now=now
+                    tenant, key, digest=digest, owner=owner, pinned=pinned, now=now, mac=mac
                 )
                 return fresh, True
             entry = self._get(tenant, key)
@@ -196,24 +261,30 @@ class SqliteJournal:
         row = self._db.execute(
             "SELECT digest, state, owner, pinned_time, pinned_seed, result_json,"
             " checkpoint_seq, checkpoint, checkpoint_mac, checkpoint_output,"
-            " created_at, updated_at FROM executions WHERE tenant = ? AND key = ?",
+            " created_at, updated_at, entry_mac, result_mac"
+            " FROM executions WHERE tenant = ? AND key = ?",
             (tenant, key),
         ).fetchone()
         if row is None:
             return None
         (digest, state, owner, time_iso, seed, result_json, cp_seq, cp, cp_mac, cp_out,
-         created_at, updated_at) = row  # fmt: skip
+         created_at, updated_at, entry_mac, result_mac) = row  # fmt: skip
         checkpoint = None
         if cp is not None:
             checkpoint = Checkpoint(
-                seq=cp_seq, blob=bytes(cp), mac=bytes(cp_mac), output=json.loads(cp_out or "{}")
+                seq=cp_seq, blob=bytes(cp), mac=_blob(cp_mac), output=_output(cp_out)
             )
         answers = {
             seq: ToolAnswer(
-                seq=seq, name=name, args_json=args, kwargs_json=kwargs, answer_json=answer
+                seq=seq,
+                name=name,
+                args_json=args,
+                kwargs_json=kwargs,
+                answer_json=answer,
+                mac=_blob(mac),
             )
-            for seq, name, args, kwargs, answer in self._db.execute(
-                "SELECT seq, name, args_json, kwargs_json, answer_json FROM tool_answers"
+            for seq, name, args, kwargs, answer, mac in self._db.execute(
+                "SELECT seq, name, args_json, kwargs_json, answer_json, mac FROM tool_answers"
                 " WHERE tenant = ? AND key = ? ORDER BY seq",
                 (tenant, key),
             )
@@ -230,6 +301,8 @@ class SqliteJournal:
             result_json=result_json,
             checkpoint=checkpoint,
             answers=answers,
+            mac=_blob(entry_mac),
+            result_mac=_blob(result_mac),
         )
 
     def take_over(self, tenant: str, key: str, *, owner: str, now: float) -> None:
@@ -242,7 +315,8 @@ class SqliteJournal:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT OR REPLACE INTO tool_answers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO tool_answers (tenant, key, seq, name, args_json,"
+                " kwargs_json, answer_json, answered_at, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     tenant,
                     key,
@@ -252,6 +326,7 @@ class SqliteJournal:
                     answer.kwargs_json,
                     answer.answer_json,
                     now,
+                    answer.mac,
                 ),
             )
             self._db.execute(
@@ -275,22 +350,24 @@ class SqliteJournal:
             ),
         )
 
-    def finish(self, tenant: str, key: str, *, result_json: str, now: float) -> None:
+    def finish(
+        self, tenant: str, key: str, *, result_json: str, now: float, mac: bytes = b""
+    ) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "UPDATE executions SET state = 'done', result_json = ?, checkpoint_seq = NULL,"
-                " checkpoint = NULL, checkpoint_mac = NULL, checkpoint_output = NULL,"
-                " updated_at = ? WHERE tenant = ? AND key = ?",
-                (result_json, now, tenant, key),
+                "UPDATE executions SET state = 'done', result_json = ?, result_mac = ?,"
+                " checkpoint_seq = NULL, checkpoint = NULL, checkpoint_mac = NULL,"
+                " checkpoint_output = NULL, updated_at = ? WHERE tenant = ? AND key = ?",
+                (result_json, mac, now, tenant, key),
             )
             self._db.execute("DELETE FROM tool_answers WHERE tenant = ? AND key = ?", (tenant, key))
 
-    def record_done(self, entry: Entry, *, result_json: str, now: float) -> None:
+    def record_done(self, entry: Entry, *, result_json: str, now: float, mac: bytes = b"") -> None:
         self._write(
             "INSERT OR REPLACE INTO executions (tenant, key, digest, state, owner,"
-            " pinned_time, pinned_seed, result_json, created_at, updated_at)"
-            " VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)",
+            " pinned_time, pinned_seed, result_json, created_at, updated_at, entry_mac,"
+            " result_mac) VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 entry.tenant,
                 entry.key,
@@ -301,6 +378,8 @@ class SqliteJournal:
                 result_json,
                 entry.created_at,
                 now,
+                entry.mac,
+                mac,
             ),
         )
 
@@ -328,3 +407,17 @@ class SqliteJournal:
     def _write(self, sql: str, params: tuple[object, ...]) -> None:
         with self._lock:
             self._db.execute(sql, params)
+
+
+def _blob(value: bytes | None) -> bytes:
+    return bytes(value) if value is not None else b""
+
+
+def _output(text: str | None) -> dict[str, object]:
+    """A checkpoint's output as stored; text that is not a JSON object reads as {} (its
+    MAC, made over the real one, then fails)."""
+    try:
+        output = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return output if isinstance(output, dict) else {}

@@ -6,6 +6,7 @@ the journal too."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -14,7 +15,7 @@ import structlog
 
 from sandbox.backends.tools import CheckpointMismatch, ToolCallRequest, ToolReply
 from sandbox.backends.values import value_to_json
-from sandbox.durable.checkpoints import checkpoint_mac
+from sandbox.durable.checkpoints import answer_mac, checkpoint_mac
 from sandbox.durable.journal import Checkpoint, Entry, JournalStore, ToolAnswer
 
 log = structlog.get_logger("sandbox.durable")
@@ -80,7 +81,7 @@ class JournalHost:
             kwargs_json=kwargs_json(call.kwargs),
             answer_json=reply_to_json(reply),
         )
-        self._store.record_answer(self._tenant, self._key, answer, now=self._clock())
+        self._store.record_answer(self._tenant, self._key, self._signed(answer), now=self._clock())
         return reply
 
     def clock(self, n: int, name: str, read: Callable[[], Any]) -> Any:
@@ -97,17 +98,22 @@ class JournalHost:
         reading = ToolAnswer(
             seq=-n, name=name, args_json="[]", kwargs_json="{}", answer_json=json.dumps(value)
         )
-        self._store.record_answer(self._tenant, self._key, reading, now=self._clock())
+        self._store.record_answer(self._tenant, self._key, self._signed(reading), now=self._clock())
         return value
 
     async def checkpoint(self, seq: int, blob: bytes, output: dict[str, Any]) -> None:
-        mac = checkpoint_mac(self._checkpoint_key, self._tenant, self._key, seq, blob)
+        mac = checkpoint_mac(self._checkpoint_key, self._tenant, self._key, seq, blob, output)
         self._store.save_checkpoint(
             self._tenant,
             self._key,
             Checkpoint(seq=seq, blob=blob, mac=mac, output=output),
             now=self._clock(),
         )
+
+    def _signed(self, answer: ToolAnswer) -> ToolAnswer:
+        """`answer` with its MAC (checked by Durability.resume_point before any replay)."""
+        mac = answer_mac(self._checkpoint_key, self._tenant, self._key, answer)
+        return dataclasses.replace(answer, mac=mac)
 
 
 def args_json(args: tuple[Any, ...]) -> str:

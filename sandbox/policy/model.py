@@ -79,7 +79,13 @@ class Policy(BaseModel):
     monty_denied_imports: frozenset[str] = frozenset({"os"})
     # Network access from code. Only "none" exists: no sandbox ever gets a network.
     network: Literal["none"] = "none"
-    # Monty's OS access (files, environment, clock, sleep). Only "none" exists for now.
+    # Monty's OS access. Only "none" (the default) exists: no files beyond `mounts`, no
+    # environment variables, no processes. The clock is not withheld: code reads the
+    # host's time in UTC (time.time, datetime.now; the monotonic clocks read the same
+    # clock; the host's zone is not shown), time.process_time reads 0, and sleeps wait
+    # for real, charged to wall_time_ms. (pydantic-monty could freeze or deny the clock;
+    # frozen time hangs deadline loops and denied time breaks ordinary date code, for no
+    # secret kept: a container reads its clock anyway.)
     os_access: Literal["none"] = "none"
     # Host directories visible to Monty code. Default: none.
     mounts: tuple[Mount, ...] = ()

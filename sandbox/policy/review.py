@@ -154,7 +154,8 @@ def explain(policy: Policy) -> str:
     where = []
     if Backend.MONTY in p.backends or Backend.AUTO in p.backends:
         where.append(
-            "in the Monty interpreter (a Python subset with no file, network or OS access)"
+            "in the Monty interpreter (a Python subset with no file, network, environment "
+            "or process access; it reads the clock, in UTC)"
         )
     if Backend.CONTAINER in p.backends:
         image = p.container_image or "the server's default image"
