@@ -102,9 +102,10 @@ def host_config_args(shape: Shape) -> dict[str, Any]:
     }
 
 
-# 128 + SIGKILL; how long to wait for a late OOMKilled flag on such an exit.
+# 128 + SIGKILL; how long to wait for a late OOMKilled flag on such an exit (2 s: dockerd
+# under load took past 0.5 s to record a runsc OOM kill, which then read as SANDBOX_CRASH).
 _SIGKILLED = 137
-_OOM_REPORT_POLLS = 5
+_OOM_REPORT_POLLS = 20
 _OOM_REPORT_WAIT_S = 0.1
 
 
