@@ -7,6 +7,10 @@
   and cancellation, `host()` answers the code's calls from the journal or the client
   (tool_host.py), and `resume_point()` hands back its last checkpoint once its HMAC
   (checkpoints.py) checks out.
+- Whatever fails in the server while a run runs, the caller gets a classified result:
+  an exception that is not a refusal (RequestError) becomes SANDBOX_CRASH (retryable,
+  logged with its traceback), and a tool run's entry is kept with its answers, so the
+  retry resumes it and no answered tool is called again.
 
 Only one server process may use a journal file: a `running` entry left by another owner
 is taken to be orphaned by a dead process. A networked store for several replicas would
@@ -33,9 +37,9 @@ from sandbox.config import JournalSettings
 from sandbox.core.request import Request
 from sandbox.durable.checkpoints import checkpoint_mac, load_checkpoint_key
 from sandbox.durable.journal import Entry, JournalStore, Pinned, SqliteJournal
-from sandbox.durable.tool_host import JournalHost, ToolRelay
-from sandbox.errors import InvalidRequest
-from sandbox_client.protocol import ExecutionResult, FailureKind
+from sandbox.durable.tool_host import DEFAULT_MAX_CALL_BYTES, JournalHost, ToolRelay
+from sandbox.errors import InvalidRequest, RequestError
+from sandbox_client.protocol import ExecutionResult, Failure, FailureKind
 
 log = structlog.get_logger("sandbox.durable")
 
@@ -44,6 +48,20 @@ log = structlog.get_logger("sandbox.durable")
 _RESUMABLE = frozenset(
     {FailureKind.SANDBOX_CRASH, FailureKind.INFRA_UNAVAILABLE, FailureKind.CANCELLED}
 )
+
+
+def unexpected_failure(exc: Exception) -> ExecutionResult:
+    """The result of a run the server itself failed (a bug, not the code's doing): logged
+    with its traceback, SANDBOX_CRASH to the caller, retryable. Call it from `except`."""
+    log.exception("the server failed running a request", error=type(exc).__name__)
+    return ExecutionResult.failed(
+        Failure.of(
+            FailureKind.SANDBOX_CRASH,
+            f"the server failed while running this ({type(exc).__name__}); nothing in the "
+            "code is known to have caused it, and a retry under the same idempotency key "
+            "resumes a tool run without calling answered tools again",
+        )
+    )
 
 
 def build_journal(settings: JournalSettings) -> Durability | None:
@@ -145,10 +163,15 @@ class Durability:
                 if stored and not resumable:
                     self.store.forget(tenant, key)
                 raise
-            except BaseException:
-                if stored:
+            except RequestError:
+                # A refusal: this attempt ran nothing. A tool run's entry stays if it holds
+                # answers (from an earlier attempt): forgetting them would call those tools
+                # again.
+                if stored and not (resumable and self._holds_answers(tenant, key)):
                     self.store.forget(tenant, key)
                 raise
+            except Exception as exc:
+                result = unexpected_failure(exc)  # SANDBOX_CRASH: kept below, if resumable
             failure = result.failure
             if failure is not None and failure.retryable:
                 if stored and not (resumable and failure.kind in _RESUMABLE):
@@ -162,6 +185,10 @@ class Durability:
                     entry, result_json=result.model_dump_json(), now=self._clock()
                 )
             return result
+
+    def _holds_answers(self, tenant: str, key: str) -> bool:
+        entry = self.store.get(tenant, key)
+        return entry is not None and (bool(entry.answers) or entry.checkpoint is not None)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, tenant: str, key: str) -> AsyncIterator[None]:
@@ -180,8 +207,16 @@ class Durability:
 
     # -- tool runs ---------------------------------------------------------------------
 
-    def host(self, request: Request, entry: Entry, relay: ToolRelay) -> JournalHost:
-        """The ToolHost of the tool run `entry` is the record of."""
+    def host(
+        self,
+        request: Request,
+        entry: Entry,
+        relay: ToolRelay,
+        *,
+        max_call_bytes: int = DEFAULT_MAX_CALL_BYTES,
+    ) -> JournalHost:
+        """The ToolHost of the tool run `entry` is the record of; a call whose arguments
+        encode to more than `max_call_bytes` is refused at the call (tool_host.py)."""
         return JournalHost(
             self.store,
             tenant=request.tenant,
@@ -190,6 +225,7 @@ class Durability:
             relay=relay,
             checkpoint_key=self._key,
             clock=self._clock,
+            max_call_bytes=max_call_bytes,
         )
 
     def resume_point(self, request: Request, entry: Entry) -> Resume | None:
