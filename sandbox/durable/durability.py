@@ -10,7 +10,9 @@
 - Whatever fails in the server while a run runs, the caller gets a classified result:
   an exception that is not a refusal (RequestError) becomes SANDBOX_CRASH (retryable,
   logged with its traceback), and a tool run's entry is kept with its answers, so the
-  retry resumes it and no answered tool is called again.
+  retry resumes it and no answered tool is called again. A tool run left to resume
+  (SANDBOX_CRASH, INFRA_UNAVAILABLE) comes back without an execution id: it has not
+  ended, and the client keeps an idempotency key only until an execution answers to it.
 
 Only one server process may use a journal file: a `running` entry left by another owner
 is taken to be orphaned by a dead process. A networked store for several replicas would
@@ -174,8 +176,14 @@ class Durability:
                 result = unexpected_failure(exc)  # SANDBOX_CRASH: kept below, if resumable
             failure = result.failure
             if failure is not None and failure.retryable:
-                if stored and not (resumable and failure.kind in _RESUMABLE):
-                    self.store.forget(tenant, key)
+                if not (resumable and failure.kind in _RESUMABLE):
+                    if stored:
+                        self.store.forget(tenant, key)
+                elif result.execution_id:
+                    # The run is not over: its entry waits for the retry to resume it. No
+                    # execution answered to the key yet, so the client keeps the key
+                    # (a client moves to a new key once an execution id came back).
+                    result = result.model_copy(update={"execution_id": ""})
             elif stored:
                 self.store.finish(
                     tenant, key, result_json=result.model_dump_json(), now=self._clock()

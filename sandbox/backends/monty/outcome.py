@@ -15,6 +15,7 @@ import builtins
 import importlib
 import re
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +38,9 @@ from sandbox_client.protocol import Backend, ExecutionResult, Failure, FailureKi
 
 class DeniedCalls:
     """The OS calls the host denied in one run, kept bounded: the code chooses their
-    arguments (a 10 MB path each, as often as it likes), so only the first MAX_KEPT are
-    kept, each shown in at most MAX_CHARS; `count` counts them all."""
+    arguments (a 10 MB path each, as often as it likes), so only the first and the latest
+    MAX_KEPT / 2 are kept (the latest: the one a run dies of), each shown in at most
+    MAX_CHARS; `count` counts them all."""
 
     MAX_KEPT = 20
     MAX_CHARS = 200
@@ -46,31 +48,33 @@ class DeniedCalls:
     def __init__(self) -> None:
         self.count = 0
         # (what was attempted, e.g. "open('/etc/passwd')"; what the denial's error names)
-        self._kept: list[tuple[str, tuple[str, ...]]] = []
+        self._first: list[tuple[str, tuple[str, ...]]] = []
+        self._latest: deque[tuple[str, tuple[str, ...]]] = deque(maxlen=self.MAX_KEPT // 2)
 
     def __bool__(self) -> bool:
         return self.count > 0
 
     def add(self, name: str, args: tuple[Any, ...]) -> None:
         self.count += 1
-        if len(self._kept) >= self.MAX_KEPT:
-            return
         shown = [_clipped_repr(a, self.MAX_CHARS) for a in args[:2]]
         attempt = f"{name}({', '.join(shown)})"
         if len(attempt) > self.MAX_CHARS:
             attempt = attempt[: self.MAX_CHARS - 4] + "...)"
         # Monty's denial names the path ("Permission denied: '/etc/passwd'") or the
         # function ("'os.getenv' is not supported in this environment").
-        needles = (f"'{name}'", *shown[:1])
-        self._kept.append((attempt, needles))
+        kept = (attempt, (f"'{name}'", *shown[:1]))
+        if len(self._first) < self.MAX_KEPT - self.MAX_KEPT // 2:
+            self._first.append(kept)
+        else:
+            self._latest.append(kept)
 
     @property
     def attempts(self) -> list[str]:
-        return [attempt for attempt, _ in self._kept]
+        return [attempt for attempt, _ in (*self._first, *self._latest)]
 
     def named_by(self, message: str) -> str | None:
         """The attempt whose denial `message` is (the latest that matches), if any."""
-        for attempt, needles in reversed(self._kept):
+        for attempt, needles in reversed((*self._first, *self._latest)):
             if any(needle in message for needle in needles):
                 return attempt
         return None
