@@ -174,25 +174,35 @@ class Durability:
                 raise
             except Exception as exc:
                 result = unexpected_failure(exc)  # SANDBOX_CRASH: kept below, if resumable
-            failure = result.failure
-            if failure is not None and failure.retryable:
-                if not (resumable and failure.kind in _RESUMABLE):
-                    if stored:
-                        self.store.forget(tenant, key)
-                elif result.execution_id:
-                    # The run is not over: its entry waits for the retry to resume it. No
-                    # execution answered to the key yet, so the client keeps the key
-                    # (a client moves to a new key once an execution id came back).
-                    result = result.model_copy(update={"execution_id": ""})
-            elif stored:
-                self.store.finish(
-                    tenant, key, result_json=result.model_dump_json(), now=self._clock()
-                )
-            else:
-                self.store.record_done(
-                    entry, result_json=result.model_dump_json(), now=self._clock()
-                )
-            return result
+            try:
+                return self._settle(entry, result, stored=stored, resumable=resumable)
+            except Exception:
+                # The result stands; only its record is missing. A tool run's entry still
+                # holds its answers, so a retry resumes it instead of calling tools again.
+                log.exception("the journal could not record a result", state=entry.state)
+                return result
+
+    def _settle(
+        self, entry: Entry, result: ExecutionResult, *, stored: bool, resumable: bool
+    ) -> ExecutionResult:
+        """Records how the run ended: forgets a run worth retrying, keeps a tool run to
+        resume, writes a final result."""
+        tenant, key = entry.tenant, entry.key
+        failure = result.failure
+        if failure is not None and failure.retryable:
+            if not (resumable and failure.kind in _RESUMABLE):
+                if stored:
+                    self.store.forget(tenant, key)
+            elif result.execution_id:
+                # The run is not over: its entry waits for the retry to resume it. No
+                # execution answered to the key yet, so the client keeps the key (a
+                # client moves to a new key once an execution id came back).
+                result = result.model_copy(update={"execution_id": ""})
+        elif stored:
+            self.store.finish(tenant, key, result_json=result.model_dump_json(), now=self._clock())
+        else:
+            self.store.record_done(entry, result_json=result.model_dump_json(), now=self._clock())
+        return result
 
     def _holds_answers(self, tenant: str, key: str) -> bool:
         entry = self.store.get(tenant, key)

@@ -40,5 +40,7 @@ def test_denied_calls_with_huge_arguments_hold_no_memory(client: SandboxClient) 
         assert len(failure.details["attempted"]) <= 200
         assert time.monotonic() - started < 60
     grown = rss_bytes() - before
-    # Before the bound, the server kept each run's arguments whole: about +100 MiB a run.
-    assert grown < 64 * MiB, f"the server grew {grown / MiB:.0f} MiB"
+    # Before the bound, the server held each run's arguments whole: +572 MiB over these
+    # two runs. What is left is the allocator keeping a few 10 MB buffers it passed
+    # through (measured 0 to 70 MiB, depending on what else the process did).
+    assert grown < 160 * MiB, f"the server grew {grown / MiB:.0f} MiB"
