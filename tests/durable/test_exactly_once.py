@@ -123,6 +123,20 @@ def test_a_server_failure_in_a_plain_run_is_a_classified_audited_result(
     assert [r["kind"] for r in records] == ["SANDBOX_CRASH", "OK"]
 
 
+@pytest.mark.parametrize("target", ["_feed", "plan"])
+def test_a_server_failure_without_a_key_is_classified_too(
+    audited: ServerThread, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    executor = audited.server.executor
+    owner: Any = executor if target == "plan" else executor.backends[Backend.MONTY]
+    fail_once(monkeypatch, owner, target)
+    with SandboxClient(audited.address, timeout_s=60) as client:
+        crashed = client.execute("6 * 7", backend="monty")
+        after = client.execute("6 * 7", backend="monty")
+    assert crashed.failure is not None and crashed.failure.kind is FailureKind.SANDBOX_CRASH
+    assert after.ok
+
+
 # -- values only the code makes ----------------------------------------------------------
 
 HUGE = "10**5000"

@@ -6,13 +6,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from sandbox_client import FailureKind, SandboxClient
 
 MiB = 1024 * 1024
 
-# 20 denied opens of a 10 MB path each, caught, then one left uncaught.
+# Denied opens of a 10 MB path each, caught, then one left uncaught. (Ten, not the
+# report's twenty: a loaded machine must still finish one inside the 10 s budget.)
 MANY_BIG_DENIALS = (
-    "for i in range(20):\n"
+    "for i in range(10):\n"
     "    try:\n"
     "        open('x' * 10_000_000 + str(i))\n"
     "    except OSError:\n"
@@ -21,26 +24,35 @@ MANY_BIG_DENIALS = (
 )
 
 
-def rss_bytes() -> int:
+def status_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
+
+
+def reset_peak() -> None:
+    """Starts VmHWM (the peak resident size) again from the current size."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("this kernel cannot reset the peak RSS")
 
 
 def test_denied_calls_with_huge_arguments_hold_no_memory(client: SandboxClient) -> None:
     first = client.execute(MANY_BIG_DENIALS, backend="monty")  # warm-up: pools, caches
     assert first.failure is not None and first.failure.kind is FailureKind.POLICY_VIOLATION
-    before = rss_bytes()
     started = time.monotonic()
-    for _ in range(2):  # bounded: 42 denials of 10 MB, some seconds each run
+    for _ in range(2):  # bounded: 22 denials of 10 MB, a few seconds
+        reset_peak()
+        before = status_bytes("VmRSS")
         result = client.execute(MANY_BIG_DENIALS, backend="monty")
+        peak = status_bytes("VmHWM") - before
         failure = result.failure
-        assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION
+        assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
         assert len(failure.details["attempted"]) <= 200
+        # Before the bound the server held every argument, whole, until the run ended
+        # (+209 MiB at the peak for 20 of them, the result too large to send); now each
+        # passes through alone: measured +28 to +38 MiB for 20.
+        assert peak < 64 * MiB, f"the server's peak grew {peak / MiB:.0f} MiB during the run"
         assert time.monotonic() - started < 60
-    grown = rss_bytes() - before
-    # Before the bound, the server held each run's arguments whole: +572 MiB over these
-    # two runs. What is left is the allocator keeping a few 10 MB buffers it passed
-    # through (measured 0 to 70 MiB, depending on what else the process did).
-    assert grown < 160 * MiB, f"the server grew {grown / MiB:.0f} MiB"
