@@ -50,6 +50,7 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         sessions=SessionRegistry(settings.sessions),
         access=Access(load_tenants(settings.tenants, policies)),
         journal=journal,
+        max_message_bytes=settings.server.max_message_bytes,
     )
 
 

@@ -2,6 +2,11 @@
 planned backends in order, and a result stamped with its id and policy. Sessions are
 opened and closed here too. Knows nothing of gRPC; the edge records what it returns.
 
+Every result leaves through `_finished`, which stamps it and bounds it (`bounded`): each
+field the code influences is clipped so that the result always fits one message of the
+server's size (`max_message_bytes`). An exception out of a backend is not a refusal: it
+becomes a classified result (SANDBOX_CRASH, see durability.unexpected_failure).
+
 Every method takes a Trace that it fills with the plan as soon as there is one, so the
 edge can record the policy and limits of a request whether it finished or was refused."""
 
@@ -21,12 +26,15 @@ from sandbox.core.output import OutputSink
 from sandbox.core.plan import Plan
 from sandbox.core.request import Request
 from sandbox.core.sessions import SessionEntry, SessionRegistry
-from sandbox.durable.durability import Durability
+from sandbox.durable.durability import Durability, unexpected_failure
 from sandbox.durable.journal import Entry
 from sandbox.durable.tool_host import ToolRelay
-from sandbox.errors import PolicyDenied, Throttled, Unavailable
+from sandbox.errors import PolicyDenied, RequestError, Throttled, Unavailable
 from sandbox.policy.model import PolicyRegistry
-from sandbox_client.protocol.models import Backend, ExecutionResult, Failure, FailureKind
+from sandbox_client.protocol.models import Backend, ExecutionResult, Failure, FailureKind, Frame
+
+# The server's default gRPC message size (ServerSettings.max_message_bytes).
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 log = structlog.get_logger("sandbox.executor")
 
@@ -47,12 +55,14 @@ class Executor:
         sessions: SessionRegistry,
         access: Access | None = None,
         journal: Durability | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.policies = policies  # replaced whole by the reloader
         self.backends = dict(backends)
         self.sessions = sessions
         self.access = access or Access()
         self.journal = journal
+        self.max_message_bytes = max_message_bytes
         self._available = frozenset(self.backends)
 
     def plan(self, request: Request, trace: Trace) -> Plan:
@@ -77,14 +87,19 @@ class Executor:
     ) -> ExecutionResult:
         plan = self.plan(request, trace)
         spec = run_spec(request, plan, on_output)
-        if plan.refusal is not None:
-            result = plan.refusal
-        elif plan.session is not None:
-            result = await plan.session.backend.run(spec, plan.session.handle)
-            self.sessions.discard_if_dead(plan.session)
-        else:
-            result = await self._run_steps(plan, spec)
-        result = _stamped(result, plan, request)
+        try:
+            if plan.refusal is not None:
+                result = plan.refusal
+            elif plan.session is not None:
+                result = await plan.session.backend.run(spec, plan.session.handle)
+                self.sessions.discard_if_dead(plan.session)
+            else:
+                result = await self._run_steps(plan, spec)
+        except RequestError:
+            raise
+        except Exception as exc:
+            result = unexpected_failure(exc)
+        result = self._finished(result, plan, request)
         # Successes are counted by metrics and the audit log; a log line each would cost
         # more than a short run itself.
         (log.info if result.failure else log.debug)(
@@ -133,8 +148,10 @@ class Executor:
         async def run(entry: Entry) -> ExecutionResult:
             plan = self.plan(request, trace)
             if plan.refusal is not None:
-                return _stamped(plan.refusal, plan, request)
-            host = journal.host(entry, relay)
+                return self._finished(plan.refusal, plan, request)
+            host = journal.host(
+                entry, relay, max_call_bytes=self.max_message_bytes - _RESERVED_BYTES
+            )
             try:
                 resume = journal.resume_point(entry)
                 spec = replace(
@@ -157,7 +174,12 @@ class Executor:
                     result = result.model_copy(update={"fallback_from": plan.fallback_from})
             except CheckpointMismatch as exc:
                 result = _corrupt(str(exc), plan.steps[0])
-            return _stamped(result, plan, request)
+            except RequestError:
+                raise
+            except Exception as exc:
+                # The entry keeps its answers (Durability.once): the retry resumes.
+                result = unexpected_failure(exc)
+            return self._finished(result, plan, request)
 
         return await journal.once(request, run, resumable=True)
 
@@ -192,6 +214,10 @@ class Executor:
 
     async def close_session(self, session_id: str, tenant: str) -> None:
         await self.sessions.close(session_id, tenant=tenant)
+
+    def _finished(self, result: ExecutionResult, plan: Plan, request: Request) -> ExecutionResult:
+        """Every result on its way out: stamped, and bounded to the wire."""
+        return bounded(_stamped(result, plan, request), self.max_message_bytes)
 
 
 def run_spec(request: Request, plan: Plan, on_output: OutputSink | None) -> RunSpec:
@@ -234,3 +260,127 @@ def _corrupt(message: str, backend: Backend) -> ExecutionResult:
         ),
         backend=backend,
     )
+
+
+# -- bounding a result to the wire ---------------------------------------------------------
+
+# What a failure carries at most, field by field: every one of them the code can fill
+# (an exception's message and type, its traceback's names and source lines, a denied
+# call's arguments in details). Together well inside _RESERVED_BYTES.
+MAX_MESSAGE_CHARS = 2000
+MAX_NAME_CHARS = 200  # exception_type, a frame's filename and function_name
+MAX_SOURCE_CHARS = 500
+MAX_FRAMES = 50
+MAX_DETAILS = 20
+MAX_DETAIL_KEY_CHARS = 100
+MAX_DETAIL_CHARS = 1000
+# What a message keeps for everything but the output (stdout, stderr, result_json): ids,
+# policy, usage, the bounded failure, and the framing of it all.
+_RESERVED_BYTES = 256 * 1024
+
+
+def bounded(result: ExecutionResult, max_bytes: int) -> ExecutionResult:
+    """`result` with every field the code influences clipped so it fits a `max_bytes`
+    message. The failure's text keeps its head (the first line names what happened), its
+    traceback the outermost frame and the innermost ones (where it happened; details
+    count the frames left out), a long source line the part its columns point at. The
+    output already fits the policy's output cap; when that cap is more than a message
+    holds, stdout and stderr are truncated to fit and a result_json that does not fit is
+    dropped, as OUTPUT_LIMIT (a run that had failed for another reason keeps that)."""
+    update: dict[str, object] = {}
+    failure = result.failure
+    if failure is not None and _too_big(failure):
+        failure = _bounded_failure(failure)
+        update["failure"] = failure
+    room = max(0, max_bytes - _RESERVED_BYTES)
+    texts = {name: getattr(result, name) or "" for name in ("stdout", "stderr", "result_json")}
+    if 4 * sum(len(t) for t in texts.values()) > room:  # UTF-8: at most 4 bytes a char
+        sizes = {name: _utf8_len(text) for name, text in texts.items()}
+        if sum(sizes.values()) > room:
+            if sizes["result_json"]:
+                update["result_json"] = None
+            err_room = min(sizes["stderr"], max(room // 2, room - sizes["stdout"]))
+            for name, share in (("stdout", room - err_room), ("stderr", err_room)):
+                if sizes[name] > share:
+                    update[name] = _clip_utf8(texts[name], share)
+                    update[f"{name}_truncated"] = True
+            if failure is None:
+                update.update(
+                    ok=False,
+                    exit_code=1,
+                    failure=Failure.of(
+                        FailureKind.OUTPUT_LIMIT,
+                        f"the output exceeded what one response carries ({room} bytes of "
+                        "stdout, stderr and result together); it was truncated there",
+                        details={"limit": "max_message_bytes", "limit_value": str(max_bytes)},
+                    ),
+                )
+    return result.model_copy(update=update) if update else result
+
+
+def _too_big(failure: Failure) -> bool:
+    return (
+        len(failure.message) > MAX_MESSAGE_CHARS
+        or len(failure.exception_type) > MAX_NAME_CHARS
+        or len(failure.frames) > MAX_FRAMES
+        or len(failure.details) > MAX_DETAILS
+        or any(
+            len(k) > MAX_DETAIL_KEY_CHARS or len(v) > MAX_DETAIL_CHARS
+            for k, v in failure.details.items()
+        )
+        or any(
+            len(f.source_line) > MAX_SOURCE_CHARS
+            or len(f.function_name) > MAX_NAME_CHARS
+            or len(f.filename) > MAX_NAME_CHARS
+            for f in failure.frames
+        )
+    )
+
+
+def _bounded_failure(failure: Failure) -> Failure:
+    frames = failure.frames
+    details = dict(list(failure.details.items())[:MAX_DETAILS])
+    if len(frames) > MAX_FRAMES:
+        frames = frames[:1] + frames[-(MAX_FRAMES - 1) :]
+        details["frames_omitted"] = str(len(failure.frames) - MAX_FRAMES)
+    return failure.model_copy(
+        update={
+            "message": _clip(failure.message, MAX_MESSAGE_CHARS),
+            "exception_type": _clip(failure.exception_type, MAX_NAME_CHARS),
+            "frames": tuple(_bounded_frame(f) for f in frames),
+            "details": {
+                _clip(k, MAX_DETAIL_KEY_CHARS): _clip(v, MAX_DETAIL_CHARS)
+                for k, v in details.items()
+            },
+        }
+    )
+
+
+def _bounded_frame(frame: Frame) -> Frame:
+    source = frame.source_line
+    if len(source) > MAX_SOURCE_CHARS:
+        # The head, or (the error further along) a window from a little before its column.
+        keep = MAX_SOURCE_CHARS - 6
+        column = frame.column - 1
+        start = 0 if column < keep // 2 else min(column - keep // 5, len(source) - keep)
+        end = start + keep
+        source = ("..." if start else "") + source[start:end] + ("..." if end < len(source) else "")
+    return frame.model_copy(
+        update={
+            "filename": _clip(frame.filename, MAX_NAME_CHARS),
+            "function_name": _clip(frame.function_name, MAX_NAME_CHARS),
+            "source_line": source,
+        }
+    )
+
+
+def _clip(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _clip_utf8(text: str, max_bytes: int) -> str:
+    return text.encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore")

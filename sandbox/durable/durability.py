@@ -13,6 +13,12 @@
   that fails its MAC is never replayed: the entry is discarded and the request refused
   as CORRUPT_STATE (a retry runs afresh); a tool run's answers, pinned values and
   checkpoint are checked by `resume_point()` before the run uses any.
+- Whatever fails in the server while a run runs, the caller gets a classified result:
+  an exception that is not a refusal (RequestError) becomes SANDBOX_CRASH (retryable,
+  logged with its traceback), and a tool run's entry is kept with its answers, so the
+  retry resumes it and no answered tool is called again. A tool run left to resume
+  (SANDBOX_CRASH, INFRA_UNAVAILABLE) comes back without an execution id: it has not
+  ended, and the client keeps an idempotency key only until an execution answers to it.
 
 Only one server process may use a journal file: a `running` entry left by another owner
 is taken to be orphaned by a dead process. A networked store for several replicas would
@@ -44,10 +50,10 @@ from sandbox.durable.checkpoints import (
     load_checkpoint_key,
 )
 from sandbox.durable.journal import Entry, JournalStore, Pinned, SqliteJournal
-from sandbox.durable.tool_host import JournalHost, ToolRelay
-from sandbox.errors import CorruptState, InvalidRequest
+from sandbox.durable.tool_host import DEFAULT_MAX_CALL_BYTES, JournalHost, ToolRelay
+from sandbox.errors import CorruptState, InvalidRequest, RequestError
 from sandbox.tasks import cancel_and_wait
-from sandbox_client.protocol.models import ExecutionResult, FailureKind
+from sandbox_client.protocol.models import ExecutionResult, Failure, FailureKind
 
 log = structlog.get_logger("sandbox.durable")
 
@@ -56,6 +62,20 @@ log = structlog.get_logger("sandbox.durable")
 _RESUMABLE = frozenset(
     {FailureKind.SANDBOX_CRASH, FailureKind.INFRA_UNAVAILABLE, FailureKind.CANCELLED}
 )
+
+
+def unexpected_failure(exc: Exception) -> ExecutionResult:
+    """The result of a run the server itself failed (a bug, not the code's doing): logged
+    with its traceback, SANDBOX_CRASH to the caller, retryable. Call it from `except`."""
+    log.exception("the server failed running a request", error=type(exc).__name__)
+    return ExecutionResult.failed(
+        Failure.of(
+            FailureKind.SANDBOX_CRASH,
+            f"the server failed while running this ({type(exc).__name__}); nothing in the "
+            "code is known to have caused it, and a retry under the same idempotency key "
+            "resumes a tool run without calling answered tools again",
+        )
+    )
 
 
 def build_journal(settings: JournalSettings) -> Durability | None:
@@ -175,29 +195,54 @@ class Durability:
                 if stored and not resumable:
                     self.store.forget(tenant, key)
                 raise
-            except BaseException:
-                if stored:
+            except RequestError:
+                # A refusal: this attempt ran nothing. A tool run's entry stays if it holds
+                # answers (from an earlier attempt): forgetting them would call those tools
+                # again.
+                if stored and not (resumable and self._holds_answers(tenant, key)):
                     self.store.forget(tenant, key)
                 raise
-            failure = result.failure
-            if failure is not None and failure.retryable:
-                if stored and not (resumable and failure.kind in _RESUMABLE):
+            except Exception as exc:
+                result = unexpected_failure(exc)  # SANDBOX_CRASH: kept below, if resumable
+            try:
+                return self._settle(entry, result, stored=stored, resumable=resumable)
+            except Exception:
+                # The result stands; only its record is missing. A tool run's entry still
+                # holds its answers, so a retry resumes it instead of calling tools again.
+                log.exception("the journal could not record a result", state=entry.state)
+                return result
+
+    def _settle(
+        self, entry: Entry, result: ExecutionResult, *, stored: bool, resumable: bool
+    ) -> ExecutionResult:
+        """Records how the run ended: forgets a run worth retrying, keeps a tool run to
+        resume, writes a final result."""
+        tenant, key = entry.tenant, entry.key
+        failure = result.failure
+        if failure is not None and failure.retryable:
+            if not (resumable and failure.kind in _RESUMABLE):
+                if stored:
                     self.store.forget(tenant, key)
-            elif stored:
-                text = result.model_dump_json()
-                self.store.finish(
-                    tenant,
-                    key,
-                    result_json=text,
-                    now=self._clock(),
-                    mac=self._result_mac(entry, text),
-                )
-            else:
-                text = result.model_dump_json()
-                self.store.record_done(
-                    entry, result_json=text, now=self._clock(), mac=self._result_mac(entry, text)
-                )
-            return result
+            elif result.execution_id:
+                # The run is not over: its entry waits for the retry to resume it. No
+                # execution answered to the key yet, so the client keeps the key (a
+                # client moves to a new key once an execution id came back).
+                result = result.model_copy(update={"execution_id": ""})
+        elif stored:
+            text = result.model_dump_json()
+            self.store.finish(
+                tenant, key, result_json=text, now=self._clock(), mac=self._result_mac(entry, text)
+            )
+        else:
+            text = result.model_dump_json()
+            self.store.record_done(
+                entry, result_json=text, now=self._clock(), mac=self._result_mac(entry, text)
+            )
+        return result
+
+    def _holds_answers(self, tenant: str, key: str) -> bool:
+        entry = self.store.get(tenant, key)
+        return entry is not None and (bool(entry.answers) or entry.checkpoint is not None)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, tenant: str, key: str) -> AsyncIterator[None]:
@@ -216,9 +261,19 @@ class Durability:
 
     # -- tool runs ---------------------------------------------------------------------
 
-    def host(self, entry: Entry, relay: ToolRelay) -> JournalHost:
-        """The ToolHost of the tool run `entry` is the record of."""
-        return JournalHost(self.store, entry, relay, checkpoint_key=self._key, clock=self._clock)
+    def host(
+        self, entry: Entry, relay: ToolRelay, *, max_call_bytes: int = DEFAULT_MAX_CALL_BYTES
+    ) -> JournalHost:
+        """The ToolHost of the tool run `entry` is the record of; a call whose arguments
+        encode to more than `max_call_bytes` is refused at the call (tool_host.py)."""
+        return JournalHost(
+            self.store,
+            entry,
+            relay,
+            checkpoint_key=self._key,
+            clock=self._clock,
+            max_call_bytes=max_call_bytes,
+        )
 
     def resume_point(self, entry: Entry) -> Resume | None:
         """Where the tool run `entry` is the record of resumes: its last checkpoint, if it

@@ -15,6 +15,9 @@ from sandbox_client.protocol.models import Backend
 from sandbox_client.protocol.v1 import sandbox_pb2
 
 _MAX_KEY_BYTES = 256
+# The longest idempotency key, in UTF-8 bytes: the journal keeps it (24 h by default) and
+# every audit record of the key's requests carries it.
+MAX_IDEMPOTENCY_KEY_BYTES = 256
 
 
 def backend_field(value: int, field: str = "backend") -> Backend | None:
@@ -43,10 +46,24 @@ def parse_inputs(text: str) -> dict[str, Any]:
         raise InvalidRequest("inputs_json must be a JSON object", field="inputs_json")
     for key in value:
         if not key.isidentifier() or len(key) > _MAX_KEY_BYTES:
+            shown = repr(key) if len(key) <= _MAX_KEY_BYTES else repr(key[:40]) + "..."
             raise InvalidRequest(
-                f"input name {key!r} is not a Python identifier", field="inputs_json"
+                f"input name {shown} is not a Python identifier of at most "
+                f"{_MAX_KEY_BYTES} characters",
+                field="inputs_json",
             )
     return value
+
+
+def idempotency_key(key: str) -> str:
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_IDEMPOTENCY_KEY_BYTES:
+        raise InvalidRequest(
+            f"idempotency_key is {size} bytes; at most {MAX_IDEMPOTENCY_KEY_BYTES} "
+            "(UTF-8) are accepted",
+            field="idempotency_key",
+        )
+    return key
 
 
 def request_of(
@@ -69,7 +86,7 @@ def request_of(
         stdin=msg.stdin,
         limits=requested_limits(msg.limits),
         session_id=msg.session_id,
-        idempotency_key=msg.idempotency_key,
+        idempotency_key=idempotency_key(msg.idempotency_key),
         tools=tools,
     )
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from sandbox.audit.log import log_files
 from sandbox.edge.decode import request_of, run_start_of
 from sandbox.errors import InvalidRequest
+from sandbox_client import FailureKind, SandboxClient
 from sandbox_client.protocol.models import Backend, Limits
 from sandbox_client.protocol.v1 import sandbox_pb2
+from tests.conftest import running_server
+
+ExecuteRequest = sandbox_pb2.ExecuteRequest
 
 
 def test_a_request_decodes_with_its_fields() -> None:
@@ -60,3 +67,34 @@ def test_a_run_must_start_with_start() -> None:
     request = run_start_of(start, tenant="t")
     assert request.is_tool_run and request.method == "Run"
     assert [(t.name, t.is_async) for t in request.tools or ()] == [("f", True)]
+
+
+def test_an_idempotency_key_is_at_most_256_bytes() -> None:
+    assert request_of(ExecuteRequest(code="1", idempotency_key="k" * 256), tenant="t")
+    # 128 two-byte characters: 256 bytes, the cap exactly.
+    assert request_of(ExecuteRequest(code="1", idempotency_key="é" * 128), tenant="t")
+    for key in ("k" * 257, "é" * 129, "k" * (7 * 1024 * 1024)):
+        with pytest.raises(InvalidRequest) as refused:
+            request_of(ExecuteRequest(code="1", idempotency_key=key), tenant="t")
+        assert refused.value.field == "idempotency_key"
+        assert len(refused.value.message) < 200  # the key itself is not echoed back
+
+
+def test_a_long_key_is_refused_by_a_real_server_and_kept_nowhere(tmp_path: Path) -> None:
+    key = "K" * (7 * 1024 * 1024)
+    with running_server(audit={"dir": tmp_path}) as srv:
+        with SandboxClient(srv.address, timeout_s=30) as client:
+            refused = client.execute("1", idempotency_key=key)
+            tool_run = client.run_tools("1", tools={}, idempotency_key=key)
+            kept = client.execute("1", idempotency_key="k" * 256)
+        for result in (refused, tool_run):
+            failure = result.failure
+            assert failure is not None and failure.kind is FailureKind.INVALID_REQUEST
+            assert failure.details["field"] == "idempotency_key"
+        assert kept.ok
+        journal = srv.server.executor.journal
+        assert journal is not None and journal.store.get("local", key) is None
+        assert srv.server.audit is not None
+        srv.server.audit.flush()
+    written = sum(p.stat().st_size for p in log_files(tmp_path))
+    assert written < 64 * 1024  # three records, not a 7 MiB key in one of them

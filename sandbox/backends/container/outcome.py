@@ -7,6 +7,7 @@ container ended, then the runner's own frame."""
 
 from __future__ import annotations
 
+import re
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -244,7 +245,8 @@ def _from_frame(frame: dict[str, Any], signals: ContainerSignals) -> Failure | N
             tool_kind=injected.kind,
             frames=frames,
         )
-    if type_name == "MemoryError" and error.get("module") == "builtins":
+    memory_error = type_name == "MemoryError" and error.get("module") == "builtins"
+    if memory_error and not _raised_by_the_code(frames):
         return _memory(limits, message or "out of memory", frames)
     if blocked and error.get("os_error"):
         return Failure.of(
@@ -256,6 +258,19 @@ def _from_frame(frame: dict[str, Any], signals: ContainerSignals) -> Failure | N
         )
     details = {"exit_code": str(frame.get("exit_code", 1))} if type_name == "SystemExit" else None
     return runtime_error_failure(limits, type_name, message, frames, details)
+
+
+_RAISE = re.compile(r"raise\b")
+
+
+def _raised_by_the_code(frames: tuple[Frame, ...]) -> bool:
+    """Whether the innermost frame is a `raise` statement of the code's (CPython places a
+    raise, bare or not, at its statement): the code's own `raise MemoryError`, which is
+    its error, not the interpreter failing to allocate."""
+    if not frames:
+        return False
+    where = frames[-1]
+    return _RAISE.match(where.source_line, max(0, where.column - 1)) is not None
 
 
 def _timeout(limits: EffectiveLimits) -> Failure:

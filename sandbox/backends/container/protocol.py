@@ -158,20 +158,63 @@ _VALUE_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, default=_
 
 
 def value_to_json(value: Any) -> str:
-    """JSON for a run's last-expression value (both backends): anything JSON cannot hold
-    exactly (sets, bytes, NaN, objects, structures too deep to walk) becomes its repr()
-    string, itself JSON-encoded."""
+    """JSON for a value the code produced (both backends: a run's last expression, a tool
+    call's arguments). Never raises: anything JSON cannot hold exactly (sets, bytes, NaN,
+    objects, structures too deep to walk) becomes its repr() string, itself JSON-encoded;
+    an int too long for Python's int-to-text limit (4300 digits) is shown as
+    `<int of about N digits>`, alone or inside a list, tuple, set or dict. (Too large for
+    the output cap is the caller's check: an OUTPUT_LIMIT.)"""
     try:
         return _VALUE_ENCODER.encode(value)
-    except (TypeError, ValueError, RecursionError):
+    except Exception:  # TypeError, ValueError (NaN, a huge int), RecursionError, ...
         pass
+    return json.dumps(_shown(value), ensure_ascii=False)
+
+
+def _shown(value: Any) -> str:
     try:
-        shown = repr(value)
+        return repr(value)
     except RecursionError:
-        shown = f"<{type(value).__name__} nested too deeply to show>"
+        return f"<{type(value).__name__} nested too deeply to show>"
+    except ValueError:  # an int past the int-to-text limit, alone or inside a container
+        try:
+            return _repr_within_digit_limit(value, 0)
+        except Exception:
+            return f"<{type(value).__name__} too large to show>"
     except Exception as exc:  # a user __repr__ that raises
-        shown = f"<{type(value).__name__}: repr() raised {type(exc).__name__}>"
-    return json.dumps(shown, ensure_ascii=False)
+        return f"<{type(value).__name__}: repr() raised {type(exc).__name__}>"
+
+
+_MAX_REPR_DEPTH = 100
+
+
+def _repr_within_digit_limit(value: Any, depth: int) -> str:
+    """repr() of `value`, with each int too long to convert shown by its size instead."""
+    if type(value) is int:
+        try:
+            return repr(value)
+        except ValueError:
+            digits = int(value.bit_length() * 0.30103) + 1  # log10(2): about right
+            return f"<int of about {digits} digits>"
+    if depth >= _MAX_REPR_DEPTH:
+        return "..."
+    inner = depth + 1
+    if type(value) in (list, tuple, set, frozenset):
+        items = ", ".join(_repr_within_digit_limit(item, inner) for item in value)
+        if type(value) is list:
+            return f"[{items}]"
+        if type(value) is tuple:
+            return f"({items},)" if len(value) == 1 else f"({items})"
+        if not value:
+            return f"{type(value).__name__}()"
+        return f"{{{items}}}" if type(value) is set else f"frozenset({{{items}}})"
+    if type(value) is dict:
+        pairs = ", ".join(
+            f"{_repr_within_digit_limit(k, inner)}: {_repr_within_digit_limit(v, inner)}"
+            for k, v in value.items()
+        )
+        return f"{{{pairs}}}"
+    return repr(value)  # may raise again: the caller names the type instead
 
 
 # -- reading the result frame -------------------------------------------------------

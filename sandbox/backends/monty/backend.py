@@ -13,7 +13,14 @@ from typing import Any, Literal
 import pydantic_monty as pm
 
 from sandbox.backends.base import BackendSession, RunSpec
-from sandbox.backends.monty.outcome import HOST_GRACE_S, RunSignals, map_monty_outcome, monty_result
+from sandbox.backends.monty.outcome import (
+    HOST_GRACE_S,
+    DeniedCalls,
+    RunSignals,
+    map_monty_outcome,
+    monty_result,
+)
+from sandbox.backends.monty.sealed import SealedLimits, SealedSession
 from sandbox.backends.monty.settings import MontySettings
 from sandbox.backends.monty.supply import SessionSupply
 from sandbox.backends.monty.tools import drive_tools, tool_os_policy
@@ -26,7 +33,7 @@ from sandbox_client import Backend, ExecutionResult, Failure, FailureKind
 
 @dataclass(eq=False)
 class MontySessionHandle:
-    session: pm.AsyncMontySession
+    session: SealedSession
     limits: EffectiveLimits
     alive: bool = True
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -34,14 +41,14 @@ class MontySessionHandle:
 
 class _OsCallRecorder:
     """The `os=` handler: records every OS call Monty could not serve (all of them, with
-    no mounts) so a denial is classified POLICY_VIOLATION, then lets Monty deny it."""
+    no mounts) so a denial is classified POLICY_VIOLATION, then lets Monty deny it. What it
+    keeps is bounded (DeniedCalls), whatever the code passes and however often."""
 
     def __init__(self) -> None:
-        self.denied: list[str] = []
+        self.denied = DeniedCalls()
 
     def __call__(self, *, name: str, args: tuple[Any, ...], **_: Any) -> Any:
-        shown = ", ".join(repr(str(a)) for a in args[:2])
-        self.denied.append(f"{name}({shown})")
+        self.denied.add(name, args)
         return pm.NOT_HANDLED
 
 
@@ -99,21 +106,20 @@ class MontyBackend:
 
     def _checkout(
         self, limits: EffectiveLimits, os_policy: pm.OSPolicy | None = None
-    ) -> pm.AsyncMontySession:
+    ) -> SealedSession:
+        """A session (not entered) enforcing `limits`, sealed (sealed.py): its limit
+        errors are told from the code's own by the exact values they name."""
         if self._pool is None:
             raise RuntimeError("MontyBackend.start() was not awaited")
-        return self._pool.checkout(
-            limits={
-                "max_feed_duration_secs": limits.wall_time_s,
-                "max_total_sleep_secs": limits.wall_time_s,
-                "max_memory": limits.memory_bytes,
-                "max_recursion_depth": limits.max_recursion_depth,
-            },
+        sealed = SealedLimits.of(limits)
+        session = self._pool.checkout(
+            limits=sealed.resource_limits(),
             # No per-call cap: a capped sleep would return early and lie to the code. The
             # total-sleep budget is charged before each wait, so an over-long sleep fails
             # at once with TimeoutError instead of holding the worker.
             os_policy={"sleep_system_max": float("inf"), **(os_policy or {})},
         )
+        return SealedSession(session=session, sealed=sealed)
 
     def _mounts(self, wanted: tuple[tuple[str, str, bool], ...]) -> list[pm.MountDir]:
         """MountDirs for `wanted`, opened once and reused (Monty's advice: each holds its
@@ -134,14 +140,15 @@ class MontyBackend:
     @contextlib.asynccontextmanager
     async def checkout_session(
         self, limits: EffectiveLimits, *, os_policy: pm.OSPolicy | None = None
-    ) -> AsyncIterator[pm.AsyncMontySession]:
+    ) -> AsyncIterator[SealedSession]:
         """A fresh, entered session for one execution; returned to the pool afterwards
         (in the background, off the caller's path). `os_policy` (e.g. a pinned clock and
         seed, for durable runs) is fixed at checkout, so such a session is never a warm one."""
         if self._supply is None:
             raise RuntimeError("MontyBackend.start() was not awaited")
         if os_policy is not None:
-            async with self._checkout(limits, os_policy) as pinned:
+            pinned = self._checkout(limits, os_policy)
+            async with pinned.session:
                 yield pinned
             return
         session = await self._supply.take(limits)
@@ -170,7 +177,7 @@ class MontyBackend:
     async def open_session(self, limits: EffectiveLimits) -> MontySessionHandle:
         session = self._checkout(limits)
         try:
-            await session.__aenter__()
+            await session.session.__aenter__()
         except TimeoutError:
             raise Unavailable(
                 "every Monty worker is busy; no session can be opened now",
@@ -183,7 +190,7 @@ class MontyBackend:
         session.alive = False
         # A lost worker's session raises on exit; the pool has already replaced it.
         with contextlib.suppress(pm.MontyError, RuntimeError):
-            await session.session.__aexit__(None, None, None)
+            await session.session.session.__aexit__(None, None, None)
 
     async def run(self, spec: RunSpec, session: BackendSession | None = None) -> ExecutionResult:
         if session is not None:
@@ -217,7 +224,7 @@ class MontyBackend:
         finally:
             supply.release(checked_out)
 
-    async def _feed(self, session: pm.AsyncMontySession, spec: RunSpec) -> ExecutionResult:
+    async def _feed(self, checked_out: SealedSession, spec: RunSpec) -> ExecutionResult:
         try:
             mounts = self._mounts(spec.mounts)
         except (OSError, ValueError) as exc:
@@ -231,13 +238,13 @@ class MontyBackend:
             )
         capture = OutputCapture(spec.limits.output_bytes, spec.on_output)
         recorder = _OsCallRecorder()
-        signals = RunSignals(limits=spec.limits)
+        signals = RunSignals(limits=spec.limits, sealed=checked_out.sealed, code=spec.code)
         started = time.monotonic()
         error: pm.MontyError | None = None
         value: Any = None
         try:
             async with asyncio.timeout(spec.limits.wall_time_s + HOST_GRACE_S):
-                value = await session.feed_run(
+                value = await checked_out.session.feed_run(
                     spec.code,
                     inputs=dict(spec.inputs) or None,
                     external_lookup={"input": _StdinReader(spec.stdin)},
@@ -251,7 +258,7 @@ class MontyBackend:
             signals.host_timed_out = True
         signals.elapsed_s = time.monotonic() - started
         signals.output_exceeded = capture.exceeded
-        signals.denied_os_calls = recorder.denied
+        signals.denied = recorder.denied
         return monty_result(
             value,
             map_monty_outcome(error, signals),

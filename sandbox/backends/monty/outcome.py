@@ -1,6 +1,13 @@
 """Maps every way a Monty run can end to the failure taxonomy. The only place that knows
 Monty's error classes. Most specific signal first; message text is only ever a second
-signal beside a type."""
+signal beside a type.
+
+A kind the code could claim for itself is decided by the sandbox's own signals, never by
+what the code raises or prints: a limit (MEMORY_LIMIT, TIMEOUT) by the session's sealed
+limits (sealed.py) or the host's own timer; a POLICY_VIOLATION by the host's record of
+the calls it denied, and only when the error the run died of is that denial's; a
+"Monty cannot run this" reading of an AttributeError or NameError (UNSUPPORTED) only
+when Monty raised it, not a `raise` in the code."""
 
 from __future__ import annotations
 
@@ -8,11 +15,13 @@ import builtins
 import importlib
 import re
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_monty as pm
 
+from sandbox.backends.monty.sealed import SealedLimits
 from sandbox.backends.outcome_parts import (
     first_line,
     one_line,
@@ -34,15 +43,73 @@ from sandbox_client.protocol.models import (
 )
 
 
+class DeniedCalls:
+    """The OS calls the host denied in one run, kept bounded: the code chooses their
+    arguments (a 10 MB path each, as often as it likes), so only the first and the latest
+    MAX_KEPT / 2 are kept (the latest: the one a run dies of), each shown in at most
+    MAX_CHARS; `count` counts them all."""
+
+    MAX_KEPT = 20
+    MAX_CHARS = 200
+
+    def __init__(self) -> None:
+        self.count = 0
+        # (what was attempted, e.g. "open('/etc/passwd')"; what the denial's error names)
+        self._first: list[tuple[str, tuple[str, ...]]] = []
+        self._latest: deque[tuple[str, tuple[str, ...]]] = deque(maxlen=self.MAX_KEPT // 2)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def add(self, name: str, args: tuple[Any, ...]) -> None:
+        self.count += 1
+        shown = [_clipped_repr(a, self.MAX_CHARS) for a in args[:2]]
+        attempt = f"{name}({', '.join(shown)})"
+        if len(attempt) > self.MAX_CHARS:
+            attempt = attempt[: self.MAX_CHARS - 4] + "...)"
+        # Monty's denial names the path ("Permission denied: '/etc/passwd'") or the
+        # function ("'os.getenv' is not supported in this environment").
+        kept = (attempt, (f"'{name}'", *shown[:1]))
+        if len(self._first) < self.MAX_KEPT - self.MAX_KEPT // 2:
+            self._first.append(kept)
+        else:
+            self._latest.append(kept)
+
+    @property
+    def attempts(self) -> list[str]:
+        return [attempt for attempt, _ in (*self._first, *self._latest)]
+
+    def named_by(self, message: str) -> str | None:
+        """The attempt whose denial `message` is (the latest that matches), if any."""
+        for attempt, needles in reversed((*self._first, *self._latest)):
+            if any(needle in message for needle in needles):
+                return attempt
+        return None
+
+
+def _clipped_repr(value: Any, max_chars: int) -> str:
+    """repr(str(value)) in at most about `max_chars` (its head; never raises)."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # e.g. an int past the int-to-text limit
+        return f"<{type(value).__name__}>"
+    shown = repr(text[: max_chars + 1])
+    return shown if len(text) <= max_chars else shown[: max_chars - 1]
+
+
 @dataclass(kw_only=True)
 class RunSignals:
     """What the host saw while the run went on, besides the exception."""
 
     limits: EffectiveLimits
+    # The limits the session enforces (None: unknown, so no error counts as a limit).
+    sealed: SealedLimits | None = None
+    code: str = ""  # the code this feed ran, to tell Monty's errors from its own raises
     output_exceeded: bool = False
     host_timed_out: bool = False  # our wall-clock backstop cancelled the run
+    sleep_exceeded: bool = False  # a tool run asked for more sleep than its budget
     elapsed_s: float = 0.0
-    denied_os_calls: list[str] = field(default_factory=list)  # e.g. "open('/etc/passwd')"
+    denied: DeniedCalls = field(default_factory=DeniedCalls)
     tool_errors: list[InjectedToolError] = field(default_factory=list)  # in call order
 
 
@@ -58,8 +125,6 @@ _MISSING_TYPE_ATTR = re.compile(
 _TYPE_HOMES = ("builtins", "collections", "re", "datetime", "decimal", "fractions", "pathlib")
 _UNDEFINED_NAME = re.compile(r"name '(\w+)' is not defined")
 _MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
-# Monty phrases its own limits this way; a user's `raise MemoryError()` does not.
-_LIMIT_MESSAGE = re.compile(r"\blimit exceeded\b")
 # pydantic-monty's pool counts host round trips per checkout (`max_suspensions`).
 _SUSPENSION_LIMIT = re.compile(r"^suspension limit (\d+) exceeded$")
 
@@ -83,6 +148,8 @@ def map_monty_outcome(exc: BaseException | None, signals: RunSignals) -> Failure
         return output_limit_failure(limits)
     if signals.host_timed_out:
         return _timeout(limits, "the wall-clock budget ran out", ())
+    if signals.sleep_exceeded:
+        return _timeout(limits, "the run's sleeps add up to more than its budget", ())
     if exc is None:
         return None
     if not isinstance(exc, pm.MontyError):
@@ -125,7 +192,7 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
     type_name = type(inner).__name__
     message = str(inner)
     frames = _frames(exc)
-    is_limit = bool(_LIMIT_MESSAGE.search(message)) or not frames
+    sealed = signals.sealed
 
     def raised(kind: FailureKind, text: str, **details: str) -> Failure:
         """`kind` for the inner exception, where it was raised."""
@@ -143,17 +210,34 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
             tool_kind=tool_error.kind,
             frames=frames,
         )
-    if type_name == "TimeoutError" and is_limit:
-        return _timeout(limits, message, frames)
-    if type_name == "MemoryError" and is_limit:
-        text, cap = f"MemoryError: {message}", str(limits.memory_bytes)
-        return raised(FailureKind.MEMORY_LIMIT, text, limit="memory_bytes", limit_value=cap)
-    if signals.denied_os_calls and type_name in _DENIAL_TYPES:
-        attempt = signals.denied_os_calls[0]
-        return raised(
-            FailureKind.POLICY_VIOLATION, f"the policy forbids {attempt}", attempted=attempt
+    if type_name == "TimeoutError" and sealed is not None:
+        # The feed's time limit stops the code wherever it is: Monty reports no frame.
+        if not frames and sealed.is_time_limit(message):
+            return _timeout(limits, "the code ran past it", ())
+        if sealed.is_sleep_limit(message):
+            return _timeout(limits, "its sleeps add up to more than the budget", frames)
+    if type_name == "MemoryError" and sealed is not None and sealed.is_memory_limit(message):
+        return Failure.of(
+            FailureKind.MEMORY_LIMIT,
+            one_line(
+                f"MemoryError: the code needed more than its {limits.memory_bytes}-byte "
+                "memory limit",
+                frames,
+            ),
+            exception_type=type_name,
+            frames=frames,
+            details={"limit": "memory_bytes", "limit_value": str(limits.memory_bytes)},
         )
-    missing = _missing_feature(type_name, message, frames)
+    attempt = signals.denied.named_by(message) if type_name in _DENIAL_TYPES else None
+    if attempt is not None:
+        return Failure.of(
+            FailureKind.POLICY_VIOLATION,
+            one_line(f"the policy forbids {attempt}", frames),
+            exception_type=type_name,
+            frames=frames,
+            details={"attempted": attempt},
+        )
+    missing = _missing_feature(type_name, message, frames, signals.code)
     if missing is not None:
         text = f"Monty cannot run this: {type_name}: {message}"
         return raised(FailureKind.UNSUPPORTED, text, missing=missing)
@@ -184,20 +268,33 @@ def _uncaught_tool_error(
     return None
 
 
-def _missing_feature(type_name: str, message: str, frames: tuple[Frame, ...]) -> str | None:
-    """What CPython has and Monty lacks, if that is why the run failed."""
+def _missing_feature(
+    type_name: str, message: str, frames: tuple[Frame, ...], code: str
+) -> str | None:
+    """What CPython has and Monty lacks, if that is why the run failed.
+
+    A ModuleNotFoundError or ImportError is one whoever raised it: the code needs a module
+    this backend does not have (a library's `raise ImportError` for an optional dependency
+    too), and a container, where the code runs for real, tells the rest. An AttributeError
+    or NameError says Monty lacks something only when Monty raised it."""
     if type_name in ("ModuleNotFoundError", "ImportError"):
         match = _MISSING_MODULE.search(message)
         return f"module {match.group(1)}" if match else "a module"
     if type_name == "NotImplementedError" and (not frames or not frames[-1].function_name):
         # Raised while compiling (no function frame): syntax Monty does not implement.
         return "syntax"
+    if type_name in ("AttributeError", "NameError") and _raised_by_the_code(frames, code):
+        return None
     if type_name == "AttributeError":
         match = _MISSING_MODULE_ATTR.search(message)
         if match and _cpython_module_has(match.group(1), match.group(2)):
             return f"{match.group(1)}.{match.group(2)}"
         match = _MISSING_TYPE_ATTR.search(message)
-        if match and _cpython_has(match.group(1), match.group(2)):
+        if (
+            match
+            and not _binds(code, match.group(1).rpartition(".")[2])
+            and _cpython_has(match.group(1), match.group(2))
+        ):
             return f"{match.group(1)}.{match.group(2)}"
     if type_name == "NameError":
         match = _UNDEFINED_NAME.search(message)
@@ -206,6 +303,37 @@ def _missing_feature(type_name: str, message: str, frames: tuple[Frame, ...]) ->
     if type_name == "RuntimeError" and not frames and "Internal error in monty" in message:
         return "interpreter feature"
     return None
+
+
+# How far back from an error's position the code is read to find a `raise` before it.
+_LOOKBACK_CHARS = 4096
+_COMMENT = re.compile(r"#[^'\"\n]*$", re.MULTILINE)
+_RAISE_BEFORE = re.compile(r"(?:^|[^\w.])(?:raise|except)[\s(\\]*$")
+
+
+def _raised_by_the_code(frames: tuple[Frame, ...], code: str) -> bool:
+    """Whether the innermost frame is a `raise` in `code` (Monty places a raise at its
+    exception expression and a bare re-raise at the `except` clause), or may be: a frame
+    this feed's code does not hold (an earlier feed's function, in a session) counts as
+    the code's, so only an error Monty demonstrably raised here reads as Monty's.
+
+    Reads the text before the frame's position, not a parse of the whole code: a parse
+    costs as much as the code is long, on the event loop."""
+    if not frames:
+        return False  # raised while compiling
+    where = frames[-1]
+    lines = code.split("\n", where.line)[: where.line]
+    if len(lines) < where.line or lines[-1].rstrip() != where.source_line.rstrip():
+        return True
+    lines[-1] = lines[-1][: max(0, where.column - 1)]
+    before = "\n".join(lines)[-_LOOKBACK_CHARS:]
+    return bool(_RAISE_BEFORE.search(_COMMENT.sub("", before)))
+
+
+def _binds(code: str, name: str) -> bool:
+    """Whether `code` binds `name` itself (a class of its own named like a builtin type)."""
+    pattern = rf"\b(?:class|def|as|for|import|global|nonlocal)\s+{name}\b|\b{name}\s*(?::=|=(?!=))"
+    return re.search(pattern, code) is not None
 
 
 def _cpython_module_has(module_name: str, attribute: str) -> bool:

@@ -17,9 +17,10 @@ from typing import Any
 
 import pydantic_monty as pm
 
+from sandbox.backends.monty.sealed import SealedSession
 from sandbox.core.limits import EffectiveLimits
 
-Checkout = Callable[[EffectiveLimits], pm.AsyncMontySession]
+Checkout = Callable[[EffectiveLimits], SealedSession]
 
 
 class SessionSupply:
@@ -27,12 +28,12 @@ class SessionSupply:
         self._checkout = checkout
         self._depth = depth
         self._limits: EffectiveLimits | None = None
-        self._parked: deque[pm.AsyncMontySession] = deque()
+        self._parked: deque[SealedSession] = deque()
         self._parking = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def take(self, limits: EffectiveLimits) -> pm.AsyncMontySession:
+    async def take(self, limits: EffectiveLimits) -> SealedSession:
         """An entered session with `limits` that has run nothing yet."""
         if limits != self._limits:
             self._limits = limits
@@ -48,10 +49,10 @@ class SessionSupply:
         if session is None:
             self._refill()
             session = self._checkout(limits)
-            await session.__aenter__()
+            await session.session.__aenter__()
         return session
 
-    def release(self, session: pm.AsyncMontySession) -> None:
+    def release(self, session: SealedSession) -> None:
         """Returns a used (or unwanted) session to the pool in the background."""
         self._spawn(self._exit(session))
 
@@ -76,7 +77,7 @@ class SessionSupply:
     async def _park(self, limits: EffectiveLimits) -> None:
         try:
             session = self._checkout(limits)
-            await session.__aenter__()
+            await session.session.__aenter__()
         except (pm.MontyError, TimeoutError, RuntimeError):
             return  # no worker to spare now; a later take() checks out directly
         finally:
@@ -86,7 +87,7 @@ class SessionSupply:
         else:
             self._parked.append(session)
 
-    async def _exit(self, session: pm.AsyncMontySession) -> None:
+    async def _exit(self, session: SealedSession) -> None:
         await _exit_quietly(session)
         if self._short():  # park the next one in this task: a task per run, not two
             assert self._limits is not None
@@ -100,8 +101,8 @@ class SessionSupply:
         task.add_done_callback(self._tasks.discard)
 
 
-def _worker_alive(session: pm.AsyncMontySession) -> bool:
-    pid = session.worker_pid
+def _worker_alive(session: SealedSession) -> bool:
+    pid = session.session.worker_pid
     if pid is None:
         return False
     try:
@@ -118,6 +119,6 @@ def _worker_alive(session: pm.AsyncMontySession) -> bool:
     return state not in (b"Z", b"X")
 
 
-async def _exit_quietly(session: pm.AsyncMontySession) -> None:
+async def _exit_quietly(session: SealedSession) -> None:
     with contextlib.suppress(pm.MontyError, RuntimeError):
-        await session.__aexit__(None, None, None)
+        await session.session.__aexit__(None, None, None)

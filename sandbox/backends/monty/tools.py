@@ -19,6 +19,7 @@ import pydantic_monty as pm
 
 from sandbox.backends.base import RunSpec
 from sandbox.backends.monty.outcome import HOST_GRACE_S, RunSignals, map_monty_outcome, monty_result
+from sandbox.backends.monty.sealed import SealedSession
 from sandbox.backends.tools import InjectedToolError, ToolCallRequest, ToolHost, ToolReply
 from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputCapture, OutputLimitExceeded, OutputSink, StreamName
@@ -70,15 +71,19 @@ def tool_os_policy(seed: int) -> pm.OSPolicy:
     }
 
 
-async def drive_tools(
-    session: pm.AsyncMontySession, spec: RunSpec, host: ToolHost
-) -> ExecutionResult:
-    """Runs (or resumes) `spec` to completion in `session` (checked out with
+class _SleepBudgetSpent(Exception):
+    """The code asked for more sleep than its budget: the host stops the run (a TIMEOUT),
+    as Monty's own sleep limit stops a plain run; the code cannot catch it."""
+
+
+async def drive_tools(checked_out: SealedSession, spec: RunSpec, host: ToolHost) -> ExecutionResult:
+    """Runs (or resumes) `spec` to completion in `checked_out` (checked out with
     tool_os_policy). Never raises for the code's outcome; CheckpointMismatch and
     cancellation propagate."""
+    session = checked_out.session
     resume = spec.resume
     output = _Output(spec.limits, resume.output if resume else {}, spec.on_output)
-    signals = RunSignals(limits=spec.limits)
+    signals = RunSignals(limits=spec.limits, sealed=checked_out.sealed, code=spec.code)
     stdin = iter(spec.stdin.splitlines())
     seq = resume.seq if resume else 0
     pending: dict[int, _Pending] = {}  # by Monty's call_id
@@ -122,21 +127,16 @@ async def drive_tools(
             elif snap.is_os_function and str(snap.function_name) in _SLEEPS:
                 # feed_start hands sleeps to the host. The clock is pinned, so only this
                 # real wait makes time pass; it counts against the wall-time budget.
-                seconds = max(0.0, float(snap.args[0])) if snap.args else 0.0
+                seconds = _seconds(snap.args[0]) if snap.args else 0.0
                 slept_s += seconds
                 if slept_s > spec.limits.wall_time_s:
-                    answer_sleep: pm.ExternalResult = {
-                        "exc_type": "TimeoutError",
-                        "message": f"sleep limit exceeded ({spec.limits.wall_time_s:g} s in all)",
-                    }
-                else:
-                    await asyncio.sleep(seconds)
-                    answer_sleep = {"return_value": None}
-                snap = await step(snap.resume(answer_sleep))
+                    raise _SleepBudgetSpent
+                await asyncio.sleep(seconds)
+                snap = await step(snap.resume({"return_value": None}))
             elif snap.is_os_function:
                 # No mounts: every OS call is denied, and recorded so the denial is
                 # classified POLICY_VIOLATION.
-                signals.denied_os_calls.append(f"{snap.function_name}()")
+                signals.denied.add(str(snap.function_name), snap.args)
                 snap = await step(snap.resume_not_handled())
             elif snap.function_name == "input" and "input" not in spec.tools:
                 line = next(stdin, None)
@@ -174,6 +174,8 @@ async def drive_tools(
         error = exc
     except TimeoutError:
         signals.host_timed_out = True
+    except _SleepBudgetSpent:
+        signals.sleep_exceeded = True
     except OutputLimitExceeded:
         pass  # the capture marked the output truncated; classified below
     finally:
@@ -231,6 +233,18 @@ def _external(
         )
     )
     return {"exc_type": exc_type, "message": message}  # type: ignore[typeddict-item]
+
+
+def _seconds(requested: Any) -> float:
+    """The seconds a sleep asked for, as the host waits them: never negative, and a
+    number too large for a float is forever (Monty has checked it is a number)."""
+    try:
+        seconds = float(requested)
+    except OverflowError:
+        return float("inf")
+    except (TypeError, ValueError):
+        return 0.0
+    return seconds if seconds > 0 else 0.0  # NaN and negatives: no wait
 
 
 def _read_clock(name: str, args: tuple[Any, ...]) -> Any:

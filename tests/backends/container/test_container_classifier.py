@@ -76,6 +76,20 @@ def test_memory_error_in_the_code() -> None:
     assert kind(frame=error_frame("MemoryError")) is FailureKind.MEMORY_LIMIT
 
 
+@pytest.mark.parametrize(
+    "source_line", ["raise MemoryError('memory limit exceeded')", "        raise", "raise \\"]
+)
+def test_the_codes_own_raise_memory_error_is_a_runtime_error(source_line: str) -> None:
+    column = len(source_line) - len(source_line.lstrip()) + 1
+    trace = [{"line": 3, "column": column, "source_line": source_line}]
+    assert kind(frame=error_frame("MemoryError", frames=trace)) is FailureKind.RUNTIME_ERROR
+
+
+def test_an_allocation_that_fails_is_a_memory_limit() -> None:
+    trace = [{"line": 1, "column": 5, "source_line": "a = [0] * 10**12"}]
+    assert kind(frame=error_frame("MemoryError", frames=trace)) is FailureKind.MEMORY_LIMIT
+
+
 def test_memory_error_class_of_a_library_is_a_runtime_error() -> None:
     frame = error_frame("MemoryError", module="somelib")
     assert kind(frame=frame) is FailureKind.RUNTIME_ERROR

@@ -81,6 +81,24 @@ async def test_oom_is_memory_limit(backend: ContainerBackend) -> None:
     await assert_healthy(backend)
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "raise MemoryError('memory limit exceeded')",
+        "def f():\n    raise MemoryError\nf()",
+        "try:\n    raise MemoryError('x')\nexcept MemoryError:\n    raise",
+    ],
+)
+async def test_the_codes_own_memory_error_is_a_runtime_error(
+    backend: ContainerBackend, code: str
+) -> None:
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == "MemoryError"
+    await assert_healthy(backend)
+
+
 async def test_output_cap_is_output_limit_and_truncated(backend: ContainerBackend) -> None:
     result = await run(backend, "i = 0\nwhile True:\n    print(i)\n    i += 1", output_bytes=4096)
     assert result.failure is not None and result.failure.kind is FailureKind.OUTPUT_LIMIT
