@@ -108,6 +108,20 @@ def drive_run(
         done.set()
 
 
+class CapturedLog:
+    """Stands in for a module's structlog logger (monkeypatch it over `module.log`):
+    keeps (level, event, fields) of every line."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        def emit(event: str, **fields: Any) -> None:
+            self.events.append((level, event, fields))
+
+        return emit
+
+
 def docker_problem(image: str) -> str | None:
     """Why container tests cannot run here (no Docker engine answers, or `image` is not
     built), or None when they can."""

@@ -149,30 +149,21 @@ class Durability:
         digest = request_digest(request)
         async with self._exclusive(tenant, key):
             pinned = _pin()
-            signed = self._entry_mac(tenant, key, digest, pinned)
+            fresh = Entry.running(
+                tenant,
+                key,
+                digest=digest,
+                owner=self.owner,
+                pinned=pinned,
+                now=self._clock(),
+                mac=self._entry_mac(tenant, key, digest, pinned),
+            )
             if resumable:
-                entry, created = self.store.claim(
-                    tenant,
-                    key,
-                    digest=digest,
-                    owner=self.owner,
-                    pinned=pinned,
-                    now=self._clock(),
-                    mac=signed,
-                )
+                entry, created = self.store.claim(fresh)
                 stored = True
             else:
                 found = self.store.get(tenant, key)
-                # Or the entry of a plain execution claimed in memory only.
-                entry = found or Entry.running(
-                    tenant,
-                    key,
-                    digest=digest,
-                    owner=self.owner,
-                    pinned=pinned,
-                    now=self._clock(),
-                    mac=signed,
-                )
+                entry = found or fresh  # a plain execution is claimed in memory only
                 stored = found is not None
                 created = not stored
             if entry.digest != digest:

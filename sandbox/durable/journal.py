@@ -100,20 +100,10 @@ class Entry:
 class JournalStore(Protocol):
     """Every write is atomic; `claim` is the only one that may race and it decides."""
 
-    def claim(
-        self,
-        tenant: str,
-        key: str,
-        *,
-        digest: str,
-        owner: str,
-        pinned: Pinned,
-        now: float,
-        mac: bytes = b"",
-    ) -> tuple[Entry, bool]:
-        """The entry for (tenant, key), inserting a running one owned by `owner` (and
-        `mac`, the signature of its digest and pinned values) when there is none. The
-        bool says whether this call inserted it."""
+    def claim(self, fresh: Entry) -> tuple[Entry, bool]:
+        """The entry for (fresh.tenant, fresh.key), inserting `fresh` (Entry.running:
+        its owner, pinned values and the signature of its digest and pinned values) when
+        there is none. The bool says whether this call inserted it."""
         ...
 
     def get(self, tenant: str, key: str) -> Entry | None: ...
@@ -226,28 +216,26 @@ class SqliteJournal:
                         self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
             self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
-    def claim(
-        self,
-        tenant: str,
-        key: str,
-        *,
-        digest: str,
-        owner: str,
-        pinned: Pinned,
-        now: float,
-        mac: bytes = b"",
-    ) -> tuple[Entry, bool]:
+    def claim(self, fresh: Entry) -> tuple[Entry, bool]:
+        tenant, key, pinned, now = fresh.tenant, fresh.key, fresh.pinned, fresh.created_at
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO executions (tenant, key, digest, state, owner,"
                 " pinned_time, pinned_seed, created_at, updated_at, entry_mac)"
                 " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                (tenant, key, digest, owner, pinned.time_iso, pinned.seed, now, now, mac),
+                (
+                    tenant,
+                    key,
+                    fresh.digest,
+                    fresh.owner,
+                    pinned.time_iso,
+                    pinned.seed,
+                    now,
+                    now,
+                    fresh.mac,
+                ),
             )
             if cur.rowcount == 1:  # the common case: no need to read back what we wrote
-                fresh = Entry.running(
-                    tenant, key, digest=digest, owner=owner, pinned=pinned, now=now, mac=mac
-                )
                 return fresh, True
             entry = self._get(tenant, key)
         assert entry is not None

@@ -27,20 +27,9 @@ from sandbox.audit.log import (
 from sandbox.cli.commands import main
 from sandbox.config import AuditSettings
 from sandbox_client import SandboxClient
-from tests.conftest import ServerThread, running_server
+from tests.conftest import CapturedLog, ServerThread, running_server
 
-
-class Captured:
-    """Stands in for a module's structlog logger: keeps (level, event, fields)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __getattr__(self, level: str) -> Any:
-        def emit(event: str, **fields: Any) -> None:
-            self.events.append((level, event, fields))
-
-        return emit
+Captured = CapturedLog
 
 
 @pytest.fixture

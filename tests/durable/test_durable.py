@@ -17,7 +17,7 @@ import pytest
 
 from sandbox.durable.checkpoints import load_checkpoint_key
 from sandbox.durable.durability import Durability
-from sandbox.durable.journal import Pinned, SqliteJournal
+from sandbox.durable.journal import Entry, Pinned, SqliteJournal
 from sandbox_client import (
     AsyncSandboxClient,
     Backend,
@@ -186,9 +186,9 @@ async def test_expired_entries_are_purged(tmp_path: Path) -> None:
         clock=lambda: now[0],
     )
     pinned = Pinned(time_iso="2024-01-01T00:00:00", seed=1)
-    journal.store.claim("", "old", digest="d", owner="o", pinned=pinned, now=now[0])
+    journal.store.claim(Entry.running("", "old", digest="d", owner="o", pinned=pinned, now=now[0]))
     now[0] += 30
-    journal.store.claim("", "new", digest="d", owner="o", pinned=pinned, now=now[0])
+    journal.store.claim(Entry.running("", "new", digest="d", owner="o", pinned=pinned, now=now[0]))
     now[0] += 45  # "old" is 75 s old, "new" 45 s
     assert journal.purge() == 1
     assert journal.store.get("", "old") is None

@@ -23,15 +23,17 @@ def store(tmp_path: Path) -> SqliteJournal:
 
 def test_claim_inserts_once_and_then_finds(tmp_path: Path) -> None:
     s = store(tmp_path)
-    _, created = s.claim("t", "k", digest="d", owner="o1", pinned=PINNED, now=1.0)
-    again, created_again = s.claim("t", "k", digest="d", owner="o2", pinned=PINNED, now=2.0)
+    _, created = s.claim(Entry.running("t", "k", digest="d", owner="o1", pinned=PINNED, now=1.0))
+    again, created_again = s.claim(
+        Entry.running("t", "k", digest="d", owner="o2", pinned=PINNED, now=2.0)
+    )
     assert created and not created_again
     assert again.owner == "o1" and again.state == "running" and again.pinned == PINNED
 
 
 def test_answers_and_checkpoints_survive_a_reopen_and_finish_drops_them(tmp_path: Path) -> None:
     s = store(tmp_path)
-    s.claim("t", "k", digest="d", owner="o", pinned=PINNED, now=1.0)
+    s.claim(Entry.running("t", "k", digest="d", owner="o", pinned=PINNED, now=1.0))
     answer = ToolAnswer(
         seq=1, name="f", args_json="[]", kwargs_json="{}", answer_json='{"value": 1}'
     )
@@ -54,14 +56,14 @@ def test_answers_and_checkpoints_survive_a_reopen_and_finish_drops_them(tmp_path
 
 def test_tenants_do_not_share_keys(tmp_path: Path) -> None:
     s = store(tmp_path)
-    s.claim("a", "k", digest="d", owner="o", pinned=PINNED, now=1.0)
+    s.claim(Entry.running("a", "k", digest="d", owner="o", pinned=PINNED, now=1.0))
     assert s.get("b", "k") is None
 
 
 def test_purge_deletes_only_what_is_older_than_retention(tmp_path: Path) -> None:
     s = store(tmp_path)
-    s.claim("t", "old", digest="d", owner="o", pinned=PINNED, now=1.0)
-    s.claim("t", "new", digest="d", owner="o", pinned=PINNED, now=100.0)
+    s.claim(Entry.running("t", "old", digest="d", owner="o", pinned=PINNED, now=1.0))
+    s.claim(Entry.running("t", "new", digest="d", owner="o", pinned=PINNED, now=100.0))
     assert s.purge(before=50.0) == 1
     assert s.get("t", "old") is None and s.get("t", "new") is not None
 

@@ -17,7 +17,7 @@ import pytest
 from sandbox.durable import durability
 from sandbox.durable.journal import SqliteJournal
 from sandbox_client import FailureKind, RecoveryPolicy, SandboxClient
-from tests.conftest import ServerThread, running_server
+from tests.conftest import CapturedLog, ServerThread, running_server
 from tests.durable.test_durable import (
     THREE_TOOLS,
     Counter,
@@ -31,17 +31,8 @@ CLOCKED = "import time\nstarted = time.time()\n" + THREE_TOOLS
 FRESH = RecoveryPolicy(wait_initial_s=0, wait_jitter_s=0)
 
 
-class Captured:
-    """Stands in for a module's structlog logger: keeps (level, event, fields)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __getattr__(self, level: str) -> Any:
-        def emit(event: str, **fields: Any) -> None:
-            self.events.append((level, event, fields))
-
-        return emit
+class Captured(CapturedLog):
+    """The durable module's log lines, with the journal's refusals picked out."""
 
     def refusals(self) -> list[str]:
         return [
