@@ -22,7 +22,7 @@ from sandbox.durable.durability import Durability
 from sandbox.durable.journal import SqliteJournal, ToolAnswer
 from sandbox.errors import InvalidRequest
 from sandbox_client import Backend, ExecutionResult, FailureKind, SandboxClient
-from sandbox_client.recovery import Abort
+from sandbox_client.recovery import Abort, Outcome
 from sandbox_client.testing import fast_recovery
 from tests.conftest import ServerThread, running_server
 
@@ -60,6 +60,18 @@ class Payments:
         return "paid"
 
 
+def pay(server: ServerThread, payments: Payments, code: str, **options: Any) -> Outcome:
+    """`client.run()` of `code` with `send_payment` as its tool, in Monty, retrying at once."""
+    with SandboxClient(server.address, timeout_s=60) as client:
+        return client.run(
+            code,
+            tools={"send_payment": payments.send_payment},
+            backend="monty",
+            recovery=fast_recovery(),
+            **options,
+        )
+
+
 def fail_once(monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> list[int]:
     """Makes `target.name` raise RuntimeError the first time it is called, for real."""
     original = getattr(target, name)
@@ -85,13 +97,7 @@ def test_a_tool_answered_before_a_server_failure_is_not_called_again(
     raised = fail_once(monkeypatch, monty_tools, "_read_clock")
     payments = Payments()
     code = "receipt = send_payment(100)\nimport time\nt = time.time()\nreceipt"
-    with SandboxClient(audited.address, timeout_s=60) as client:
-        outcome = client.run(
-            code,
-            tools={"send_payment": payments.send_payment},
-            backend="monty",
-            recovery=fast_recovery(),
-        )
+    outcome = pay(audited, payments, code)
     assert raised == [1]
     assert outcome.ok, outcome.failure
     assert outcome.result.result == "paid"
@@ -160,14 +166,7 @@ def test_every_value_the_code_makes_reaches_the_caller_classified(
     audited: ServerThread, audit_dir: Path, code: str
 ) -> None:
     payments = Payments()
-    with SandboxClient(audited.address, timeout_s=60) as client:
-        outcome = client.run(
-            code,
-            tools={"send_payment": payments.send_payment},
-            backend="monty",
-            recovery=fast_recovery(),
-            escalate=lambda _: Abort(),
-        )
+    outcome = pay(audited, payments, code, escalate=lambda _: Abort())
     assert len(payments.calls) == 1, payments.calls
     assert len(outcome.attempts) == 1, [a.failure_kind for a in outcome.attempts]
     failure = outcome.result.failure
