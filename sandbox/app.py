@@ -26,6 +26,7 @@ from sandbox.durable.durability import Durability, build_journal
 from sandbox.edge.calls import Edge
 from sandbox.edge.service import SandboxService, generic_handler
 from sandbox.metrics import Metrics
+from sandbox.policy.checker import StaticChecker
 from sandbox_client import Backend
 from sandbox_client.protocol.service import SERVICE_NAME
 
@@ -50,6 +51,7 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         sessions=SessionRegistry(settings.sessions),
         access=Access(load_tenants(settings.tenants, policies)),
         journal=journal,
+        checker=StaticChecker(),
     )
 
 
@@ -79,6 +81,8 @@ class SandboxServer:
             self.audit.start()
         for backend in self.executor.backends.values():
             await backend.start()
+        if self.executor.checker is not None:
+            await self.executor.checker.start()
         limit = self.settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[
@@ -122,6 +126,8 @@ class SandboxServer:
         await self.executor.sessions.close_all()
         for backend in self.executor.backends.values():
             await backend.stop()
+        if self.executor.checker is not None:
+            await self.executor.checker.stop()
         if self.executor.journal is not None:
             await self.executor.journal.stop()
         self.metrics.stop()
