@@ -24,9 +24,12 @@ import collections
 import contextlib
 import hashlib
 import os
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO, TypeVar
 
 import structlog
 
@@ -70,24 +73,47 @@ class _Died(Exception):
     """The process ended before it answered."""
 
 
+T = TypeVar("T")
+
+
 class _Process:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    """One checker process. Its pipes are used blocking, from the checker's own threads:
+    the process is started with subprocess (vfork and exec, so gRPC's fork handlers never
+    run in the server), and a kill ends a thread's read with EOF."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         assert proc.stdin is not None and proc.stdout is not None
-        self.stdin = proc.stdin
-        self.stdout = proc.stdout
+        self.stdin: IO[bytes] = proc.stdin
+        self.stdout: IO[bytes] = proc.stdout
 
-    async def check(self, data: bytes, budget_ms: int) -> tuple[tuple[Violation, ...], bool]:
+    def check(self, data: bytes, budget_ms: int) -> tuple[tuple[Violation, ...], bool]:
+        """One request and its reply (blocks; a checker thread only)."""
         self.stdin.write(REQUEST_HEADER.pack(len(data), budget_ms) + data)
-        await self.stdin.drain()
-        (size,) = REPLY_HEADER.unpack(await self.stdout.readexactly(REPLY_HEADER.size))
-        return static_check.decode_reply(await self.stdout.readexactly(size))
+        self.stdin.flush()
+        (size,) = REPLY_HEADER.unpack(_read_exactly(self.stdout, REPLY_HEADER.size))
+        return static_check.decode_reply(_read_exactly(self.stdout, size))
 
-    async def kill(self) -> None:
+    def kill(self) -> None:
+        """Kills and reaps the process (blocks briefly)."""
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            await self.proc.wait()
+        for pipe in (self.stdin, self.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+def _read_exactly(pipe: IO[bytes], size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = pipe.read(left)
+        if not chunk:
+            raise EOFError("the checker process closed its output")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 class StaticChecker:
@@ -108,12 +134,19 @@ class StaticChecker:
         self._cache = collections.OrderedDict()
         self._stopped = False
         self.killed = 0  # processes killed over budget (for tests and metrics)
+        # Checks in flight, starts and kills: a few threads, blocked on pipes most of the time.
+        self._threads = self._new_threads()
 
     @property
     def pids(self) -> list[int]:
         return [p.proc.pid for p in self._all]
 
+    def _new_threads(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=2 * self.size + 2, thread_name_prefix="checker")
+
     async def start(self) -> None:
+        if self._stopped:
+            self._threads = self._new_threads()
         self._stopped = False
         self._fill()
         if self._starting:
@@ -132,7 +165,8 @@ class StaticChecker:
         self._waiting.clear()
         processes, self._all, self._idle = list(self._all), set(), []
         for process in processes:
-            await process.kill()
+            await self._in_thread(process.kill)
+        self._threads.shutdown(wait=False)
 
     async def findings(
         self, code: str, *, budget_s: float, tenant: str = ""
@@ -176,7 +210,9 @@ class StaticChecker:
         retire = True
         try:
             async with asyncio.timeout(budget_s):
-                found, retire = await process.check(data, max(1, round(budget_s * 1000)))
+                found, retire = await self._in_thread(
+                    process.check, data, max(1, round(budget_s * 1000))
+                )
         except TimeoutError:
             self.killed += 1
             raise CheckOverBudget(budget_s) from None
@@ -238,7 +274,7 @@ class StaticChecker:
         self._all.discard(process)
         with contextlib.suppress(ValueError):
             self._idle.remove(process)
-        await process.kill()
+        await self._in_thread(process.kill)
         self._fill()
 
     def _fill(self) -> None:
@@ -252,14 +288,7 @@ class StaticChecker:
     async def _spawn(self) -> None:
         try:
             async with asyncio.timeout(_SPAWN_TIMEOUT_S):
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "sandbox.policy.static_check",
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    env=_environment(),
-                )
+                proc = await self._in_thread(_popen)
         except (OSError, TimeoutError) as exc:
             log.error("cannot start a checker process", error=str(exc))
             await asyncio.sleep(1.0)  # then the next check tries again
@@ -268,26 +297,38 @@ class StaticChecker:
         try:
             # Ready once it answers: a check never waits for a process's imports.
             async with asyncio.timeout(_SPAWN_TIMEOUT_S):
-                await process.check(b"", 1000)
+                await self._in_thread(process.check, b"", 1000)
         except (TimeoutError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             log.error("a checker process did not start", error=repr(exc))
-            await process.kill()
+            await self._in_thread(process.kill)
             await asyncio.sleep(1.0)
             return
         except asyncio.CancelledError:
-            await process.kill()
+            await self._in_thread(process.kill)
             raise
         if self._stopped:
-            await process.kill()
+            await self._in_thread(process.kill)
             return
         self._all.add(process)
         self._give(process)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
     def _remember(self, digest: bytes, value: tuple[Violation, ...] | float) -> None:
         self._cache[digest] = value
         self._cache.move_to_end(digest)
         while len(self._cache) > _CACHE_ENTRIES:
             self._cache.popitem(last=False)
+
+
+def _popen() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sandbox.policy.static_check"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_environment(),
+    )
 
 
 def _environment() -> dict[str, str]:
