@@ -1,21 +1,24 @@
 """The server's checker processes: a policy's static check (static_check.findings) on
 any source larger than a few hundred bytes runs in one of them, never on the event loop,
-and within the policy's `static_check_ms`.
+and within the policy's `static_check_ms` of CPU time (and WALL_FACTOR times that of
+wall time: the processes run at a lower priority, and a busy machine should not make an
+ordinary source "too complex").
 
 `ast.parse` holds the GIL and some sources parse in time far out of proportion to their
 size (an 85,000-placeholder f-string: 41 s), so neither the loop nor a thread of the
 server may run it. A small pool of processes (`python -m sandbox.policy.static_check`)
-does, started with the server: a check that runs past its budget has its process killed
+does, started with the server: a check that runs past its budget ends its process
 (another is started in its place) and the request is refused. A source of at most
 INLINE_MAX_BYTES is parsed inline: measured, the slowest such source parses in about a
 millisecond (an f-string of placeholders, the worst construction found: 0.6 ms at 256
 bytes, 2.9 ms at 1 KiB, on a loaded 2-core machine), less than the round trip to a
 process would cost.
 
-A request waits for a free checker at most its budget; waiters are served one tenant at
-a time in turn, so one tenant's queue of large sources delays another's by at most the
-checks already running. Findings are cached by the source's digest (agents resend the
-same code), and so is a source that ran out of time, which is then refused at once."""
+A request waits for a free checker at most WALL_FACTOR times its budget; waiters are
+served one tenant at a time in turn, and no tenant holds every process at once, so one
+tenant's stream of slow sources leaves a checker to the others. Findings are cached by
+the source's digest (agents resend the same code), and so is a source that ran out of
+time, which is then refused at once."""
 
 from __future__ import annotations
 
@@ -40,8 +43,8 @@ log = structlog.get_logger("sandbox.checker")
 
 # Sources up to this size are parsed on the loop (see the module docstring).
 INLINE_MAX_BYTES = 512
-# Checker processes per server.
-PROCESSES = 2
+# Checker processes per server; one tenant holds at most all but one of them.
+PROCESSES = 3
 # Sources whose findings are remembered, and the most findings remembered for one.
 _CACHE_ENTRIES = 1024
 _CACHE_MAX_FINDINGS = 64
@@ -73,6 +76,10 @@ class _Died(Exception):
     """The process ended before it answered."""
 
 
+class _OutOfTime(Exception):
+    """The process ended itself at the budget's CPU time."""
+
+
 T = TypeVar("T")
 
 
@@ -88,11 +95,20 @@ class _Process:
         self.stdout: IO[bytes] = proc.stdout
 
     def check(self, data: bytes, budget_ms: int) -> tuple[tuple[Violation, ...], bool]:
-        """One request and its reply (blocks; a checker thread only)."""
-        self.stdin.write(REQUEST_HEADER.pack(len(data), budget_ms) + data)
-        self.stdin.flush()
-        (size,) = REPLY_HEADER.unpack(_read_exactly(self.stdout, REPLY_HEADER.size))
-        return static_check.decode_reply(_read_exactly(self.stdout, size))
+        """One request and its reply (blocks; a checker thread only). Raises
+        _OutOfTime when the process used up the budget's CPU time."""
+        try:
+            self.stdin.write(REQUEST_HEADER.pack(len(data), budget_ms) + data)
+            self.stdin.flush()
+            (size,) = REPLY_HEADER.unpack(_read_exactly(self.stdout, REPLY_HEADER.size))
+            body = _read_exactly(self.stdout, size)
+        except (OSError, EOFError):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            if self.proc.returncode == -static_check.OVER_BUDGET_SIGNAL:
+                raise _OutOfTime from None
+            raise
+        return static_check.decode_reply(body)
 
     def kill(self) -> None:
         """Kills and reaps the process (blocks briefly)."""
@@ -130,6 +146,7 @@ class StaticChecker:
         # Waiters by tenant, served one tenant at a time in turn.
         self._waiting: collections.OrderedDict[str, collections.deque[asyncio.Future[_Process]]]
         self._waiting = collections.OrderedDict()
+        self._holding: collections.Counter[str] = collections.Counter()
         self._cache: collections.OrderedDict[bytes, tuple[Violation, ...] | float]
         self._cache = collections.OrderedDict()
         self._stopped = False
@@ -171,8 +188,9 @@ class StaticChecker:
     async def findings(
         self, code: str, *, budget_s: float, tenant: str = ""
     ) -> tuple[Violation, ...]:
-        """static_check.findings(code), within `budget_s` of waiting and as much again
-        of checking. Raises CheckOverBudget, CheckersBusy or CheckerFailed."""
+        """static_check.findings(code), within `budget_s` of waiting for a process and
+        `budget_s` of its CPU time checking. Raises CheckOverBudget, CheckersBusy or
+        CheckerFailed."""
         data = code.encode("utf-8", "surrogatepass")
         if len(data) <= self.inline_max_bytes:
             return static_check.findings(code)
@@ -184,7 +202,7 @@ class StaticChecker:
         if isinstance(cached, float) and budget_s <= cached:
             raise CheckOverBudget(budget_s)  # it ran out of this much time before
         for attempt in (1, 2):
-            process = await self._take(tenant, budget_s)
+            process = await self._take(tenant, budget_s * static_check.WALL_FACTOR)
             try:
                 found = await self._check(process, data, budget_s)
             except CheckOverBudget:
@@ -197,6 +215,8 @@ class StaticChecker:
                 if attempt == 2:
                     raise CheckerFailed(f"the checker died ({died})") from None
                 continue
+            finally:
+                self._release(tenant)
             if len(found) <= _CACHE_MAX_FINDINGS:
                 self._remember(digest, found)
             return found
@@ -209,11 +229,11 @@ class StaticChecker:
         and replaced (over budget, cancelled, dead, or retiring)."""
         retire = True
         try:
-            async with asyncio.timeout(budget_s):
+            async with asyncio.timeout(budget_s * static_check.WALL_FACTOR):
                 found, retire = await self._in_thread(
                     process.check, data, max(1, round(budget_s * 1000))
                 )
-        except TimeoutError:
+        except (TimeoutError, _OutOfTime):
             self.killed += 1
             raise CheckOverBudget(budget_s) from None
         except CheckFailed as exc:
@@ -231,18 +251,27 @@ class StaticChecker:
 
     # -- the pool ------------------------------------------------------------------------
 
+    @property
+    def per_tenant(self) -> int:
+        """The most processes one tenant holds at once: all but one, which stays for the
+        others (all of them when there is only one)."""
+        return max(1, self.size - 1)
+
     async def _take(self, tenant: str, wait_s: float) -> _Process:
+        """A process for `tenant` (counted as held by it until _release), waiting in
+        turn with other tenants at most `wait_s`."""
         self._fill()
-        if self._idle and not self._waiting:
-            return self._idle.pop()
         waiter: asyncio.Future[_Process] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(tenant, collections.deque()).append(waiter)
+        self._dispatch()
         try:
             async with asyncio.timeout(wait_s):
                 return await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
-                self._give(waiter.result())  # handed over as we gave up: pass it on
+                # Handed over as we gave up: back to the pool, and no longer held.
+                self._release(tenant)
+                self._give(waiter.result())
             queue = self._waiting.get(tenant)
             if queue is not None:
                 with contextlib.suppress(ValueError):
@@ -253,22 +282,40 @@ class StaticChecker:
                 raise CheckersBusy(wait_s) from None
             raise
 
+    def _release(self, tenant: str) -> None:
+        self._holding[tenant] -= 1
+        if self._holding[tenant] <= 0:
+            del self._holding[tenant]
+        self._dispatch()
+
     def _give(self, process: _Process) -> None:
-        """Hands a free process to the next tenant in turn that waits, else parks it."""
-        if process not in self._all:
-            return
-        for tenant in list(self._waiting):
-            queue = self._waiting[tenant]
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
+        """A free process: parked, then handed to the next tenant in turn that waits."""
+        if process in self._all and process not in self._idle:
+            self._idle.append(process)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hands idle processes to waiters, one tenant at a time in turn, skipping
+        tenants that already hold their share."""
+        while self._idle:
+            for tenant in list(self._waiting):
+                queue = self._waiting[tenant]
+                while queue and queue[0].done():
+                    queue.popleft()  # gave up
+                if not queue:
                     del self._waiting[tenant]
-                    if queue:
-                        self._waiting[tenant] = queue  # to the back of the turn
-                    waiter.set_result(process)
-                    return
-            del self._waiting[tenant]
-        self._idle.append(process)
+                    continue
+                if self._holding[tenant] >= self.per_tenant:
+                    continue
+                waiter = queue.popleft()
+                del self._waiting[tenant]
+                if queue:
+                    self._waiting[tenant] = queue  # to the back of the turn
+                self._holding[tenant] += 1
+                waiter.set_result(self._idle.pop())
+                break
+            else:
+                return
 
     async def _retire(self, process: _Process) -> None:
         self._all.discard(process)

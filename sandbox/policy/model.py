@@ -90,9 +90,10 @@ class Policy(BaseModel):
     # The runner's seccomp filter. Only "default" exists: no sockets but AF_UNIX, no new
     # namespaces, no ptrace, no kernel keyring, mount, bpf or module calls.
     seccomp: Literal["default"] = "default"
-    # Time the static checks (denied imports, escape routes) may take on one source; code
-    # that takes longer is refused as too complex to check. Default: 2 s (235 KB of the
-    # standard library's own code takes 0.15-0.3 s, measured on a loaded 2-core machine).
+    # CPU time the static checks (denied imports, escape routes) may take on one source
+    # (and three times that in wall time); code that takes longer is refused as too
+    # complex to check. Default: 2 s (235 KB of the standard library's own code takes
+    # 0.15-0.3 s, measured on a loaded 2-core machine).
     static_check_ms: int = Field(default=2_000, gt=0)
     # The longest a tool run waits for the client's answer to one tool call; then the
     # call raises TimeoutError in the code (and later calls of that run raise it at once:

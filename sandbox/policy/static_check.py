@@ -176,10 +176,17 @@ class CheckFailed(Exception):
     """The checker could not finish (it ran out of memory)."""
 
 
+# The budget is CPU time: SIGPROF (its default action ends the process) after that much,
+# so a check is not refused because the machine is busy. The server's wall-clock limit is
+# this many times the budget, and the alarm a little more (an orphan stops on its own).
+OVER_BUDGET_SIGNAL = signal.SIGPROF
+WALL_FACTOR = 3
+
+
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """Answers check requests on `stdin` until it closes or the process retires. The
-    server kills a process whose check runs past its budget; the alarm ends one that
-    outlives a server that could not (a check abandoned by a dead parent stops on its own)."""
+    """Answers check requests on `stdin` until it closes or the process retires. A check
+    that uses more CPU time than its budget ends the process (OVER_BUDGET_SIGNAL); the
+    server kills one that runs past WALL_FACTOR times the budget in wall time."""
     while True:
         header = stdin.read(REQUEST_HEADER.size)
         if len(header) < REQUEST_HEADER.size:
@@ -188,13 +195,15 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         data = stdin.read(size)
         if len(data) < size:
             return
-        signal.alarm(budget_ms // 1000 + 2)
+        signal.alarm(WALL_FACTOR * budget_ms // 1000 + 2)
+        signal.setitimer(signal.ITIMER_PROF, budget_ms / 1000)
         reply: dict[str, object]
         try:
             found = findings(data.decode("utf-8", "surrogatepass"))
             reply = {"found": [[v.rule, v.target, v.line, v.column] for v in found]}
         except MemoryError:
             reply = {"error": "memory"}
+        signal.setitimer(signal.ITIMER_PROF, 0)
         signal.alarm(0)
         del data
         reply["retire"] = "error" in reply or _resident_bytes() > RETIRE_RSS_BYTES

@@ -114,26 +114,48 @@ async def test_waiters_give_up_after_their_budget_as_busy() -> None:
         await pool.stop()
 
 
-async def test_tenants_take_turns_for_a_busy_pool() -> None:
-    """Tenant A queues many slow checks; tenant B's one check is served next, not after
-    all of A's."""
-    pool = StaticChecker(1)
+async def test_one_tenant_never_holds_every_checker() -> None:
+    """Tenant a keeps every checker it may busy with slow sources and queues more; tenant
+    b's check is served by the process a may not take, before any of a's finishes."""
+    pool = StaticChecker(3)
     await pool.start()
-    slow = ["x = 1\n" * 40_000 + f"# {i}\n" for i in range(4)]  # ~0.1-0.5 s each
+    slow = ["x = 1\n" * 150_000 + f"# {i}\n" for i in range(4)]  # about a second each
+    finished: list[tuple[str, float]] = []
+
+    async def check(tenant: str, code: str) -> None:
+        await pool.findings(code, budget_s=60, tenant=tenant)
+        finished.append((tenant, time.monotonic()))
+
     try:
-        order: list[str] = []
+        theirs = [asyncio.ensure_future(check("a", code)) for code in slow]
+        await asyncio.sleep(0.1)
+        assert pool.per_tenant == 2
+        await check("b", SOURCES[0])
+        assert [t for t, _ in finished] == ["b"], finished
+        await asyncio.gather(*theirs)
+        assert sorted(t for t, _ in finished) == ["a"] * 4 + ["b"]
+    finally:
+        await pool.stop()
 
-        async def check(tenant: str, code: str) -> None:
-            await pool.findings(code, budget_s=30, tenant=tenant)
-            order.append(tenant)
 
+async def test_waiters_are_served_one_tenant_at_a_time_in_turn() -> None:
+    pool = StaticChecker(1)  # one process: a single tenant may hold it all
+    await pool.start()
+    slow = ["x = 1\n" * 40_000 + f"# {i}\n" for i in range(4)]
+    order: list[str] = []
+
+    async def check(tenant: str, code: str) -> None:
+        await pool.findings(code, budget_s=60, tenant=tenant)
+        order.append(tenant)
+
+    try:
         first = asyncio.ensure_future(check("a", slow[0]))
         await asyncio.sleep(0.05)
         queued = [asyncio.ensure_future(check("a", code)) for code in slow[1:]]
         await asyncio.sleep(0.05)
         theirs = asyncio.ensure_future(check("b", SOURCES[0]))
         await asyncio.gather(first, *queued, theirs)
-        assert order.index("b") <= 2, order
+        assert order.index("b") <= 2, order  # after a's running one and one queued, at most
     finally:
         await pool.stop()
 
@@ -228,7 +250,7 @@ def test_the_servers_checker_processes_end_with_it(tmp_path: Path) -> None:
         checker = server.server.executor.checker
         assert checker is not None
         pids = checker.pids
-        assert len(pids) == 2
+        assert len(pids) == 3
         for pid in pids:
             assert b"sandbox.policy.static_check" in Path(f"/proc/{pid}/cmdline").read_bytes()
             assert os.getpriority(os.PRIO_PROCESS, pid) >= static_check.NICENESS
