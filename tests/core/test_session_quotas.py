@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from sandbox.access.tenants import new_api_key
+from sandbox.access.tenants import Tenant, new_api_key
 from sandbox_client import AsyncSandboxClient, FailureKind, Limits, RequestRefused, SandboxClient
 from sandbox_client.protocol import Failure
 from tests.conftest import ServerThread, running_server
@@ -146,9 +145,7 @@ async def test_concurrent_creations_cannot_slip_past_the_cap(server: ServerThrea
             await c.close_session(session.session_id)
 
 
-def test_the_tenants_file_states_its_defaults(tmp_path: Path) -> None:
-    from sandbox.access.tenants import Tenant
-
+def test_the_tenants_file_states_its_defaults() -> None:
     tenant = Tenant(name="t")
     assert tenant.max_sessions == 8
     assert tenant.session_memory_bytes == 1024 * MiB
