@@ -5,8 +5,8 @@ A tool call waits for its answer at most the policy's `tool_wait_ms`; then the c
 the call raise TimeoutError (journaled like any answer), and later calls of the run raise
 it at once without going out: the client has stopped answering, and a run must not hold
 its Monty worker or container slot for it. An answer the server cannot read (not JSON,
-nested past what the parser takes) is a ValueError in the code; a reader that dies for
-any other reason ends the run."""
+nested past what the parser takes, larger than the policy's `inputs_bytes`) is a
+ValueError in the code; a reader that dies for any other reason ends the run."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from sandbox.core.output import StreamName
 from sandbox.durable.tool_host import args_json, kwargs_json
 from sandbox.edge.calls import Call
 from sandbox.errors import Cancelled, Unavailable
-from sandbox.policy.model import DEFAULT_POLICY
+from sandbox.policy.model import DEFAULT_POLICY, Policy
 from sandbox_client.protocol import ExecutionResult, FailureKind
 from sandbox_client.protocol.convert import output_chunk_to_proto
 from sandbox_client.protocol.v1 import sandbox_pb2
@@ -38,9 +38,16 @@ class _StreamRelay:
     """ToolRelay over one stream: a call goes out as an event, its answer comes back
     through `answer()` from the reader."""
 
-    def __init__(self, events: asyncio.Queue[_Event], wait_s: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        events: asyncio.Queue[_Event],
+        wait_s: Callable[[], float],
+        max_answer_bytes: Callable[[], int],
+    ) -> None:
         self._events = events
-        self._wait_s = wait_s  # the policy's tool_wait_ms, once the run is planned
+        # The policy's tool_wait_ms and inputs_bytes, once the run is planned.
+        self._wait_s = wait_s
+        self._max_answer_bytes = max_answer_bytes
         self._waiting: dict[int, asyncio.Future[ToolReply]] = {}
         self._closed = False
         self._unanswered: tuple[str, float] | None = None  # the call that timed out
@@ -50,7 +57,7 @@ class _StreamRelay:
         answer: asyncio.Future[ToolReply] = asyncio.get_running_loop().create_future()
         if self._closed:
             answer.cancel()
-        if self._unanswered is not None:
+        elif self._unanswered is not None:
             name, waited = self._unanswered
             return _timed_out(
                 f"not sent: the client left an earlier call ({name!r}) unanswered for {waited:g} s"
@@ -96,6 +103,18 @@ class _StreamRelay:
         if waiting is None or waiting.done():
             log.info("answer to no pending call", call_id=msg.call_id)
             return
+        size, cap = len(msg.value_json), self._max_answer_bytes()
+        if size > cap:
+            # Parsing JSON holds the loop (8 MB: 0.1-0.2 s); an answer is an input to the
+            # code, bounded like its inputs.
+            waiting.set_result(
+                ToolReply(
+                    error_type="ValueError",
+                    error_message=f"the tool's answer is {size} bytes; the policy's "
+                    f"inputs_bytes allows {cap}",
+                )
+            )
+            return
         waiting.set_result(_reply(msg))
 
 
@@ -136,7 +155,9 @@ async def serve_run(
     assert request is not None
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[_Event] = asyncio.Queue()
-    relay = _StreamRelay(events, lambda: _tool_wait_s(call))
+    relay = _StreamRelay(
+        events, lambda: _policy(call).tool_wait_ms / 1000, lambda: _policy(call).inputs_bytes
+    )
 
     def forward(stream: StreamName, text: str) -> None:
         event = sandbox_pb2.RunResponse(output=output_chunk_to_proto(stream, text))
@@ -191,7 +212,7 @@ async def serve_run(
             await reader
 
 
-def _tool_wait_s(call: Call) -> float:
+def _policy(call: Call) -> Policy:
     plan = call.trace.plan
-    # A call is only made once the run is planned; the default policy's wait otherwise.
-    return (plan.policy.tool_wait_ms if plan is not None else DEFAULT_POLICY.tool_wait_ms) / 1000
+    # A call is only made once the run is planned; the default policy otherwise.
+    return plan.policy if plan is not None else DEFAULT_POLICY

@@ -199,7 +199,9 @@ def test_a_calls_answer_after_the_wait_is_ignored(one_worker: ServerThread) -> N
         "[" * 100_000 + "]" * 100_000,  # RecursionError in json.loads, once fatal to the reader
         "{" * 50_000,
         "not json",
+        "[" + "1, " * 400_000 + "1]",  # 1.2 MB: above inputs_bytes, never parsed on the loop
     ],
+    ids=["nested-lists", "open-braces", "not-json", "too-large"],
 )
 def test_an_answer_the_server_cannot_read_is_a_value_error(
     one_worker: ServerThread, value_json: str
