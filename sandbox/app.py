@@ -82,7 +82,7 @@ class SandboxServer:
         for backend in self.executor.backends.values():
             await backend.start()
         if self.executor.checker is not None:
-            await self.executor.checker.start()
+            await self.executor.checker.start(wait=False)
         limit = self.settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[

@@ -161,12 +161,14 @@ class StaticChecker:
     def _new_threads(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=2 * self.size + 2, thread_name_prefix="checker")
 
-    async def start(self) -> None:
+    async def start(self, *, wait: bool = True) -> None:
+        """Starts the processes; `wait`: until they answer (the server does not wait: a
+        check that comes first waits for a process instead)."""
         if self._stopped:
             self._threads = self._new_threads()
         self._stopped = False
         self._fill()
-        if self._starting:
+        if wait and self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
 
     async def stop(self) -> None:
@@ -333,9 +335,14 @@ class StaticChecker:
             task.add_done_callback(self._starting.discard)
 
     async def _spawn(self) -> None:
+        started = asyncio.get_running_loop().run_in_executor(self._threads, _popen)
         try:
             async with asyncio.timeout(_SPAWN_TIMEOUT_S):
-                proc = await self._in_thread(_popen)
+                proc = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            # Stopped while it starts: the process is ended once it exists.
+            started.add_done_callback(_kill_started)
+            raise
         except (OSError, TimeoutError) as exc:
             log.error("cannot start a checker process", error=str(exc))
             await asyncio.sleep(1.0)  # then the next check tries again
@@ -367,6 +374,17 @@ class StaticChecker:
         self._cache.move_to_end(digest)
         while len(self._cache) > _CACHE_ENTRIES:
             self._cache.popitem(last=False)
+
+
+def _kill_started(started: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+    """On the loop, so it does not wait: subprocess reaps the killed process later."""
+    if not started.cancelled() and started.exception() is None:
+        proc = started.result()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def _popen() -> subprocess.Popen[bytes]:

@@ -249,6 +249,10 @@ def test_the_servers_checker_processes_end_with_it(tmp_path: Path) -> None:
     with running_server() as server:
         checker = server.server.executor.checker
         assert checker is not None
+        for _ in range(600):  # started beside the server, not before it serves
+            if len(checker.pids) == 3:
+                break
+            time.sleep(0.05)
         pids = checker.pids
         assert len(pids) == 3
         for pid in pids:
