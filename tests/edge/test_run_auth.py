@@ -55,12 +55,10 @@ class ServeProcess:
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                with SandboxClient(self.address, api_key=KEY, timeout_s=5) as client:
-                    if client.execute("1").ok:
-                        return
-            except Exception:
-                time.sleep(0.2)
+            with SandboxClient(self.address, api_key=KEY, timeout_s=5) as client:
+                if client.execute("1").ok:
+                    return
+            time.sleep(0.2)  # not listening yet
         raise AssertionError("the server did not start")
 
     def rss_bytes(self) -> int:
