@@ -66,6 +66,7 @@ class SandboxServer:
         self.executor = build_executor(settings, journal=build_journal(settings.journal))
         self.access = self.executor.access
         settings.check_bind(has_credentials=self.access.required)
+        warn_about_shares(settings, self.access)
         self.edge = Edge(self.access, Recorder(self.audit, self.metrics))
         self.reloader = Reloader(
             settings.policies, settings.tenants, holder=self.executor, metrics=self.metrics
@@ -147,6 +148,33 @@ class SandboxServer:
         await self.start()
         await stop.wait()
         await self.stop()
+
+
+def warn_about_shares(settings: Settings, access: Access) -> None:
+    """Logs each tenant whose quotas let it hold every Monty worker or container slot on
+    its own (each execution holds one; each open Monty session holds a worker)."""
+    if access.tenants is None:
+        return
+    workers = settings.monty.max_workers - min(
+        settings.monty.warm_sessions, settings.monty.max_workers - 1
+    )
+    slots = settings.container.max_concurrency if settings.container.enabled else None
+    for tenant in access.tenants.tenants.values():
+        if tenant.max_concurrent + tenant.max_sessions >= workers:
+            log.warning(
+                "a tenant's quotas cover every Monty worker",
+                tenant=tenant.name,
+                max_concurrent=tenant.max_concurrent,
+                max_sessions=tenant.max_sessions,
+                workers=workers,
+            )
+        if slots is not None and tenant.max_concurrent >= slots:
+            log.warning(
+                "a tenant's quotas cover every container slot",
+                tenant=tenant.name,
+                max_concurrent=tenant.max_concurrent,
+                slots=slots,
+            )
 
 
 def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventLoop:
