@@ -25,6 +25,7 @@ from sandbox.durable.durability import Durability, build_journal
 from sandbox.edge.calls import Edge
 from sandbox.edge.service import SandboxService, generic_handler
 from sandbox.metrics import Metrics
+from sandbox.policy.checker import StaticChecker
 from sandbox.tasks import cancel_and_wait
 from sandbox_client import Backend
 from sandbox_client.protocol.service import SERVICE_NAME
@@ -51,6 +52,7 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         access=Access(load_tenants(settings.tenants, policies)),
         journal=journal,
         max_message_bytes=settings.server.max_message_bytes,
+        checker=StaticChecker(),
     )
 
 
@@ -69,6 +71,7 @@ class SandboxServer:
         self.executor = build_executor(settings, journal=build_journal(settings.journal))
         self.access = self.executor.access
         settings.check_bind(has_credentials=self.access.required)
+        warn_about_shares(settings, self.access)
         self.edge = Edge(self.access, Recorder(self.audit, self.metrics))
         self.reloader = Reloader(
             settings.policies, settings.tenants, holder=self.executor, metrics=self.metrics
@@ -84,6 +87,8 @@ class SandboxServer:
             self.audit.start()
         for backend in self.executor.backends.values():
             await backend.start()
+        if self.executor.checker is not None:
+            await self.executor.checker.start(wait=False)
         limit = self.settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[
@@ -124,6 +129,8 @@ class SandboxServer:
         await self.executor.sessions.close_all()
         for backend in self.executor.backends.values():
             await backend.stop()
+        if self.executor.checker is not None:
+            await self.executor.checker.stop()
         if self.executor.journal is not None:
             await self.executor.journal.stop()
         self.metrics.stop()
@@ -143,6 +150,33 @@ class SandboxServer:
         await self.start()
         await stop.wait()
         await self.stop()
+
+
+def warn_about_shares(settings: Settings, access: Access) -> None:
+    """Logs each tenant whose quotas let it hold every Monty worker or container slot on
+    its own (each execution holds one; each open Monty session holds a worker)."""
+    if access.tenants is None:
+        return
+    workers = settings.monty.max_workers - min(
+        settings.monty.warm_sessions, settings.monty.max_workers - 1
+    )
+    slots = settings.container.max_concurrency if settings.container.enabled else None
+    for tenant in access.tenants.tenants.values():
+        if tenant.max_concurrent + tenant.max_sessions >= workers:
+            log.warning(
+                "a tenant's quotas cover every Monty worker",
+                tenant=tenant.name,
+                max_concurrent=tenant.max_concurrent,
+                max_sessions=tenant.max_sessions,
+                workers=workers,
+            )
+        if slots is not None and tenant.max_concurrent >= slots:
+            log.warning(
+                "a tenant's quotas cover every container slot",
+                tenant=tenant.name,
+                max_concurrent=tenant.max_concurrent,
+                slots=slots,
+            )
 
 
 def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventLoop:

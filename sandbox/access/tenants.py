@@ -56,8 +56,16 @@ class Tenant(BaseModel):
     # Requests per second, sustained, and the burst allowed above that.
     rate_per_s: float = Field(default=20.0, gt=0)
     burst: int = Field(default=40, gt=0)
-    # Executions running at once.
+    # Executions running at once (each holds a Monty worker or a container slot).
     max_concurrent: int = Field(default=4, gt=0)
+    # Sessions open at once, under all its policies together (each Monty session holds a
+    # worker while open); 0: it opens none. A policy's sessions_per_tenant caps the same
+    # count while the tenant opens a session under that policy. Default: 8.
+    max_sessions: int = Field(default=8, ge=0)
+    # Memory its open sessions may hold together: the sum of their limits.memory_bytes
+    # (a session's sandbox keeps its memory while idle). Default: 1 GiB, four sessions of
+    # the default policy.
+    session_memory_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
 
     @field_validator("api_key_sha256")
     @classmethod
@@ -242,6 +250,10 @@ class Access:
         bucket = self._buckets.get(tenant)
         if bucket is not None and bucket.running > 0:
             bucket.running -= 1
+
+    def tenant(self, name: str) -> Tenant | None:
+        """The tenant's entry in the tenants file (None without one: no quotas)."""
+        return self._tenant(name)
 
     def peak_concurrency(self, tenant: str) -> int:
         bucket = self._buckets.get(tenant)

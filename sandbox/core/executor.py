@@ -25,11 +25,12 @@ from sandbox.core import plan as planning
 from sandbox.core.output import OutputSink
 from sandbox.core.plan import Plan
 from sandbox.core.request import Request
-from sandbox.core.sessions import SessionEntry, SessionRegistry
+from sandbox.core.sessions import SessionEntry, SessionRegistry, TenantQuota
 from sandbox.durable.durability import Durability, unexpected_failure
 from sandbox.durable.journal import Entry
 from sandbox.durable.tool_host import ToolRelay
-from sandbox.errors import PolicyDenied, RequestError, Throttled, Unavailable
+from sandbox.errors import RequestError, Unavailable
+from sandbox.policy.checker import StaticChecker
 from sandbox.policy.model import PolicyRegistry
 from sandbox_client.protocol.models import Backend, ExecutionResult, Failure, FailureKind, Frame
 
@@ -56,6 +57,7 @@ class Executor:
         access: Access | None = None,
         journal: Durability | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        checker: StaticChecker | None = None,
     ) -> None:
         self.policies = policies  # replaced whole by the reloader
         self.backends = dict(backends)
@@ -63,11 +65,15 @@ class Executor:
         self.access = access or Access()
         self.journal = journal
         self.max_message_bytes = max_message_bytes
+        # The policy's static checks run in its processes; None: on the loop (tests only).
+        self.checker = checker
         self._available = frozenset(self.backends)
 
-    def plan(self, request: Request, trace: Trace) -> Plan:
-        context = planning.Context(self.policies, self.access, self.sessions, self._available)
-        trace.plan = planning.plan(request, context)
+    async def plan(self, request: Request, trace: Trace) -> Plan:
+        context = planning.Context(
+            self.policies, self.access, self.sessions, self._available, checker=self.checker
+        )
+        trace.plan = await planning.plan(request, context)
         return trace.plan
 
     # -- Execute, ExecuteStream ----------------------------------------------------------
@@ -85,7 +91,7 @@ class Executor:
     async def _execute(
         self, request: Request, trace: Trace, on_output: OutputSink | None
     ) -> ExecutionResult:
-        plan = self.plan(request, trace)
+        plan = await self.plan(request, trace)
         spec = run_spec(request, plan, on_output)
         try:
             if plan.refusal is not None:
@@ -146,7 +152,7 @@ class Executor:
             request = replace(request, idempotency_key="run_" + uuid.uuid4().hex)
 
         async def run(entry: Entry) -> ExecutionResult:
-            plan = self.plan(request, trace)
+            plan = await self.plan(request, trace)
             if plan.refusal is not None:
                 return self._finished(plan.refusal, plan, request)
             host = journal.host(
@@ -195,21 +201,14 @@ class Executor:
         trace.plan = Plan(
             execution_id="", policy=policy, limits=limits, steps=(kind,), session=None
         )
-        held = self.sessions.count(tenant=request.tenant, policy=policy.name)
-        if held >= policy.sessions_per_tenant:
-            message = (
-                f"policy '{policy.name}' allows {policy.sessions_per_tenant} sessions per "
-                f"tenant and tenant '{request.tenant}' holds {held}"
-            )
-            if not held:
-                raise PolicyDenied(message, field="policy")
-            raise Throttled(
-                message,
-                field="policy",
-                retry_after_ms=int(self.sessions.idle_timeout_s * 1000),
-            )
+        tenant = self.access.tenant(request.tenant)
+        quota = (
+            TenantQuota(sessions=tenant.max_sessions, memory_bytes=tenant.session_memory_bytes)
+            if tenant is not None
+            else None
+        )
         return await self.sessions.create(
-            self.backends[kind], policy, limits, tenant=request.tenant
+            self.backends[kind], policy, limits, tenant=request.tenant, quota=quota
         )
 
     async def close_session(self, session_id: str, tenant: str) -> None:

@@ -9,20 +9,24 @@ cannot serve raises a RequestError; code the policy forbids is not an error but 
 whose `refusal` is the POLICY_VIOLATION result to answer with.
 
 Knows nothing of gRPC, of the journal or of how a backend runs: Execute, ExecuteStream
-and Run all call it, and a table-driven test holds their decisions equal."""
+and Run all call it, and a table-driven test holds their decisions equal. It is a
+coroutine for one reason: the static checks of a source larger than a few hundred bytes
+run in the server's checker processes (policy/checker.py), within the policy's
+`static_check_ms`, never on the event loop."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sandbox.access.tenants import Access
 from sandbox.core.limits import EffectiveLimits
 from sandbox.core.request import Request, ToolDecl
 from sandbox.core.sessions import SessionEntry, SessionRegistry
-from sandbox.errors import InvalidRequest, PolicyDenied, Unavailable
+from sandbox.errors import InvalidRequest, PolicyDenied, Throttled, Unavailable
+from sandbox.policy.checker import CheckerFailed, CheckersBusy, CheckOverBudget, StaticChecker
 from sandbox.policy.model import Policy, PolicyRegistry
-from sandbox.policy.static_check import find_violation
+from sandbox.policy.static_check import Violation, findings, first_violation
 from sandbox_client.protocol.convert import NO_LIMITS_ASKED
 from sandbox_client.protocol.models import Backend, ExecutionResult, Failure, FailureKind, Frame
 
@@ -54,9 +58,11 @@ class Context:
     access: Access
     sessions: SessionRegistry
     available: frozenset[Backend]
+    # The server's checker processes; None checks on the caller's thread (unit tests).
+    checker: StaticChecker | None = field(default=None, kw_only=True)
 
 
-def plan(request: Request, context: Context) -> Plan:
+async def plan(request: Request, context: Context) -> Plan:
     if request.is_tool_run:
         _check_tools(request.tools or ())
         if request.session_id:
@@ -81,8 +87,13 @@ def plan(request: Request, context: Context) -> Plan:
         limits = policy.limits(request.limits)
         steps = _steps(request.backend or Backend.AUTO, policy, context.available)
     fallback_from = None
-    refusal = violation(request.code, policy, steps[0])
-    if refusal is not None and len(steps) > 1 and violation(request.code, policy, steps[1]) is None:
+    found = await static_findings(request, policy, context.checker)
+    refusal = violation(request.code, found, policy, steps[0])
+    if (
+        refusal is not None
+        and len(steps) > 1
+        and violation(request.code, found, policy, steps[1]) is None
+    ):
         # Denied in Monty only (e.g. `import os`): the container may still run it.
         fallback_from, steps, refusal = steps[0], steps[1:], None
     return Plan(
@@ -169,21 +180,53 @@ def check_size(request: Request, policy: Policy) -> None:
         )
 
 
-def violation(code: str, policy: Policy, backend: Backend) -> ExecutionResult | None:
-    """A POLICY_VIOLATION result if `code` breaks the policy's static rules on `backend`."""
+async def static_findings(
+    request: Request, policy: Policy, checker: StaticChecker | None
+) -> tuple[Violation, ...]:
+    """What the policy's static rules need of the request's code, checked within the
+    policy's budget. Raises INVALID_REQUEST (field `code`) for code that cannot be checked
+    in time, THROTTLED when every checker stays busy that long."""
+    if checker is None:
+        return findings(request.code)
+    budget_s = policy.static_check_ms / 1000
+    try:
+        return await checker.findings(request.code, budget_s=budget_s, tenant=request.tenant)
+    except CheckOverBudget:
+        raise InvalidRequest(
+            f"code is too complex to check within {budget_s:g} s (policy '{policy.name}' "
+            "static_check_ms)",
+            field="code",
+            metadata={"limit": "static_check_ms", "limit_value": str(policy.static_check_ms)},
+        ) from None
+    except CheckerFailed as exc:
+        raise InvalidRequest(f"code could not be checked: {exc}", field="code") from None
+    except CheckersBusy:
+        raise Throttled(
+            f"every static checker stayed busy for {budget_s:g} s",
+            field="code",
+            retry_after_ms=policy.static_check_ms,
+            metadata={"quota": "static_checkers"},
+        ) from None
+
+
+def violation(
+    code: str, found: tuple[Violation, ...], policy: Policy, backend: Backend
+) -> ExecutionResult | None:
+    """A POLICY_VIOLATION result if `code` (whose static `found`ings these are) breaks the
+    policy's static rules on `backend`."""
     denied = policy.denied_imports
     if backend is Backend.MONTY:
         denied = denied | policy.monty_denied_imports
-    found = find_violation(code, denied)
-    if found is None:
+    hit = first_violation(found, denied)
+    if hit is None:
         return None
     lines = code.splitlines()
-    source = lines[found.line - 1].strip() if 0 < found.line <= len(lines) else ""
+    source = lines[hit.line - 1].strip() if 0 < hit.line <= len(lines) else ""
     failure = Failure.of(
         FailureKind.POLICY_VIOLATION,
-        f"{found.describe()} '{policy.name}' (line {found.line})",
-        frames=(Frame(line=found.line, column=found.column, source_line=source),),
-        details={"rule": found.rule, "target": found.target},
+        f"{hit.describe()} '{policy.name}' (line {hit.line})",
+        frames=(Frame(line=hit.line, column=hit.column, source_line=source),),
+        details={"rule": hit.rule, "target": hit.target},
     )
     return ExecutionResult.failed(failure, backend=backend)
 

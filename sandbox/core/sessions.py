@@ -1,4 +1,14 @@
-"""Live sessions: interpreter state kept across executions, bounded in count and idle time."""
+"""Live sessions: interpreter state kept across executions, bounded in count and idle time.
+
+A new session is counted against, in this order: the server's `[sessions] max_open`; the
+policy's `sessions_per_tenant`, which caps the tenant's sessions under all its policies
+together (a tenant holding 3 sessions under any policies may open one under a policy of
+`sessions_per_tenant = 4`, not under one of 3); and the tenants file's `max_sessions`
+and `session_memory_bytes` (the sum of its open sessions' `limits.memory_bytes`). Over
+one: THROTTLED with retry_after_ms and the quota named in the error's metadata; a
+session that could never fit (a cap of 0, more memory than the whole quota): refused as
+POLICY_VIOLATION. Sessions being opened count from the moment they are admitted, so
+concurrent requests cannot all slip under a cap."""
 
 from __future__ import annotations
 
@@ -11,7 +21,7 @@ from dataclasses import dataclass, field
 from sandbox.backends.base import BackendSession, ExecutionBackend
 from sandbox.config import SessionSettings
 from sandbox.core.limits import EffectiveLimits
-from sandbox.errors import CorruptState, NotFound, Throttled
+from sandbox.errors import CorruptState, NotFound, PolicyDenied, Throttled
 from sandbox.policy.model import Policy
 
 # How many lost session ids we remember, to answer CORRUPT_STATE rather than "unknown".
@@ -30,11 +40,27 @@ class SessionEntry:
     last_used: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class TenantQuota:
+    """A tenant's session quotas from the tenants file (None: no such quota)."""
+
+    sessions: int | None = None
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class _Held:
+    tenant: str
+    memory_bytes: int
+
+
 class SessionRegistry:
     def __init__(self, settings: SessionSettings) -> None:
         self.max_sessions = settings.max_open
         self.idle_timeout_s = settings.idle_timeout_s
         self._entries: dict[str, SessionEntry] = {}
+        # Sessions admitted and still being opened, counted like open ones.
+        self._opening: dict[object, _Held] = {}
         # Lost session id -> the tenant that owned it.
         self._lost: OrderedDict[str, str | None] = OrderedDict()
 
@@ -48,14 +74,16 @@ class SessionRegistry:
         limits: EffectiveLimits,
         *,
         tenant: str = "",
+        quota: TenantQuota | None = None,
     ) -> SessionEntry:
-        if len(self._entries) >= self.max_sessions:
-            raise Throttled(
-                f"the server holds its maximum of {self.max_sessions} sessions; "
-                "close one or wait for an idle one to expire",
-                retry_after_ms=int(self.idle_timeout_s * 1000),
-            )
-        handle = await backend.open_session(limits)
+        """Opens a session once the caps in the module docstring allow it."""
+        self._admit(policy, limits, tenant, quota or TenantQuota())
+        token = object()
+        self._opening[token] = _Held(tenant, limits.memory_bytes)
+        try:
+            handle = await backend.open_session(limits)
+        finally:
+            del self._opening[token]
         entry = SessionEntry(
             id="ses_" + secrets.token_urlsafe(16),
             backend=backend,
@@ -67,10 +95,70 @@ class SessionRegistry:
         self._entries[entry.id] = entry
         return entry
 
-    def count(self, *, tenant: str, policy: str) -> int:
-        return sum(
-            1 for e in self._entries.values() if e.tenant == tenant and e.policy.name == policy
+    def count(self, *, tenant: str, policy: str | None = None) -> int:
+        """The tenant's sessions, open or being opened (under `policy` only, if given)."""
+        opening = 0 if policy is not None else sum(1 for h in self._held() if h.tenant == tenant)
+        return opening + sum(
+            1
+            for e in self._entries.values()
+            if e.tenant == tenant and (policy is None or e.policy.name == policy)
         )
+
+    def memory(self, *, tenant: str) -> int:
+        """The sum of limits.memory_bytes over the tenant's sessions, open or being opened."""
+        return sum(h.memory_bytes for h in self._held() if h.tenant == tenant) + sum(
+            e.limits.memory_bytes for e in self._entries.values() if e.tenant == tenant
+        )
+
+    def _held(self) -> list[_Held]:
+        return list(self._opening.values())
+
+    def _admit(
+        self, policy: Policy, limits: EffectiveLimits, tenant: str, quota: TenantQuota
+    ) -> None:
+        retry_ms = int(self.idle_timeout_s * 1000)
+        if len(self._entries) + len(self._opening) >= self.max_sessions:
+            raise Throttled(
+                f"the server holds its maximum of {self.max_sessions} sessions; "
+                "close one or wait for an idle one to expire",
+                retry_after_ms=retry_ms,
+                metadata={"quota": "max_open", "limit_value": str(self.max_sessions)},
+            )
+        held = self.count(tenant=tenant)
+        caps = [("sessions_per_tenant", policy.sessions_per_tenant, f"policy '{policy.name}'")]
+        if quota.sessions is not None:
+            caps.append(("max_sessions", quota.sessions, f"tenant '{tenant}'"))
+        for name, cap, whose in caps:
+            message = (
+                f"{whose} allows {cap} sessions per tenant (under all its policies) and "
+                f"tenant '{tenant}' holds {held}"
+            )
+            if cap == 0:
+                raise PolicyDenied(message, field="policy", metadata={"quota": name})
+            if held >= cap:
+                raise Throttled(
+                    message,
+                    field="policy",
+                    retry_after_ms=retry_ms,
+                    metadata={"quota": name, "limit_value": str(cap)},
+                )
+        if quota.memory_bytes is not None:
+            memory = self.memory(tenant=tenant)
+            wanted, cap = limits.memory_bytes, quota.memory_bytes
+            message = (
+                f"tenant '{tenant}' may hold {cap} bytes of session memory; its sessions hold "
+                f"{memory} and this one asks {wanted} (limits.memory_bytes)"
+            )
+            metadata = {"quota": "session_memory_bytes", "limit_value": str(cap)}
+            if wanted > cap:
+                raise PolicyDenied(message, field="limits.memory_bytes", metadata=metadata)
+            if memory + wanted > cap:
+                raise Throttled(
+                    message,
+                    field="limits.memory_bytes",
+                    retry_after_ms=retry_ms,
+                    metadata=metadata,
+                )
 
     def _owned(self, session_id: str, tenant: str | None) -> SessionEntry | None:
         entry = self._entries.get(session_id)

@@ -96,7 +96,18 @@ class Policy(BaseModel):
     # The runner's seccomp filter. Only "default" exists: no sockets but AF_UNIX, no new
     # namespaces, no ptrace, no kernel keyring, mount, bpf or module calls.
     seccomp: Literal["default"] = "default"
-    # Sessions (state kept across calls). Default: allowed, at most 10 per tenant.
+    # CPU time the static checks (denied imports, escape routes) may take on one source
+    # (and three times that in wall time); code that takes longer is refused as too
+    # complex to check. Default: 2 s (235 KB of the standard library's own code takes
+    # 0.15-0.3 s, measured on a loaded 2-core machine).
+    static_check_ms: int = Field(default=2_000, gt=0)
+    # The longest a tool run waits for the client's answer to one tool call; then the
+    # call raises TimeoutError in the code (and later calls of that run raise it at once:
+    # the client has stopped answering). Default: 60 s.
+    tool_wait_ms: int = Field(default=60_000, gt=0)
+    # Sessions (state kept across calls): the most a tenant may hold open at once, in all
+    # its policies together, while it opens one under this policy (0: this policy opens
+    # none). Default: 10.
     sessions_per_tenant: int = Field(default=10, ge=0)
     # Tenants that may use this policy; "*" means any tenant whose own allowed_policies
     # lists it. Both lists must allow a tenant. Default: "*".
@@ -189,6 +200,8 @@ class ServerMaximums(BaseModel):
     code_bytes: int = Field(default=4 * MiB, gt=0)
     inputs_bytes: int = Field(default=64 * MiB, gt=0)
     sessions_per_tenant: int = Field(default=100, ge=0)
+    static_check_ms: int = Field(default=30_000, gt=0)
+    tool_wait_ms: int = Field(default=3_600_000, gt=0)
 
     def exceeded(self, policy: Policy) -> list[tuple[str, int, int]]:
         """(field, policy value, maximum) for every field above its maximum."""

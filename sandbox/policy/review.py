@@ -24,6 +24,8 @@ _AMOUNTS: dict[str, str] = {
     "code_bytes": "bytes",
     "inputs_bytes": "bytes",
     "sessions_per_tenant": "sessions",
+    "static_check_ms": "ms",
+    "tool_wait_ms": "ms",
 }
 
 
@@ -195,7 +197,12 @@ def explain(policy: Policy) -> str:
         )
     lines.append(
         f"Code may be at most {_size(p.code_bytes)}; inputs and stdin together at "
-        f"most {_size(p.inputs_bytes)}."
+        f"most {_size(p.inputs_bytes)}; its static checks may take {p.static_check_ms / 1000:g} "
+        "s, after which it is refused as too complex to check."
+    )
+    lines.append(
+        f"A tool call waits at most {p.tool_wait_ms / 1000:g} s for its answer, then raises "
+        "TimeoutError in the code."
     )
     lines.append(
         f"It may not import: {', '.join(sorted(p.denied_imports))}"
@@ -216,7 +223,8 @@ def explain(policy: Policy) -> str:
     else:
         lines.append("It sees no host files.")
     lines.append(
-        f"Sessions: up to {p.sessions_per_tenant} per tenant."
+        f"Sessions: a tenant opens one only while it holds fewer than "
+        f"{p.sessions_per_tenant}, under all its policies together."
         if p.sessions_per_tenant
         else "Sessions are not allowed."
     )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
 from sandbox.access.tenants import Access, Tenant, TenantRegistry, key_digest
+from sandbox.app import warn_about_shares
+from sandbox.config import Settings
 from sandbox.errors import Throttled, Unauthenticated
 
 
@@ -60,3 +63,20 @@ def test_credentials_that_do_not_name_a_tenant_are_refused(
 def test_a_valid_key_names_its_tenant() -> None:
     quotas, _ = access()
     assert quotas.authenticate((("authorization", "Bearer sbx_key"),), []) == "t"
+
+
+def test_a_tenant_whose_quotas_cover_every_worker_is_logged_at_start() -> None:
+    settings = Settings(
+        monty={"max_workers": 8, "warm_sessions": 1},
+        container={"enabled": True, "max_concurrency": 4},
+    )
+    tenants = [
+        Tenant(name="modest", max_concurrent=2, max_sessions=3),
+        Tenant(name="greedy", max_concurrent=4, max_sessions=3),
+    ]
+    with capture_logs() as logs:
+        warn_about_shares(settings, Access(TenantRegistry(tenants)))
+    assert [(e["event"], e["tenant"]) for e in logs] == [
+        ("a tenant's quotas cover every Monty worker", "greedy"),
+        ("a tenant's quotas cover every container slot", "greedy"),
+    ]

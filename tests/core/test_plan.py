@@ -32,52 +32,56 @@ def context(
     )
 
 
-def test_auto_is_monty_then_a_container_when_both_allow() -> None:
-    decided = plan(Request(code="1"), context())
+async def test_auto_is_monty_then_a_container_when_both_allow() -> None:
+    decided = await plan(Request(code="1"), context())
     assert decided.steps == (Backend.MONTY, Backend.CONTAINER)
     assert decided.refusal is None and decided.execution_id.startswith("exe_")
 
 
-def test_auto_stays_in_monty_without_fallback_or_without_containers() -> None:
+async def test_auto_stays_in_monty_without_fallback_or_without_containers() -> None:
     no_fallback = Policy(name="p", allow_fallback=False)
-    assert plan(Request(code="1", policy="p"), context(no_fallback)).steps == (Backend.MONTY,)
-    assert plan(Request(code="1"), context(available=MONTY_ONLY)).steps == (Backend.MONTY,)
+    assert (await plan(Request(code="1", policy="p"), context(no_fallback))).steps == (
+        Backend.MONTY,
+    )
+    assert (await plan(Request(code="1"), context(available=MONTY_ONLY))).steps == (Backend.MONTY,)
 
 
-def test_an_explicit_backend_is_the_only_step() -> None:
+async def test_an_explicit_backend_is_the_only_step() -> None:
     ctx = context()
-    assert plan(Request(code="1", backend=Backend.MONTY), ctx).steps == (Backend.MONTY,)
-    assert plan(Request(code="1", backend=Backend.CONTAINER), ctx).steps == (Backend.CONTAINER,)
+    assert (await plan(Request(code="1", backend=Backend.MONTY), ctx)).steps == (Backend.MONTY,)
+    assert (await plan(Request(code="1", backend=Backend.CONTAINER), ctx)).steps == (
+        Backend.CONTAINER,
+    )
 
 
-def test_a_backend_the_policy_does_not_allow_is_refused_before_one_the_server_lacks() -> None:
+async def test_a_backend_the_policy_does_not_allow_is_refused_before_one_the_server_lacks() -> None:
     monty_only = Policy(name="p", backends=frozenset({Backend.MONTY}))
     with pytest.raises(PolicyDenied) as denied:
-        plan(Request(code="1", policy="p", backend=Backend.CONTAINER), context(monty_only))
+        await plan(Request(code="1", policy="p", backend=Backend.CONTAINER), context(monty_only))
     assert denied.value.field == "backend"
     with pytest.raises(Unavailable):
-        plan(Request(code="1", backend=Backend.CONTAINER), context(available=MONTY_ONLY))
+        await plan(Request(code="1", backend=Backend.CONTAINER), context(available=MONTY_ONLY))
 
 
-def test_code_denied_in_monty_only_moves_to_the_container() -> None:
-    decided = plan(Request(code="import os\n1"), context())
+async def test_code_denied_in_monty_only_moves_to_the_container() -> None:
+    decided = await plan(Request(code="import os\n1"), context())
     assert decided.steps == (Backend.CONTAINER,) and decided.fallback_from is Backend.MONTY
     assert decided.refusal is None
 
 
-def test_code_denied_everywhere_is_refused_with_its_line() -> None:
-    decided = plan(Request(code="x = 1\nimport ctypes"), context())
+async def test_code_denied_everywhere_is_refused_with_its_line() -> None:
+    decided = await plan(Request(code="x = 1\nimport ctypes"), context())
     assert decided.refusal is not None and decided.refusal.failure is not None
     assert decided.refusal.failure.kind is FailureKind.POLICY_VIOLATION
     assert decided.refusal.failure.line == 2
 
 
-def test_code_denied_in_monty_without_a_container_is_refused() -> None:
-    decided = plan(Request(code="import os"), context(available=MONTY_ONLY))
+async def test_code_denied_in_monty_without_a_container_is_refused() -> None:
+    decided = await plan(Request(code="import os"), context(available=MONTY_ONLY))
     assert decided.refusal is not None and decided.refusal.backend is Backend.MONTY
 
 
-def test_both_tenant_lists_must_allow_the_policy() -> None:
+async def test_both_tenant_lists_must_allow_the_policy() -> None:
     only_a = Policy(name="only-a", tenants=frozenset({"a"}))
     tenants = [
         Tenant(name="a", allowed_policies=frozenset({"default", "only-a"})),
@@ -85,29 +89,27 @@ def test_both_tenant_lists_must_allow_the_policy() -> None:
         Tenant(name="c", allowed_policies=frozenset({"default"})),
     ]
     ctx = context(only_a, tenants=tenants)
-    assert plan(Request(code="1", policy="only-a", tenant="a"), ctx).policy.name == "only-a"
+    assert (await plan(Request(code="1", policy="only-a", tenant="a"), ctx)).policy.name == "only-a"
     with pytest.raises(PolicyDenied, match="not open to tenant 'b'"):
-        plan(Request(code="1", policy="only-a", tenant="b"), ctx)
+        await plan(Request(code="1", policy="only-a", tenant="b"), ctx)
     with pytest.raises(PolicyDenied, match="may not use policy 'only-a'"):
-        plan(Request(code="1", policy="only-a", tenant="c"), ctx)
+        await plan(Request(code="1", policy="only-a", tenant="c"), ctx)
 
 
-def test_the_same_rules_hold_for_tool_runs() -> None:
+async def test_the_same_rules_hold_for_tool_runs() -> None:
     only_a = Policy(name="only-a", tenants=frozenset({"a"}))
     b = Tenant(name="b", allowed_policies=frozenset({"only-a"}), default_policy="only-a")
     ctx = context(only_a, tenants=[b])
     with pytest.raises(PolicyDenied):
-        plan(Request(code="1", policy="only-a", tenant="b", tools=()), ctx)
+        await plan(Request(code="1", policy="only-a", tenant="b", tools=()), ctx)
 
 
-def test_limits_are_clamped_and_asking_for_more_names_the_field() -> None:
+async def test_limits_are_clamped_and_asking_for_more_names_the_field() -> None:
     ctx = context(Policy(name="p", memory_bytes=1000))
-    assert (
-        plan(Request(code="1", policy="p", limits=Limits(memory_bytes=10)), ctx).limits.memory_bytes
-        == 10
-    )
+    decided = await plan(Request(code="1", policy="p", limits=Limits(memory_bytes=10)), ctx)
+    assert decided.limits.memory_bytes == 10
     with pytest.raises(PolicyDenied) as over:
-        plan(Request(code="1", policy="p", limits=Limits(memory_bytes=2000)), ctx)
+        await plan(Request(code="1", policy="p", limits=Limits(memory_bytes=2000)), ctx)
     assert over.value.field == "limits.memory_bytes"
     assert over.value.metadata["limit_value"] == "1000"
 
@@ -129,15 +131,17 @@ def test_limits_are_clamped_and_asking_for_more_names_the_field() -> None:
         (Request(code="1", session_id="ses_unknown"), "session_id"),
     ],
 )
-def test_malformed_requests_are_refused_naming_the_field(request_: Request, field_: str) -> None:
+async def test_malformed_requests_are_refused_naming_the_field(
+    request_: Request, field_: str
+) -> None:
     with pytest.raises(InvalidRequest) as refused:
-        plan(request_, context())
+        await plan(request_, context())
     assert refused.value.field == field_
 
 
-def test_an_unknown_policy_is_not_found() -> None:
+async def test_an_unknown_policy_is_not_found() -> None:
     with pytest.raises(NotFound):
-        plan(Request(code="1", policy="nope"), context())
+        await plan(Request(code="1", policy="nope"), context())
 
 
 @dataclass
@@ -163,12 +167,12 @@ async def test_a_session_request_runs_on_the_session_with_its_policy_and_limits(
         policy.limits(),
         tenant="local",
     )
-    decided = plan(Request(code="1", session_id=entry.id), ctx)
+    decided = await plan(Request(code="1", session_id=entry.id), ctx)
     assert decided.session is entry and decided.steps == (Backend.MONTY,)
     assert decided.policy is policy
     with pytest.raises(InvalidRequest, match="limits are fixed"):
-        plan(Request(code="1", session_id=entry.id, limits=Limits(memory_bytes=1)), ctx)
+        await plan(Request(code="1", session_id=entry.id, limits=Limits(memory_bytes=1)), ctx)
     with pytest.raises(InvalidRequest, match="runs under policy"):
-        plan(Request(code="1", session_id=entry.id, policy="default"), ctx)
+        await plan(Request(code="1", session_id=entry.id, policy="default"), ctx)
     with pytest.raises(NotFound):
-        plan(Request(code="1", session_id=entry.id, tenant="someone-else"), ctx)
+        await plan(Request(code="1", session_id=entry.id, tenant="someone-else"), ctx)

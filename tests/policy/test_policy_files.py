@@ -207,3 +207,17 @@ def test_explain_mentions_every_capability() -> None:
         "audit log",
     ):
         assert phrase in text
+
+
+def test_the_wait_and_check_budgets_are_policy_fields_under_the_server_maximums(
+    tmp_path: Path,
+) -> None:
+    policy = Policy(name="d")
+    assert (policy.tool_wait_ms, policy.static_check_ms) == (60_000, 2_000)
+    text = explain(Policy(name="w", tool_wait_ms=5_000, static_check_ms=500))
+    assert "waits at most 5 s for its answer" in text and "may take 0.5 s" in text
+    report, same = diff(policy, Policy(name="patient", tool_wait_ms=600_000))
+    assert not same and "tool_wait_ms" in report.split("patient permits")[1]
+    for field in ("tool_wait_ms", "static_check_ms"):
+        path = write(tmp_path, f"p-{field}", f"{field} = 999_999_999\n")
+        assert any(f"{field}: 999999999 is above the server maximum" in e for e in errors_of(path))
