@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sandbox.access.tenants import new_api_key
 from sandbox_client import ExecutionResult, FailureKind, RequestRefused, SandboxClient
-from sandbox_client.protocol import Failure
+from sandbox_client.protocol.models import Failure
 from tests.edge.test_run_stream import RawRun, value_answer
 
 pytestmark = pytest.mark.load
@@ -297,7 +297,11 @@ def test_the_worst_of_one_tenant_leaves_anothers_print_fast(server: ServeProcess
     )
     print(report)
     # The attack really ran: slow sources refused, tool runs left waiting, sessions held.
-    assert counts.get("fstring:INVALID_REQUEST", 0) >= 1, report
+    # (Which slow source gets through admission first depends on the machine's timing.)
+    refused = counts.get("fstring:INVALID_REQUEST", 0) + counts.get(
+        "format-specs:INVALID_REQUEST", 0
+    )
+    assert refused >= 1, report
     if mix == "everything":
         assert counts["silent-runs-waiting"] == 2, report
         assert counts["sessions"] == 2 and counts["session:THROTTLED"] == 1, report

@@ -12,7 +12,7 @@ import pytest
 
 from sandbox.access.tenants import Tenant, new_api_key
 from sandbox_client import AsyncSandboxClient, FailureKind, Limits, RequestRefused, SandboxClient
-from sandbox_client.protocol import Failure
+from sandbox_client.protocol.models import Failure
 from tests.conftest import ServerThread, running_server
 
 MiB = 1024 * 1024

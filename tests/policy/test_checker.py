@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sandbox.policy import static_check
 from sandbox.policy.checker import CheckersBusy, CheckOverBudget, StaticChecker
 from sandbox_client import FailureKind, SandboxClient
-from sandbox_client.protocol import Failure
+from sandbox_client.protocol.models import Failure
 from tests.conftest import ServerThread, running_server
 
 # An f-string of 85,000 placeholders: 255 KB, under the default 256 KiB code cap, and
