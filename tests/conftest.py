@@ -18,6 +18,8 @@ import pytest
 
 from sandbox.app import new_event_loop
 from sandbox.config import Settings
+from sandbox.core.limits import EffectiveLimits, RequestedLimits
+from sandbox.policy.model import DEFAULT_POLICY
 from sandbox_client import SandboxClient
 from sandbox_client._request import execute_request
 from sandbox_client._tool_run import call_tool_sync, invocation, start_message
@@ -106,6 +108,11 @@ def drive_run(
                     cond.notify()
         stream.cancel()
         done.set()
+
+
+def limits(**asked: int) -> EffectiveLimits:
+    """The default policy's limits, lowered where `asked` (as a request would)."""
+    return DEFAULT_POLICY.limits(RequestedLimits(**asked))
 
 
 class CapturedLog:

@@ -11,8 +11,8 @@ import pytest
 
 from sandbox.backends.monty.outcome import DeniedCalls
 from sandbox.backends.monty.sealed import SealedLimits
-from sandbox.core.limits import EffectiveLimits
 from sandbox_client import ExecutionResult, FailureKind, Limits, SandboxClient, SandboxError
+from tests.conftest import limits
 
 FAST = Limits(wall_time_ms=1500)
 
@@ -192,15 +192,7 @@ def test_a_tool_runs_sleeps_past_the_budget_cannot_be_caught(client: SandboxClie
 
 # -- the pieces on their own ---------------------------------------------------------------
 
-LIMITS = EffectiveLimits(
-    wall_time_ms=1500,
-    memory_bytes=256 << 20,
-    output_bytes=1 << 20,
-    max_recursion_depth=200,
-    cpu_millis=1000,
-    pids=16,
-    disk_bytes=1 << 20,
-)
+LIMITS = limits(wall_time_ms=1500, pids=16, disk_bytes=1 << 20)
 
 
 def test_seals_stay_a_little_under_the_policys_limits_and_differ() -> None:

@@ -11,18 +11,10 @@ import pytest
 
 from sandbox.backends.monty.outcome import RunSignals, map_monty_outcome
 from sandbox.backends.tools import InjectedToolError
-from sandbox.core.limits import EffectiveLimits
 from sandbox_client import FailureKind, SuggestedAction
+from tests.conftest import limits
 
-LIMITS = EffectiveLimits(
-    wall_time_ms=5000,
-    memory_bytes=64 << 20,
-    output_bytes=1 << 20,
-    max_recursion_depth=200,
-    cpu_millis=1000,
-    pids=16,
-    disk_bytes=1 << 20,
-)
+LIMITS = limits(wall_time_ms=5000, memory_bytes=64 << 20, pids=16, disk_bytes=1 << 20)
 
 
 @pytest.fixture(scope="module")
