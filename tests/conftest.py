@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -108,6 +109,18 @@ def drive_run(
                     cond.notify()
         stream.cancel()
         done.set()
+
+
+def terminate(proc: subprocess.Popen[Any], timeout_s: float = 20) -> None:
+    """Stops a `sandbox serve` (or any) child: SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def limits(**asked: int) -> EffectiveLimits:

@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sandbox.access.tenants import new_api_key
 from sandbox_client import ExecutionResult, FailureKind, RequestRefused, SandboxClient
 from sandbox_client.protocol.models import Failure
+from tests.conftest import terminate
 from tests.edge.test_run_stream import RawRun, value_answer
 
 pytestmark = pytest.mark.load
@@ -75,11 +76,7 @@ class ServeProcess:
         raise AssertionError(f"the server did not start: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        terminate(self.proc, timeout_s=30)
 
 
 def tenants_file(a_quota: str) -> str:

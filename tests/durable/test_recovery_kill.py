@@ -21,6 +21,7 @@ import pytest
 
 from sandbox_client import RecoveryPolicy, SandboxClient
 from sandbox_client.recovery import Outcome
+from tests.conftest import terminate
 
 CODE = """
 import time, random, datetime
@@ -79,12 +80,8 @@ class Server:
         self.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc is not None:
+            terminate(self.proc)
 
     def __enter__(self) -> Self:
         self.start()

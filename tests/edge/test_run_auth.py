@@ -20,6 +20,7 @@ import pytest
 from sandbox.access.tenants import new_api_key
 from sandbox_client import SandboxClient
 from sandbox_client.protocol.service import ServiceStub
+from tests.conftest import terminate
 
 KEY, DIGEST = new_api_key()
 MiB = 1024 * 1024
@@ -68,11 +69,7 @@ class ServeProcess:
         raise AssertionError("no VmRSS")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        terminate(self.proc, timeout_s=20)
 
 
 @pytest.fixture(scope="module")
