@@ -115,6 +115,14 @@ def apply_seccomp() -> None:
     # clone3 passes its flags in memory, where seccomp cannot look; ENOSYS makes libc
     # fall back to clone, which the rules above do check.
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    # A syscall through another ABI (i386's `int 0x80`, an x32 number) matches no rule:
+    # libseccomp's default for it kills only the calling thread, which left the run
+    # hanging until its time limit. Kill the whole process (libseccomp API level 3 and
+    # up), or trap: SIGSYS, whose default action ends the process too, where the
+    # runtime reports a lower level (gVisor). The host reads death by SIGSYS as
+    # POLICY_VIOLATION.
+    badarch = seccomp.KILL_PROCESS if seccomp.get_api() >= 3 else seccomp.TRAP
+    f.set_attr(seccomp.Attr.ACT_BADARCH, badarch)
     f.load()
 
 

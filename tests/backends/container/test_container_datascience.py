@@ -5,10 +5,16 @@ from __future__ import annotations
 import docker
 import pytest
 
-from tests.backends.container.conftest import MiB, assert_healthy, make_backend, require, run
+from tests.backends.container.conftest import (
+    DS_IMAGE,
+    MiB,
+    assert_healthy,
+    make_backend,
+    require,
+    run,
+)
 
 pytestmark = pytest.mark.docker
-DS_IMAGE = "sandbox-runner-datascience:latest"
 
 
 async def test_numpy_pandas_matplotlib(engine: docker.DockerClient) -> None:
