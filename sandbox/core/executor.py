@@ -206,6 +206,7 @@ def run_spec(request: Request, plan: Plan, on_output: OutputSink | None) -> RunS
         image=policy.container_image,
         runtime=policy.container_runtime,
         mounts=tuple((m.host_path, m.guest_path, m.mode == "ro") for m in policy.mounts),
+        denied_imports=policy.denied_imports,
     )
 
 

@@ -297,6 +297,7 @@ class ContainerBackend:
             output_bytes=limits.output_bytes,
             tools=tools.tools if tools is not None else None,
             seed=seed,
+            denied_imports=spec.denied_imports,
         )
         if tools is not None:
             signals.tool_errors = tools.tool_errors

@@ -127,6 +127,7 @@ async def run(
     stdin: str = "",
     inputs: dict[str, Any] | None = None,
     on_output: OutputSink | None = None,
+    denied_imports: frozenset[str] = frozenset(),
     **limits: int,
 ) -> ExecutionResult:
     spec = RunSpec(
@@ -135,6 +136,7 @@ async def run(
         stdin=stdin,
         inputs=inputs or {},
         on_output=on_output,
+        denied_imports=denied_imports,
     )
     return await backend.run(spec, session)
 
