@@ -170,6 +170,8 @@ class Executor:
         assert kind is not None
         planning.backend_allowed(kind, policy, self._available)
         limits = policy.limits(request.limits)
+        if kind is Backend.CONTAINER:
+            planning.check_container_minimums(limits)
         trace.plan = Plan(
             execution_id="", policy=policy, limits=limits, steps=(kind,), session=None
         )
