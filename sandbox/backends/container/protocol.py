@@ -65,10 +65,14 @@ MAX_NAME_CHARS = 500
 
 
 def line_cap(output_bytes: int) -> int:
-    """The host's cap on one line during a job whose output cap is `output_bytes`. A result
-    frame carries the value (at most output_bytes) JSON-encoded twice; a tool run's call
-    frames are held to it too (its job's max_call_bytes)."""
-    return 16 * output_bytes + MiB
+    """The host's cap on one line during a job whose output cap is `output_bytes`: what the
+    host may hold of one frame. A result frame carries the value (JSON text of at most
+    output_bytes) as a JSON string, each byte at most two (a quote or backslash escaped;
+    JSON text has no raw control character to grow to six), and clipped error fields
+    under 1 MiB; an output frame carries OUTPUT_CHUNK_CHARS; a tool run's call frames are
+    held to it too (its job's max_call_bytes). It was 16 x output_bytes: four runs at a
+    4 MiB cap held 260-390 MiB of host memory in one line each."""
+    return 2 * output_bytes + MiB
 
 
 # -- writing frames -----------------------------------------------------------------

@@ -159,13 +159,15 @@ def signal_on_output() -> tuple[asyncio.Event, Callable[[str, str], None]]:
     return event, sink
 
 
-# A policy for hostile code through a real server: containers only, and ctypes allowed
-# (the machine-code tests need it). The server's built-in `default` policy stays too.
+# A policy for hostile code through a real server: containers only, ctypes allowed (the
+# machine-code tests need it), a 2 MiB output cap (a result at it fits the gRPC client's
+# 4 MiB message limit). The server's built-in `default` policy stays too.
 LAB_POLICY = """
 name = "lab"
 backends = ["container"]
 allow_fallback = false
 denied_imports = []
+output_bytes = 2_097_152
 """
 
 
