@@ -36,10 +36,10 @@ import linecache
 import os
 import resource
 import select
-import socket
 import sys
 import threading
 import traceback
+from collections.abc import Sequence
 from types import CodeType, FrameType
 from typing import Any
 
@@ -72,6 +72,7 @@ CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: the code awaits at top level
 # Frames asyncio's loop adds under code that awaits at top level; not the code's own.
 ASYNC_FRAMES = 15
 TOOL_SEQ_ATTR = "_sandbox_tool_seq"  # marks an exception raised as a tool's answer
+AF_UNIX = 1  # socket.AF_UNIX; the runner does not import socket (a policy may deny it)
 
 # Syscalls denied outright (errno EPERM): debugging other processes, the kernel's
 # namespace, mount, keyring, BPF, perf and module machinery. Docker's own profile denies
@@ -108,13 +109,21 @@ def apply_seccomp() -> None:
             f.add_rule(deny, name)
     # Only local (AF_UNIX) sockets: no IP, netlink, packet or vsock, even where the
     # network namespace would have let them exist.
-    not_unix = seccomp.Arg(0, seccomp.NE, socket.AF_UNIX)
+    not_unix = seccomp.Arg(0, seccomp.NE, AF_UNIX)
     f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", not_unix)
     for flag in CLONE_NAMESPACE_FLAGS:
         f.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     # clone3 passes its flags in memory, where seccomp cannot look; ENOSYS makes libc
     # fall back to clone, which the rules above do check.
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    # A syscall through another ABI (i386's `int 0x80`, an x32 number) matches no rule:
+    # libseccomp's default for it kills only the calling thread, which left the run
+    # hanging until its time limit. Kill the whole process (libseccomp API level 3 and
+    # up), or trap: SIGSYS, whose default action ends the process too, where the
+    # runtime reports a lower level (gVisor). The host reads death by SIGSYS as
+    # POLICY_VIOLATION.
+    badarch = seccomp.KILL_PROCESS if seccomp.get_api() >= 3 else seccomp.TRAP
+    f.set_attr(seccomp.Attr.ACT_BADARCH, badarch)
     f.load()
 
 
@@ -249,20 +258,117 @@ class FdPump:
 
 
 class Auditor:
-    """The audit hook: records attempts at what the policy forbids, while code runs."""
+    """The audit hook, while code runs: refuses the imports the policy denies (see
+    ImportGuard) and records attempts at what else the policy forbids."""
 
     def __init__(self) -> None:
         self.active = False
         self.attempts: list[str] = []
+        self.imports = ImportGuard()
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
         if not self.active:
+            return
+        if event == "import":
+            self.imports.check(args[0], sys._getframe(1))
             return
         check = _CHECKS.get(event)
         if check is not None:
             attempt = check(args)
             if attempt and len(self.attempts) < 20:
                 self.attempts.append(_clip(attempt))
+
+
+class ImportGuard:
+    """The policy's denied imports, held at import time. CPython raises the `import`
+    audit event each time a module is loaded, whatever the route (`import`,
+    `__import__`, importlib, pydoc.locate, pkgutil.resolve_name, `_imp` itself); this
+    refuses the load, with an ImportError (so code that probes for an optional module
+    goes on without it), when it is the code's request.
+
+    A denied name `N` covers `N`, its submodules `N.*`, and `_N` with its submodules:
+    CPython's name for a module's C half (`_ctypes` for ctypes, `_socket` for socket), a
+    second way to the same thing.
+
+    Whose request a load is: the frames below the import are searched outward. The
+    code's own frame makes it the code's. So does the end of the search: while the code
+    runs, nothing else imports. The standard library acts for whoever called it:
+    `multiprocessing.sharedctypes` loading ctypes is the code loading ctypes. Two kinds
+    of frame make a load a library's own instead, when its source names the module:
+    a third-party package installed in the image (pandas imports ctypes), and the
+    standard library for the modules it is built on (MACHINERY: inspect, dataclasses
+    and asyncio import importlib's submodules, subprocess imports _posixsubprocess).
+    A module loaded before the code starts (builtins, posix) is not loaded again: for
+    those, the host's static check is what names an attempt. Code that rewrites the
+    runner's own objects can switch this off for its own runs; the container, not
+    this, is the boundary."""
+
+    MACHINERY = ("importlib", "_posixsubprocess")
+
+    def __init__(self) -> None:
+        self.denied: frozenset[str] = frozenset()
+        # What was refused this job: (denied name, the ImportError raised for it).
+        self.refused: list[tuple[str, ImportError]] = []
+        stdlib = os.path.dirname(os.__file__)
+        self._stdlib = stdlib + "/"
+        self._third_party = tuple(
+            p.rstrip("/") + "/"
+            for p in sys.path
+            if p.endswith(("site-packages", "dist-packages")) and not p.startswith(self._stdlib)
+        )
+
+    def covering(self, module: str) -> str | None:
+        """The denied name that covers `module`, if any."""
+        parts = module.split(".")
+        for end in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:end])
+            for name in (prefix, prefix[1:] if prefix.startswith("_") else None):
+                if name and name in self.denied:
+                    return name
+        return None
+
+    def check(self, module: Any, frame: FrameType | None) -> None:
+        if not self.denied or not isinstance(module, str):
+            return
+        denied = self.covering(module)
+        if denied is None or self._library_dependency(module, frame):
+            return
+        shown = repr(denied) if module == denied else f"{denied!r} ({module})"
+        # No `name`: helpers read an ImportError naming the module they asked for as
+        # "there is no such module" and carry on (pydoc.locate returns None).
+        exc = ImportError(f"the sandbox policy denies importing {shown}")
+        if len(self.refused) < 20:
+            self.refused.append((denied, exc))
+        raise exc
+
+    def _library_dependency(self, module: str, frame: FrameType | None) -> bool:
+        top = module.partition(".")[0]
+        while frame is not None:
+            code = frame.f_code
+            if code.co_filename == CODE_FILENAME:
+                return False
+            if module in code.co_names or top in code.co_names:
+                where = self._origin(frame)
+                if where == "third-party" or (where == "stdlib" and top in self.MACHINERY):
+                    return True
+            frame = frame.f_back
+        return False
+
+    def _origin(self, frame: FrameType) -> str:
+        """Where the frame's code was loaded from: "stdlib", "third-party" or "" (a
+        module the code made up, source it compiled under any file name, frozen code)."""
+        filename = frame.f_code.co_filename
+        module = sys.modules.get(frame.f_globals.get("__name__") or "")
+        if getattr(module, "__dict__", None) is not frame.f_globals:
+            return ""
+        if filename == f"<frozen {getattr(module, '__name__', '')}>":
+            # Compiled into the interpreter (os, runpy, importlib.util, ...).
+            return "stdlib" if getattr(module.__spec__, "origin", "") == "frozen" else ""
+        if getattr(module, "__file__", None) != filename:
+            return ""
+        if filename.startswith(self._third_party):
+            return "third-party"
+        return "stdlib" if filename.startswith(self._stdlib) else ""
 
 
 def _outside(path: Any) -> bool:
@@ -294,14 +400,15 @@ def _check_path_change(verb: str) -> Any:
 
 def _check_socket(args: tuple[Any, ...]) -> str | None:
     family = args[1] if len(args) > 1 else None
-    if family in (socket.AF_UNIX, -1, None):
+    if family in (AF_UNIX, -1, None):
         return None
     return f"open a network socket ({_family_name(family)})"
 
 
 def _family_name(family: Any) -> str:
+    socket = sys.modules.get("socket")  # loaded when the code made its socket through it
     try:
-        return socket.AddressFamily(family).name
+        return str(socket.AddressFamily(family).name) if socket else str(family)
     except ValueError:
         return str(family)
 
@@ -309,7 +416,7 @@ def _family_name(family: Any) -> str:
 def _check_address(verb: str) -> Any:
     def check(args: tuple[Any, ...]) -> str | None:
         sock, address = args[0], args[1]
-        if getattr(sock, "family", None) == socket.AF_UNIX:
+        if getattr(sock, "family", None) == AF_UNIX:
             return None
         return f"{verb} {address!r}"
 
@@ -361,13 +468,18 @@ def _frames(tb: Any, source: list[str]) -> list[dict[str, Any]]:
     return frames[-MAX_FRAMES:]
 
 
-def _error(exc: BaseException, source: list[str]) -> dict[str, Any]:
+def _error(
+    exc: BaseException, source: list[str], refused: Sequence[tuple[str, ImportError]] = ()
+) -> dict[str, Any]:
     os_error = False
+    denied_import = ""
     seen: set[int] = set()
     link: BaseException | None = exc
     while link is not None and id(link) not in seen:
         seen.add(id(link))
         os_error = os_error or isinstance(link, OSError)
+        # The ImportError the guard raised refusing a denied module.
+        denied_import = denied_import or next((n for n, e in refused if e is link), "")
         link = link.__cause__ or link.__context__
     module = type(exc).__module__
     error = {
@@ -377,6 +489,8 @@ def _error(exc: BaseException, source: list[str]) -> dict[str, Any]:
         "frames": _frames(exc.__traceback__, source),
         "os_error": os_error,
     }
+    if denied_import:
+        error["denied_import"] = _clip(denied_import)
     try:
         seq = vars(exc).get(TOOL_SEQ_ATTR)
     except Exception:  # an exception class with no __dict__, or a hostile one
@@ -489,6 +603,8 @@ class Runner:
         # The runner's own frames sit below the code's; they do not count against it.
         sys.setrecursionlimit(depth + self.base_depth + 10)
         self.auditor.attempts = []
+        self.auditor.imports.denied = frozenset(job.get("denied_imports") or ())
+        self.auditor.imports.refused = []
         usage_before = _cpu_s()
         result: dict[str, Any] = {TYPE: RESULT, "ok": True, "exit_code": 0}
         try:
@@ -518,10 +634,17 @@ class Runner:
 
     def _execute(self, body: CodeType, tail: CodeType | None, source: list[str]) -> dict[str, Any]:
         value: Any = None
+        awaits = (body.co_flags | (tail.co_flags if tail else 0)) & CO_COROUTINE
+        run_loop: Any = None
+        if awaits:
+            import asyncio  # the runner's own import, before the guard is on
+
+            run_loop = asyncio.run
+        refused = self.auditor.imports.refused
         self.auditor.active = True
         try:
-            if (body.co_flags | (tail.co_flags if tail else 0)) & CO_COROUTINE:
-                value = _run_awaiting(body, tail, self.namespace)
+            if awaits:
+                value = _run_awaiting(body, tail, self.namespace, run_loop)
             else:
                 exec(body, self.namespace)
                 if tail is not None:
@@ -530,11 +653,11 @@ class Runner:
             status = _exit_status(exc.code)
             if status == 0:
                 return {}
-            error = _error(exc, source)
+            error = _error(exc, source, refused)
             error["message"] = "" if isinstance(exc.code, int) else _text(exc.code)
             return {"ok": False, "exit_code": status, "error": error}
         except BaseException as exc:
-            return {"ok": False, "exit_code": 1, "error": _error(exc, source)}
+            return {"ok": False, "exit_code": 1, "error": _error(exc, source, refused)}
         finally:
             self.auditor.active = False
         if value is None:
@@ -630,11 +753,11 @@ def _tool_exception(error: dict[str, Any], seq: int) -> Exception:
     return exc
 
 
-def _run_awaiting(body: CodeType, tail: CodeType | None, namespace: dict[str, Any]) -> Any:
+def _run_awaiting(
+    body: CodeType, tail: CodeType | None, namespace: dict[str, Any], run_loop: Any
+) -> Any:
     """Runs code that awaits at top level (as Monty and notebooks allow) on a fresh event
-    loop, the trailing expression in the same loop."""
-    import asyncio
-
+    loop (asyncio.run), the trailing expression in the same loop."""
     sys.setrecursionlimit(sys.getrecursionlimit() + ASYNC_FRAMES)  # run() puts it back
 
     async def main() -> Any:
@@ -646,7 +769,7 @@ def _run_awaiting(body: CodeType, tail: CodeType | None, namespace: dict[str, An
         value = eval(tail, namespace)
         return (await value) if tail.co_flags & CO_COROUTINE else value
 
-    return asyncio.run(main())
+    return run_loop(main())
 
 
 def _compile(code: str) -> tuple[CodeType, CodeType | None]:

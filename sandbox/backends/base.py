@@ -40,6 +40,9 @@ class RunSpec:
     # Host directories Monty code may see: (host path, path in the sandbox, read-only).
     # Containers and tool runs never get host directories.
     mounts: tuple[tuple[str, str, bool], ...] = ()
+    # Modules the policy denies; a container's runner refuses to load them for the code
+    # (Monty checks them before it runs). Default: none.
+    denied_imports: frozenset[str] = frozenset()
     # Tool runs only (ExecutionBackend.run_tools): the tools the code may call (name ->
     # is_async), `random`'s seed (pinned by the journal, so a resumed or replayed run
     # draws the same numbers), and where to resume, if anywhere.

@@ -198,6 +198,8 @@ class Executor:
         assert kind is not None
         planning.backend_allowed(kind, policy, self._available)
         limits = policy.limits(request.limits)
+        if kind is Backend.CONTAINER:
+            planning.check_container_minimums(limits)
         trace.plan = Plan(
             execution_id="", policy=policy, limits=limits, steps=(kind,), session=None
         )
@@ -231,6 +233,7 @@ def run_spec(request: Request, plan: Plan, on_output: OutputSink | None) -> RunS
         image=policy.container_image,
         runtime=policy.container_runtime,
         mounts=tuple((m.host_path, m.guest_path, m.mode == "ro") for m in policy.mounts),
+        denied_imports=policy.denied_imports,
     )
 
 

@@ -16,10 +16,12 @@ run in the server's checker processes (policy/checker.py), within the policy's
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
 from sandbox.access.tenants import Access
+from sandbox.backends.container.minimums import below_container_minimums
 from sandbox.core.limits import EffectiveLimits
 from sandbox.core.request import Request, ToolDecl
 from sandbox.core.sessions import SessionEntry, SessionRegistry
@@ -96,6 +98,12 @@ async def plan(request: Request, context: Context) -> Plan:
     ):
         # Denied in Monty only (e.g. `import os`): the container may still run it.
         fallback_from, steps, refusal = steps[0], steps[1:], None
+    if steps[0] is Backend.CONTAINER:
+        check_container_minimums(limits)
+    elif Backend.CONTAINER in steps and below_container_minimums(dataclasses.asdict(limits)):
+        # AUTO's fallback cannot run under these limits: Monty alone (what it cannot run
+        # is UNSUPPORTED, and asking for the container says why).
+        steps = tuple(step for step in steps if step is not Backend.CONTAINER)
     return Plan(
         execution_id=new_execution_id(),
         policy=policy,
@@ -145,6 +153,18 @@ def _steps(
         and Backend.CONTAINER in policy.backends
     )
     return (Backend.MONTY, Backend.CONTAINER) if can_fall_back else (Backend.MONTY,)
+
+
+def check_container_minimums(limits: EffectiveLimits) -> None:
+    """Raises INVALID_REQUEST naming the first limit a container cannot be made with
+    (backends/container/minimums.py); not INFRA_UNAVAILABLE from the engine, retried."""
+    for name, value, minimum in below_container_minimums(dataclasses.asdict(limits)):
+        raise InvalidRequest(
+            f"limits.{name}={value} is below the container backend's minimum "
+            f"{minimum.value}: {minimum.why}",
+            field=f"limits.{name}",
+            metadata={"limit": name, "minimum": str(minimum.value)},
+        )
 
 
 def _session_policy(request: Request, session: SessionEntry) -> Policy:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from sandbox.backends.container.minimums import CONTAINER_MINIMUMS, below_container_minimums
 from sandbox.policy.model import DEFAULT_POLICY, Policy, ServerMaximums
 from sandbox_client import Backend
 
@@ -145,6 +146,13 @@ def check_policy(
         for field in ("container_image", "container_runtime"):
             if getattr(policy, field):
                 add((field,), "has no effect without the container backend", "warning")
+    else:
+        limits = {name: getattr(policy, name) for name in CONTAINER_MINIMUMS}
+        for field, value, minimum in below_container_minimums(limits):
+            add(
+                (field,),
+                f"{value} is below the container backend's minimum {minimum.value}: {minimum.why}",
+            )
     if not policy.tenants:
         add(("tenants",), "empty: no tenant could use this policy")
     missing = sorted(ESCAPE_MODULES - policy.denied_imports)

@@ -39,6 +39,7 @@ from sandbox.backends.container.pool import REFILL_PARALLELISM, WarmPool
 from sandbox.backends.container.protocol import job_frame
 from sandbox.backends.container.settings import ContainerSettings
 from sandbox.backends.container.tools import ToolBridge
+from sandbox.backends.outcome_parts import first_line
 from sandbox.backends.tools import ToolHost
 from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputCapture
@@ -92,6 +93,7 @@ class ContainerSession:
     container: Container
     limits: EffectiveLimits
     alive: bool = True
+    frozen: bool = False  # paused between runs (ContainerBackend._freeze)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -134,6 +136,7 @@ class ContainerBackend:
             )
         self._admission = _Admission(max_concurrency, settings.queue_size, settings.queue_timeout_s)
         self._removals: set[asyncio.Task[None]] = set()
+        self._freezes: set[asyncio.Task[None]] = set()
         self._sessions: set[ContainerSession] = set()
         self._busy: set[str] = set()
 
@@ -156,6 +159,8 @@ class ContainerBackend:
     async def stop(self) -> None:
         if self.pool is not None:
             await self.pool.stop()
+        for task in list(self._freezes):
+            task.cancel()
         for session in list(self._sessions):
             await self.close_session(session)
         if self._removals:
@@ -218,6 +223,9 @@ class ContainerBackend:
             return _busy_result(busy.message)
 
     async def open_session(self, limits: EffectiveLimits) -> ContainerSession:
+        """A container of its own, frozen (docker pause) as soon as each run in it ends
+        and thawed for the next: what the code leaves running, a thread say, does not run
+        between executions. The freeze happens after the result is returned."""
         shape = Shape.of(limits, image=self.image, runtime=self.runtime)
         container = await self._acquire(shape, limits)
         if isinstance(container, ExecutionResult):
@@ -244,9 +252,17 @@ class ContainerBackend:
                     Failure.of(FailureKind.CORRUPT_STATE, "the session's container was lost"),
                     backend=Backend.CONTAINER,
                 )
+            container = session.container
             try:
                 async with self._admission.slot():
-                    result, signals = await self._execute(session.container, spec, keep=True)
+                    if session.frozen:
+                        try:
+                            await self._call(self._engine.unpause, container.id)
+                        except Exception as exc:  # gone, or the engine cannot serve
+                            await self.close_session(session)
+                            return _lost(exc)
+                        session.frozen = False
+                    result, signals = await self._execute(container, spec, keep=True)
             except _Busy as busy:
                 return _busy_result(busy.message)
             except asyncio.CancelledError:
@@ -256,7 +272,26 @@ class ContainerBackend:
             if signals.frame is None:
                 # Killed at a cap, or died: the interpreter and its state are gone.
                 await self.close_session(session)
+                return result
+            task = asyncio.get_running_loop().create_task(self._freeze(session))
+            self._freezes.add(task)
+            task.add_done_callback(self._freezes.discard)
             return result
+
+    async def _freeze(self, session: ContainerSession) -> None:
+        """Pauses a session's container between runs (under its lock: a run that comes
+        first finds it not frozen yet and needs no thaw)."""
+        async with session.lock:
+            if not session.alive or session.frozen:
+                return
+            try:
+                await self._call(self._engine.pause, session.container.id)
+            except Exception as exc:
+                # Left running, what the code started would go on using the CPU.
+                log.warning("could not freeze a session's container; closing it", error=repr(exc))
+                await self.close_session(session)
+                return
+            session.frozen = True
 
     async def _acquire(self, shape: Shape, limits: EffectiveLimits) -> Container | ExecutionResult:
         """A ready container of `shape`: from the warm pool when it has one, else started
@@ -297,6 +332,7 @@ class ContainerBackend:
             output_bytes=limits.output_bytes,
             tools=tools.tools if tools is not None else None,
             seed=seed,
+            denied_imports=spec.denied_imports,
         )
         if tools is not None:
             signals.tool_errors = tools.tool_errors
@@ -375,6 +411,18 @@ class ContainerBackend:
     async def containers(self) -> list[str]:
         """Ids of the containers this instance has now (for tests and benchmarks)."""
         return await self._call(self._engine.list_ours, instance=self.instance)
+
+
+def _lost(exc: Exception) -> ExecutionResult:
+    """The session's container could not be thawed for a run: the run did not start,
+    and the session's state is gone with its container."""
+    return ExecutionResult.failed(
+        Failure.of(
+            FailureKind.CORRUPT_STATE,
+            f"the session's container was lost ({type(exc).__name__}: {first_line(str(exc))})",
+        ),
+        backend=Backend.CONTAINER,
+    )
 
 
 def _busy_result(message: str) -> ExecutionResult:

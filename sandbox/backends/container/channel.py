@@ -27,7 +27,7 @@ _RECV_BYTES = 256 * 1024
 # the channel could encode it (protobuf, pydantic). The runner writes one as the bytes
 # "surrogatepass" gives (ED A0-BF xx); any frame can carry one as a JSON escape.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SURROGATE_BYTES = re.compile(rb"\xed[\xa0-\xbf]|\\u[dD][89a-fA-F]")
+_SURROGATE_OR_ESCAPE = re.compile("[\ud800-\udfff]|\\\\u[dD][89a-fA-F]")
 REPLACEMENT = "\ufffd"
 
 
@@ -92,7 +92,7 @@ class RunnerChannel:
         self.max_line_bytes = max_line_bytes
         self._raw = bytearray()  # undecoded multiplexed bytes
         self._line = bytearray()  # runner stdout not yet ending in a newline
-        self._lines: list[bytes] = []
+        self._lines: list[bytearray] = []
         self.diagnostics = bytearray()
         self.closed = False
 
@@ -121,13 +121,19 @@ class RunnerChannel:
         while not self._lines:
             self._fill(deadline)
         line = self._lines.pop(0)
+        size = len(line)
         try:
-            frame = json.loads(line)
-        except ValueError:
-            raise ProtocolError(f"unreadable frame ({len(line)} bytes)") from None
+            # Decoded here, the bytes let go before json reads the text: a long line is
+            # held twice at most (json.loads of bytes would hold the bytes, their text and
+            # the strings made of it).
+            text = line.decode("utf-8", "surrogatepass")
+            del line
+            frame = json.loads(text)
+        except ValueError:  # UnicodeDecodeError too
+            raise ProtocolError(f"unreadable frame ({size} bytes)") from None
         if not isinstance(frame, dict) or not isinstance(frame.get(TYPE), str):
             raise ProtocolError("a frame without a type")
-        return _without_surrogates(frame) if _SURROGATE_BYTES.search(line) else frame
+        return _without_surrogates(frame) if _SURROGATE_OR_ESCAPE.search(text) else frame
 
     def _fill(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -145,32 +151,36 @@ class RunnerChannel:
         self._demux()
 
     def _demux(self) -> None:
+        """Moves whole multiplexed frames out of `_raw`. Their bytes are copied once, into
+        the line they belong to (through a memoryview, not a slice per frame): what a run
+        holds here is one line, up to max_line_bytes, and one receive."""
         raw = self._raw
         offset = 0
-        while len(raw) - offset >= _HEADER.size:
-            stream, size = _HEADER.unpack_from(raw, offset)
-            end = offset + _HEADER.size + size
-            if len(raw) < end:
-                break
-            payload = bytes(raw[offset + _HEADER.size : end])
-            offset = end
-            if stream == _STDOUT:
-                self._split_lines(payload)
-            elif stream == _STDERR:
-                room = _DIAGNOSTIC_BYTES - len(self.diagnostics)
-                self.diagnostics += payload[: max(room, 0)]
-        del raw[:offset]
+        try:
+            with memoryview(raw) as view:
+                while len(raw) - offset >= _HEADER.size:
+                    stream, size = _HEADER.unpack_from(raw, offset)
+                    begin, end = offset + _HEADER.size, offset + _HEADER.size + size
+                    if len(raw) < end:
+                        break
+                    offset = end
+                    if stream == _STDOUT:
+                        self._split_lines(raw, view, begin, end)
+                    elif stream == _STDERR:
+                        room = max(_DIAGNOSTIC_BYTES - len(self.diagnostics), 0)
+                        self.diagnostics += view[begin : min(end, begin + room)]
+        finally:
+            del raw[:offset]
         if len(raw) > self.max_line_bytes + _HEADER.size:
             raise StreamError("a multiplexed frame larger than any runner frame")
 
-    def _split_lines(self, payload: bytes) -> None:
-        start = 0
-        while (newline := payload.find(b"\n", start)) >= 0:
-            self._line += payload[start:newline]
-            self._lines.append(bytes(self._line))
-            self._line.clear()
-            start = newline + 1
-        self._line += payload[start:]
+    def _split_lines(self, raw: bytearray, view: memoryview, begin: int, end: int) -> None:
+        while (newline := raw.find(b"\n", begin, end)) >= 0:
+            self._line += view[begin:newline]
+            self._lines.append(self._line)  # handed over whole, not copied
+            self._line = bytearray()
+            begin = newline + 1
+        self._line += view[begin:end]
         if len(self._line) > self.max_line_bytes:
             raise ProtocolError(f"a frame longer than {self.max_line_bytes} bytes")
 

@@ -25,6 +25,7 @@ from sandbox.backends.container.protocol import (
     FATAL,
     IDLE_LINE_BYTES,
     OUTPUT,
+    OUTPUT_CHUNK_CHARS,
     READY,
     RESULT,
     TYPE,
@@ -103,7 +104,10 @@ def execute(
             kind = frame[TYPE]
             if kind == OUTPUT:
                 stream: StreamName = "stderr" if frame.get("s") == "stderr" else "stdout"
-                capture(stream, str(frame.get("d", "")))
+                text = str(frame.get("d", ""))
+                if len(text) > OUTPUT_CHUNK_CHARS:
+                    raise ForgedFrame("an output frame longer than the runner writes")
+                capture(stream, text)
             elif kind == CALL and tools is not None:
                 asked = time.monotonic()
                 try:
@@ -115,6 +119,10 @@ def execute(
                 channel.send(reply)
             elif kind == RESULT:
                 signals.frame = checked_result_frame(frame)
+                value, cap = signals.frame.get("value"), signals.limits.output_bytes
+                if value is not None and (len(value) > cap or len(value.encode()) > cap):
+                    # The runner sends a value past the output cap as its size only.
+                    raise ForgedFrame("a result frame whose value is past the output cap")
                 break
             elif kind == FATAL:
                 # The runner reports its own set-up failures before "ready" (launch()

@@ -1,6 +1,6 @@
 """Blocking calls to the Docker engine (docker-py), by container id: create (with the
-hardening below), attach, start, kill, wait for, inspect, remove and list sandbox
-containers. What is said over the attach socket is conversation.py's. Everything here
+hardening below), attach, start, pause and unpause, kill, wait for, inspect, remove and
+list sandbox containers. What is said over the attach socket is conversation.py's. Everything here
 runs in worker threads, never on the event loop."""
 
 from __future__ import annotations
@@ -194,6 +194,14 @@ class Engine:
             # (gVisor's runsc reports it late): a SIGKILL nobody sent may still be one.
             time.sleep(_OOM_REPORT_WAIT_S)
         return ExitState(oom_killed=oom_killed, exit_code=exit_code)
+
+    def pause(self, container_id: str) -> None:
+        """Freezes every process in the container (the cgroup freezer; gVisor's own
+        pause under runsc): threads the code left running stop using the CPU."""
+        self.client().api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        self.client().api.unpause(container_id)
 
     def kill(self, container_id: str) -> None:
         with contextlib.suppress(de.APIError):  # already gone or already stopped

@@ -245,6 +245,20 @@ def _from_frame(frame: dict[str, Any], signals: ContainerSignals) -> Failure | N
             tool_kind=injected.kind,
             frames=frames,
         )
+    denied_import = str(error.get("denied_import") or "")
+    if denied_import:
+        # The runner refused to load a module the policy denies (its ImportError, or
+        # what the code raised from it).
+        return Failure.of(
+            FailureKind.POLICY_VIOLATION,
+            one_line(
+                f"import of {denied_import!r} is forbidden by policy ({type_name}: {message})",
+                frames,
+            ),
+            exception_type=type_name,
+            frames=frames,
+            details={"rule": "import", "target": denied_import},
+        )
     memory_error = type_name == "MemoryError" and error.get("module") == "builtins"
     if memory_error and not _raised_by_the_code(frames):
         return _memory(limits, message or "out of memory", frames)

@@ -9,9 +9,11 @@ One JSON object per line, UTF-8 (a lone surrogate the code printed travels as th
   host -> runner, on stdin:  a job (`job_frame`): {"code": ..., "inputs": {...},
                               "stdin": "...", "limits": {"max_recursion_depth": N,
                               "output_bytes": N[, "max_call_bytes": N]}, "keep": bool
-                              [, "tools": {name: is_async, ...}, "seed": N]} ("tools",
-                              "seed" and "max_call_bytes" only for a tool run); during a
-                              tool call, its answer (`reply_frame`, `error_reply_frame`).
+                              [, "tools": {name: is_async, ...}, "seed": N]
+                              [, "denied_imports": [name, ...]]} ("tools", "seed" and
+                              "max_call_bytes" only for a tool run; "denied_imports", the
+                              policy's, refused at import time); during a tool call, its
+                              answer (`reply_frame`, `error_reply_frame`).
   runner -> host, on stdout: `ready_frame` once, after seccomp is on (or `fatal_frame`
                               when the runner cannot set itself up, then exit status
                               FATAL_STATUS); then per job any number of `output_frame`s
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 # -- frames -------------------------------------------------------------------------
@@ -63,10 +65,14 @@ MAX_NAME_CHARS = 500
 
 
 def line_cap(output_bytes: int) -> int:
-    """The host's cap on one line during a job whose output cap is `output_bytes`. A result
-    frame carries the value (at most output_bytes) JSON-encoded twice; a tool run's call
-    frames are held to it too (its job's max_call_bytes)."""
-    return 16 * output_bytes + MiB
+    """The host's cap on one line during a job whose output cap is `output_bytes`: what the
+    host may hold of one frame. A result frame carries the value (JSON text of at most
+    output_bytes) as a JSON string, each byte at most two (a quote or backslash escaped;
+    JSON text has no raw control character to grow to six), and clipped error fields
+    under 1 MiB; an output frame carries OUTPUT_CHUNK_CHARS; a tool run's call frames are
+    held to it too (its job's max_call_bytes). It was 16 x output_bytes: four runs at a
+    4 MiB cap held 260-390 MiB of host memory in one line each."""
+    return 2 * output_bytes + MiB
 
 
 # -- writing frames -----------------------------------------------------------------
@@ -99,9 +105,10 @@ def job_frame(
     output_bytes: int,
     tools: Mapping[str, bool] | None = None,
     seed: int | None = None,
+    denied_imports: Collection[str] = (),
 ) -> dict[str, Any]:
     """A job; with `tools` (name -> is_async) a tool run, whose call frames must fit the
-    host's line cap."""
+    host's line cap; `denied_imports`: modules the runner refuses to load for the code."""
     limits: dict[str, int] = {
         "max_recursion_depth": max_recursion_depth,
         "output_bytes": output_bytes,
@@ -117,6 +124,8 @@ def job_frame(
         job["tools"] = dict(tools)
         job["seed"] = seed
         limits["max_call_bytes"] = line_cap(output_bytes)
+    if denied_imports:
+        job["denied_imports"] = sorted(denied_imports)
     return job
 
 
@@ -231,7 +240,9 @@ RESULT_FIELDS = frozenset(
     {TYPE, "ok", "exit_code", "value", "value_bytes", "error", "blocked", "usage"}
 )
 USAGE_FIELDS = frozenset({"cpu_ms", "peak_memory_bytes"})
-ERROR_FIELDS = frozenset({"type", "module", "message", "frames", "os_error", "syntax", "tool_seq"})
+ERROR_FIELDS = frozenset(
+    {"type", "module", "message", "frames", "os_error", "syntax", "tool_seq", "denied_import"}
+)
 TRACE_INT_FIELDS = frozenset({"line", "column", "end_line", "end_column"})
 TRACE_TEXT_FIELDS = frozenset({"function_name", "source_line"})
 _INT32 = 2**31 - 1
@@ -282,7 +293,7 @@ def _result_problem(frame: dict[str, Any]) -> str:
     error = frame.get("error")
     if not isinstance(error, dict) or set(error) - ERROR_FIELDS:
         return "error"
-    texts = [error.get(k, "") for k in ("type", "module", "message")]
+    texts = [error.get(k, "") for k in ("type", "module", "message", "denied_import")]
     flags = [error.get(k, False) for k in ("os_error", "syntax")]
     if not all(isinstance(t, str) for t in texts) or not all(type(f) is bool for f in flags):
         return "error"

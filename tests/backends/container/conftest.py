@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import docker
@@ -21,10 +22,13 @@ from sandbox.backends.container.engine import SCOPE_LABEL
 from sandbox.config import ContainerSettings
 from sandbox.core.limits import EffectiveLimits
 from sandbox.core.output import OutputSink
-from sandbox_client import ExecutionResult
+from sandbox_client import ExecutionResult, SandboxClient
 from tests.conftest import ServerThread, docker_problem, require, running_server
 
-IMAGE = "sandbox-runner:latest"
+# The images under test; SANDBOX_TEST_IMAGE / SANDBOX_TEST_DS_IMAGE point the tests at
+# others (say, a runner built into its own tags with scripts/build_images.sh's IMAGE=).
+IMAGE = os.environ.get("SANDBOX_TEST_IMAGE") or "sandbox-runner:latest"
+DS_IMAGE = os.environ.get("SANDBOX_TEST_DS_IMAGE") or "sandbox-runner-datascience:latest"
 RUNTIMES = ("runc", "runsc")
 # Every container this test run makes carries this scope; the finalizer removes them all.
 SCOPE = f"test-{secrets.token_hex(4)}"
@@ -115,6 +119,7 @@ async def run(
     stdin: str = "",
     inputs: dict[str, Any] | None = None,
     on_output: OutputSink | None = None,
+    denied_imports: frozenset[str] = frozenset(),
     **limits: int,
 ) -> ExecutionResult:
     spec = RunSpec(
@@ -123,6 +128,7 @@ async def run(
         stdin=stdin,
         inputs=inputs or {},
         on_output=on_output,
+        denied_imports=denied_imports,
     )
     return await backend.run(spec, session)
 
@@ -143,3 +149,56 @@ def signal_on_output() -> tuple[asyncio.Event, Callable[[str, str], None]]:
         loop.call_soon_threadsafe(event.set)
 
     return event, sink
+
+
+# A policy for hostile code through a real server: containers only, ctypes allowed (the
+# machine-code tests need it), a 2 MiB output cap (a result at it fits the gRPC client's
+# 4 MiB message limit). The server's built-in `default` policy stays too.
+LAB_POLICY = """
+name = "lab"
+backends = ["container"]
+allow_fallback = false
+denied_imports = []
+output_bytes = 2_097_152
+"""
+
+
+@dataclass
+class Lab:
+    """A real server with the container backend on (one OCI runtime); its policies are
+    the built-in `default` and `lab` (LAB_POLICY)."""
+
+    server: ServerThread
+    runtime: str
+
+    def client(self) -> SandboxClient:
+        return SandboxClient(self.server.address, timeout_s=120)
+
+    def execute(self, code: str, **options: Any) -> ExecutionResult:
+        options.setdefault("backend", "container")
+        options.setdefault("policy", "lab")
+        with self.client() as client:
+            return client.execute(code, **options)
+
+
+@pytest.fixture(scope="session", params=RUNTIMES)
+def lab(
+    request: pytest.FixtureRequest,
+    engine: docker.DockerClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Lab]:
+    require(runtime_problem(engine, request.param))
+    policies = tmp_path_factory.mktemp(f"policies-{request.param}")
+    (policies / "lab.toml").write_text(LAB_POLICY)
+    with running_server(
+        container={
+            "enabled": True,
+            "image": IMAGE,
+            "runtime": request.param,
+            "pool_size": 1,
+            "max_concurrency": 4,
+            "scope": SCOPE,
+        },
+        policies={"dir": str(policies)},
+    ) as server:
+        yield Lab(server=server, runtime=request.param)

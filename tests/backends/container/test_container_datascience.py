@@ -5,10 +5,18 @@ from __future__ import annotations
 import docker
 import pytest
 
-from tests.backends.container.conftest import MiB, assert_healthy, make_backend, require, run
+from sandbox.policy.model import DEFAULT_POLICY
+from sandbox_client import FailureKind
+from tests.backends.container.conftest import (
+    DS_IMAGE,
+    MiB,
+    assert_healthy,
+    make_backend,
+    require,
+    run,
+)
 
 pytestmark = pytest.mark.docker
-DS_IMAGE = "sandbox-runner-datascience:latest"
 
 
 async def test_numpy_pandas_matplotlib(engine: docker.DockerClient) -> None:
@@ -31,9 +39,18 @@ png = io.BytesIO()
 fig.savefig(png, format="png")
 [int(frame.y.sum()), png.getvalue()[:4] == b"\\x89PNG"]
 """
-        result = await run(backend, code, memory_bytes=512 * MiB)
+        # Under the imports the built-in policy denies (policies/data-analysis.toml keeps
+        # them): pandas imports ctypes for itself, which is not the code's import.
+        denied = DEFAULT_POLICY.denied_imports
+        result = await run(backend, code, memory_bytes=512 * MiB, denied_imports=denied)
         assert result.ok, result.failure
         assert result.result == [30, True]
+        # The code's own load is refused (once pandas has loaded ctypes, it is loaded).
+        own = "import pydoc\npydoc.locate('ctypes')"
+        refused = await run(backend, own, denied_imports=denied)
+        assert refused.failure is not None, refused
+        assert refused.failure.kind is FailureKind.POLICY_VIOLATION, refused.failure
+        assert refused.failure.details["target"] == "ctypes"
         await assert_healthy(backend)
     finally:
         await backend.stop()

@@ -15,12 +15,11 @@ import pytest
 from sandbox.backends.container import protocol
 from sandbox.backends.container.backend import ContainerBackend
 from sandbox.backends.container.engine import SCOPE_LABEL
-from tests.backends.container.conftest import IMAGE, SCOPE, run
+from tests.backends.container.conftest import DS_IMAGE, IMAGE, SCOPE, run
 
 REPO = Path(__file__).resolve().parents[3]
 RUNNER = REPO / "images" / "runner" / "sandbox_runner.py"
 PROTOCOL = REPO / "sandbox" / "backends" / "container" / "protocol.py"
-DS_IMAGE = "sandbox-runner-datascience:latest"
 # What the image holds, and where each came from in the repository.
 SHIPPED = {"/opt/sandbox/runner.py": RUNNER, "/opt/sandbox/protocol.py": PROTOCOL}
 REBUILD = "the image is stale: rebuild it with scripts/build_images.sh (`make image`)"

@@ -161,7 +161,7 @@ async def channel_violation(
         "b'not a frame\\n'",
         "b'[1, 2]\\n'",  # JSON, but no frame
         "b'{\"t\": '",  # half a frame: the runner's own next frame completes the garbage
-        "b'x' * (1 << 20)",  # a line that never ends, past the line cap (1 MiB + 16 x 4 KiB)
+        "b'x' * (1 << 20)",  # a line that never ends, past the line cap (1 MiB + 2 x 4 KiB)
     ],
 )
 async def test_bytes_the_code_writes_to_the_runners_channel_are_policy_violation(
@@ -208,7 +208,7 @@ async def test_a_result_frame_the_code_forges_is_policy_violation(
 async def test_names_the_code_chooses_are_clipped_to_fit_the_channel(
     backend: ContainerBackend,
 ) -> None:
-    # Past the line cap unclipped (16 x 1 MiB + 1 MiB): this must stay the code's own
+    # Past the line cap unclipped (2 x 1 MiB + 1 MiB): this must stay the code's own
     # error, not look like garbage on the channel.
     result = await run(backend, "raise type('E' * (20 << 20), (Exception,), {})()")
     failure = result.failure
