@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -95,6 +95,10 @@ class Entry:
             updated_at=now,
             mac=mac,
         )
+
+
+_ANSWER_FIELDS = tuple(f.name for f in fields(ToolAnswer))
+_ANSWER_COLUMNS = ", ".join("COALESCE(mac, X'')" if f == "mac" else f for f in _ANSWER_FIELDS)
 
 
 class JournalStore(Protocol):
@@ -262,17 +266,11 @@ class SqliteJournal:
             checkpoint = Checkpoint(
                 seq=cp_seq, blob=bytes(cp), mac=_blob(cp_mac), output=_output(cp_out)
             )
+        # The columns are ToolAnswer's fields, in its order (a row of schema 1 has no mac).
         answers = {
-            seq: ToolAnswer(
-                seq=seq,
-                name=name,
-                args_json=args,
-                kwargs_json=kwargs,
-                answer_json=answer,
-                mac=_blob(mac),
-            )
-            for seq, name, args, kwargs, answer, mac in self._db.execute(
-                "SELECT seq, name, args_json, kwargs_json, answer_json, mac FROM tool_answers"
+            row[0]: ToolAnswer(**dict(zip(_ANSWER_FIELDS, row, strict=True)))
+            for row in self._db.execute(
+                f"SELECT {_ANSWER_COLUMNS} FROM tool_answers"
                 " WHERE tenant = ? AND key = ? ORDER BY seq",
                 (tenant, key),
             )

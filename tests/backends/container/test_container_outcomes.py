@@ -26,6 +26,15 @@ from tests.backends.container.conftest import (
 pytestmark = pytest.mark.docker
 
 
+async def assert_runtime_error(backend: ContainerBackend, code: str, exception_type: str) -> None:
+    """`code` fails as its own RUNTIME_ERROR raising `exception_type`; the backend serves on."""
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == exception_type
+    await assert_healthy(backend)
+
+
 async def test_ok_with_value_stdin_and_inputs(backend: ContainerBackend) -> None:
     code = "import sys\nname = input()\nprint('hi', name)\nprint('e', file=sys.stderr)\nx * 2"
     result = await run(backend, code, stdin="ada\n", inputs={"x": 21})
@@ -92,11 +101,7 @@ async def test_oom_is_memory_limit(backend: ContainerBackend) -> None:
 async def test_the_codes_own_memory_error_is_a_runtime_error(
     backend: ContainerBackend, code: str
 ) -> None:
-    result = await run(backend, code)
-    failure = result.failure
-    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
-    assert failure.exception_type == "MemoryError"
-    await assert_healthy(backend)
+    await assert_runtime_error(backend, code, "MemoryError")
 
 
 async def test_output_cap_is_output_limit_and_truncated(backend: ContainerBackend) -> None:
@@ -293,11 +298,7 @@ async def test_huge_ints_the_code_chooses_do_not_break_the_result_frame(
     assert result.ok and result.result == "<int: repr() raised ValueError>", result
     # The runner's tool mark on an exception, set by the code to a huge int.
     code = "e = ValueError('v')\ne._sandbox_tool_seq = 10**5000\nraise e"
-    result = await run(backend, code)
-    failure = result.failure
-    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
-    assert failure.exception_type == "ValueError"
-    await assert_healthy(backend)
+    await assert_runtime_error(backend, code, "ValueError")
 
 
 async def test_engine_unreachable_is_infra_unavailable(backend: ContainerBackend) -> None:
