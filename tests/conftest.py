@@ -21,7 +21,7 @@ from sandbox.app import new_event_loop
 from sandbox.config import Settings
 from sandbox.core.limits import EffectiveLimits, RequestedLimits
 from sandbox.policy.model import DEFAULT_POLICY
-from sandbox_client import SandboxClient
+from sandbox_client import ExecutionResult, Failure, FailureKind, SandboxClient
 from sandbox_client._request import execute_request
 from sandbox_client._tool_run import call_tool_sync, invocation, start_message
 from sandbox_client.protocol.service import ServiceStub
@@ -121,6 +121,13 @@ def terminate(proc: subprocess.Popen[Any], timeout_s: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def failure_of(result: ExecutionResult, kind: FailureKind) -> Failure:
+    """The result's failure, asserted to be of `kind`."""
+    failure = result.failure
+    assert failure is not None and failure.kind is kind, failure
+    return failure
 
 
 def limits(**asked: int) -> EffectiveLimits:

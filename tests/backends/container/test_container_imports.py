@@ -10,6 +10,7 @@ import pytest
 
 from sandbox_client import FailureKind
 from tests.backends.container.conftest import Lab
+from tests.conftest import failure_of
 
 pytestmark = pytest.mark.docker
 
@@ -46,9 +47,7 @@ pytestmark = pytest.mark.docker
     ],
 )
 def test_every_route_to_a_denied_module_is_policy_violation(lab: Lab, code: str) -> None:
-    result = lab.execute(code, policy="default")
-    failure = result.failure
-    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION, failure
+    failure = failure_of(lab.execute(code, policy="default"), FailureKind.POLICY_VIOLATION)
     assert failure.details["rule"] == "import" and failure.details["target"] == "ctypes"
     assert "'ctypes'" in failure.message and "forbidden by policy" in failure.message
     assert not failure.retryable

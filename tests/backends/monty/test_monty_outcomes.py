@@ -8,7 +8,7 @@ import time
 import pytest
 
 from sandbox_client import FailureKind, Limits, SandboxClient, SuggestedAction
-from tests.conftest import killing_monty_workers
+from tests.conftest import failure_of, killing_monty_workers
 
 FAST = Limits(wall_time_ms=1500)
 
@@ -111,8 +111,7 @@ def test_oversized_result_is_an_output_limit(client: SandboxClient) -> None:
 )
 def test_host_access_is_a_policy_violation(client: SandboxClient, code: str) -> None:
     result = client.execute(code, backend="monty")
-    failure = result.failure
-    assert failure is not None and failure.kind is FailureKind.POLICY_VIOLATION
+    failure = failure_of(result, FailureKind.POLICY_VIOLATION)
     assert failure.suggested_action is SuggestedAction.ESCALATE
     assert "root:" not in result.stdout
     assert_server_still_serves(client)
