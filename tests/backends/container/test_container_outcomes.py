@@ -295,7 +295,7 @@ async def test_huge_ints_the_code_chooses_do_not_break_the_result_frame(
     # An exit status CPython takes modulo 256 to 0 is a clean exit, as for the process.
     assert (await run(backend, "raise SystemExit(2**40)")).ok
     result = await run(backend, "10**5000")
-    assert result.ok and result.result == "<int: repr() raised ValueError>", result
+    assert result.ok and result.result == "<int of about 5001 digits>", result
     # The runner's tool mark on an exception, set by the code to a huge int.
     code = "e = ValueError('v')\ne._sandbox_tool_seq = 10**5000\nraise e"
     await assert_runtime_error(backend, code, "ValueError")
