@@ -1,9 +1,13 @@
-"""The sandbox runner: the first process in every sandbox container. Standard library only.
+"""The sandbox runner: the process the code runs in, the child of the sandbox supervisor
+(supervisor.py, the container's first process), under a uid of its own. Standard
+library only.
 
-The conversation with the host (frames, one JSON object per line on the container's
-stdin and stdout) is defined in protocol.py, which the image ships beside this file: the
-host's own sandbox/backends/container/protocol.py, byte for byte, so the two sides share
-one schema, one set of caps and one value_to_json.
+The conversation (frames, one JSON object per line) is defined in protocol.py, which
+the image ships beside this file: the host's own sandbox/backends/container/protocol.py,
+byte for byte, so all sides share one schema, one set of caps and one value_to_json. The
+runner speaks it on its stdin and stdout, pipes to the supervisor, which relays it to and
+from the host; every frame the runner writes carries the number of the job it is
+running.
 
 Tools: each declared name is a function in the code's globals (an `async def` one for an
 async tool). Calling it flushes the output produced so far, writes a call frame and
@@ -15,12 +19,15 @@ after another here, not concurrently. With "seed", `random` is seeded with it, s
 the host replays after a crash draws the same numbers; the clock is not pinned.
 
 The container is the security boundary; the seccomp filter here narrows the kernel
-surface further, and the audit hook only classifies: it records what the policy forbids
-so that a failure it caused is reported as a policy violation, not a plain exception.
-User code runs in this process and could forge frames (or read the host's replies off
-the private stdin); that would only lie about its own result or break its own run,
-never reach the host, which checks every call frame against the tools it declared and
-the calls it has seen."""
+surface further (the supervisor answers and records the calls it refuses, where the
+kernel lets it listen), and the audit hook classifies: it records what the policy
+forbids so that a failure it caused is reported as a policy violation, not a plain
+exception, and refuses the imports the policy denies. User code runs in this process
+and can forge frames on its pipe, read the replies off its stdin or rewrite the runner
+itself; that lies about its own job or breaks its own session, never another job: the
+supervisor takes a job's frames only while that job runs, numbers them itself, and
+writes what only it can know (the runner's death, refused syscalls), and the host
+checks every call frame against the tools it declared and the calls it has seen."""
 
 from __future__ import annotations
 
@@ -45,6 +52,7 @@ from typing import Any
 
 from protocol import (
     FATAL_STATUS,
+    JOB,
     MAX_FRAMES,
     MAX_MESSAGE_CHARS,
     MAX_NAME_CHARS,
@@ -98,10 +106,52 @@ CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000
                          0x20000000, 0x40000000)  # fmt: skip
 
 
-def apply_seccomp() -> None:
+# seccomp(2)'s SECCOMP_SET_MODE_FILTER and SECCOMP_FILTER_FLAG_NEW_LISTENER: a filter of
+# the code's own with a listener it answers would see the calls this filter hands to the
+# supervisor first (the newest filter's notification wins) and could let them run.
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+_FILTER: list[Any] = []  # the loaded filter, kept: libseccomp keeps its notify fd's number
+
+
+def apply_seccomp(notify_socket: int | None) -> bool:
+    """Loads the filter. With `notify_socket` (a socket to the supervisor), the refused
+    calls go to the supervisor (SECCOMP_RET_USER_NOTIF), which records each and answers
+    it with its errno, from outside this process; the listener's fd goes to it and is
+    closed here. Where the kernel or runtime has no user notification (gVisor), they are
+    refused here (SECCOMP_RET_ERRNO). Returns whether the supervisor listens."""
     import seccomp  # Debian's python3-seccomp: libseccomp's own bindings
 
-    deny = seccomp.ERRNO(errno.EPERM)
+    if notify_socket is not None:
+        try:
+            f = _filter(seccomp, lambda err: seccomp.NOTIFY)
+            f.load()
+        except (RuntimeError, ValueError, OSError):
+            pass  # no SECCOMP_RET_USER_NOTIF here
+        else:
+            _FILTER.append(f)
+            _send_fd(notify_socket, f.get_notify_fd())
+            return True
+        os.close(notify_socket)
+    f = _filter(seccomp, seccomp.ERRNO)
+    f.load()
+    _FILTER.append(f)
+    return False
+
+
+def _send_fd(sock_fd: int, fd: int) -> None:
+    import _socket  # socket's C half, not socket itself (a policy may deny it)
+
+    sock = _socket.socket(fileno=sock_fd)
+    rights = fd.to_bytes(4, sys.byteorder, signed=True)
+    sock.sendmsg([b"n"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+    sock.close()
+    os.close(fd)
+
+
+def _filter(seccomp: Any, refuse: Any) -> Any:
+    """The filter, with `refuse(errno)` the action for each refused call."""
+    deny = refuse(errno.EPERM)
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for name in DENIED_SYSCALLS:
         # Skipped where it is not a syscall on this architecture or libseccomp version.
@@ -110,9 +160,16 @@ def apply_seccomp() -> None:
     # Only local (AF_UNIX) sockets: no IP, netlink, packet or vsock, even where the
     # network namespace would have let them exist.
     not_unix = seccomp.Arg(0, seccomp.NE, AF_UNIX)
-    f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", not_unix)
+    f.add_rule(refuse(errno.EAFNOSUPPORT), "socket", not_unix)
     for flag in CLONE_NAMESPACE_FLAGS:
         f.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    new_listener = (SECCOMP_FILTER_FLAG_NEW_LISTENER,) * 2
+    f.add_rule(
+        seccomp.ERRNO(errno.EPERM),
+        "seccomp",
+        seccomp.Arg(0, seccomp.EQ, SECCOMP_SET_MODE_FILTER),
+        seccomp.Arg(1, seccomp.MASKED_EQ, *new_listener),
+    )
     # clone3 passes its flags in memory, where seccomp cannot look; ENOSYS makes libc
     # fall back to clone, which the rules above do check.
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
@@ -124,20 +181,25 @@ def apply_seccomp() -> None:
     # POLICY_VIOLATION.
     badarch = seccomp.KILL_PROCESS if seccomp.get_api() >= 3 else seccomp.TRAP
     f.set_attr(seccomp.Attr.ACT_BADARCH, badarch)
-    f.load()
+    return f
 
 
 class Emitter:
-    """Writes protocol frames to the host; batches output chunks into few frames."""
+    """Writes protocol frames to the supervisor; batches output chunks into few frames.
+    Each carries the number of the job running when it is written (`job`)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.job: int | None = None
         self._lock = threading.RLock()
         self._pending: list[tuple[str, str]] = []
         self._pending_bytes = 0
 
     def frame(self, obj: dict[str, Any]) -> None:
-        self.write(encode_frame(obj))
+        self.write(encode_frame(self.stamped(obj)))
+
+    def stamped(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return obj if self.job is None else {**obj, JOB: self.job}
 
     def write(self, data: bytes) -> None:
         """One encoded frame, whole."""
@@ -547,9 +609,9 @@ class Runner:
         self.tool_seq = 0  # calls made by the current job
         self._call_lock = threading.Lock()
 
-    def start(self) -> None:
+    def start(self, notify_socket: int | None) -> None:
         try:
-            apply_seccomp()
+            apply_seccomp(notify_socket)
         except Exception as exc:
             self.emitter.frame(fatal_frame(f"seccomp: {type(exc).__name__}: {exc}"))
             raise SystemExit(FATAL_STATUS) from exc
@@ -577,6 +639,8 @@ class Runner:
             if not line:
                 return
             job = json.loads(line)
+            seq = job.get("seq")
+            self.emitter.job = seq if type(seq) is int else None
             result = self.run(job)
             self.emitter.frame(result)
             if not job.get("keep"):
@@ -703,7 +767,7 @@ class Runner:
             raise RuntimeError(f"{name}() cannot be called from a child process")
         with self._call_lock:  # threads of the code take turns
             seq = self.tool_seq + 1
-            frame = call_frame(seq, name, list(args), kwargs)
+            frame = self.emitter.stamped(call_frame(seq, name, list(args), kwargs))
             try:
                 data = encode_frame(frame, strict=True)
             except (TypeError, ValueError, RecursionError) as exc:
@@ -820,8 +884,11 @@ def _depth(frame: FrameType | None) -> int:
 
 
 def main() -> None:
+    # --notify-fd N: a socket to the supervisor, for the filter's listener.
+    args = sys.argv[1:]
+    notify = int(args[1]) if args[:1] == ["--notify-fd"] else None
     runner = Runner()
-    runner.start()
+    runner.start(notify)
     try:
         runner.serve()
     except BaseException:

@@ -223,9 +223,10 @@ class ContainerBackend:
             return _busy_result(busy.message)
 
     async def open_session(self, limits: EffectiveLimits) -> ContainerSession:
-        """A container of its own, frozen (docker pause) as soon as each run in it ends
-        and thawed for the next: what the code leaves running, a thread say, does not run
-        between executions. The freeze happens after the result is returned."""
+        """A container of its own. When a run in it leaves a thread or a process of the
+        code's running (the supervisor says so in its result frame), the container is
+        frozen (docker pause) once the result is out and thawed for the next run: what
+        the code leaves running does not run between executions."""
         shape = Shape.of(limits, image=self.image, runtime=self.runtime)
         container = await self._acquire(shape, limits)
         if isinstance(container, ExecutionResult):
@@ -273,6 +274,8 @@ class ContainerBackend:
                 # Killed at a cap, or died: the interpreter and its state are gone.
                 await self.close_session(session)
                 return result
+            if signals.frame.get("left_running") is False:
+                return result  # nothing of the code's runs between jobs: nothing to freeze
             task = asyncio.get_running_loop().create_task(self._freeze(session))
             self._freezes.add(task)
             task.add_done_callback(self._freezes.discard)
@@ -322,8 +325,11 @@ class ContainerBackend:
     ) -> tuple[ExecutionResult, ContainerSignals]:
         limits = spec.limits
         capture = OutputCapture(limits.output_bytes, spec.on_output)
-        signals = ContainerSignals(limits=limits, image=container.shape.image)
+        signals = ContainerSignals(
+            limits=limits, image=container.shape.image, seq=container.jobs + 1
+        )
         job = job_frame(
+            seq=container.jobs + 1,
             code=spec.code,
             inputs=spec.inputs,
             stdin=spec.stdin,

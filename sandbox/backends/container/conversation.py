@@ -21,9 +21,12 @@ from sandbox.backends.container.channel import (
 from sandbox.backends.container.engine import Engine, Shape
 from sandbox.backends.container.outcome import ContainerSignals, RunnerStartError
 from sandbox.backends.container.protocol import (
+    BROKEN,
     CALL,
+    EXIT,
     FATAL,
     IDLE_LINE_BYTES,
+    JOB,
     OUTPUT,
     OUTPUT_CHUNK_CHARS,
     READY,
@@ -48,6 +51,7 @@ class Container:
     id: str
     shape: Shape
     channel: RunnerChannel
+    jobs: int = 0  # the number of the last job sent (job_frame's seq)
 
     def looks_alive(self) -> bool:
         return self.channel.looks_alive()
@@ -95,13 +99,27 @@ def execute(
     engine's stream breaks or the run is stopped. Errors talking to the engine propagate."""
     channel = container.channel
     channel.max_line_bytes = line_cap(signals.limits.output_bytes)
+    seq = container.jobs = int(job["seq"])
     started = time.monotonic()
     deadline = started + signals.limits.wall_time_s
     try:
-        channel.send(job)
+        try:
+            channel.send(job)
+        except ConnectionError:
+            # Gone already; what it said before it went is still to be read.
+            deadline = min(deadline, time.monotonic() + EXIT_WAIT_S)
         while True:
             frame = channel.read_frame(deadline)
             kind = frame[TYPE]
+            if kind == EXIT and frame.get("idle") is True:
+                # The runner ended before this job (after an earlier one, or in the pool):
+                # nothing of this job ran, and nothing is said of an earlier one.
+                signals.runner_exit = frame
+                break
+            if frame.get(JOB) != seq:
+                # The supervisor numbers every frame it relays; one for another job is
+                # never taken as this one's.
+                raise ForgedFrame(f"a frame for job {frame.get(JOB)!r} during job {seq}")
             if kind == OUTPUT:
                 stream: StreamName = "stderr" if frame.get("s") == "stderr" else "stdout"
                 text = str(frame.get("d", ""))
@@ -124,6 +142,15 @@ def execute(
                     # The runner sends a value past the output cap as its size only.
                     raise ForgedFrame("a result frame whose value is past the output cap")
                 break
+            elif kind == EXIT:
+                signals.runner_exit = frame
+                signals.oom_killed = frame.get("oom") is True
+                break
+            elif kind == BROKEN:
+                what = str(frame.get("message") or "")[:200]
+                if frame.get("forged") is True:
+                    raise ForgedFrame(what)
+                raise ProtocolError(what)
             elif kind == FATAL:
                 # The runner reports its own set-up failures before "ready" (launch()
                 # turns those into RunnerStartError); once it runs the job, only the
@@ -155,9 +182,11 @@ def execute(
         signals.elapsed_s = time.monotonic() - started - signals.tool_wait_s
     stopped = signals.host_timed_out or signals.output_exceeded or signals.relay_stopped
     if signals.frame is None and not stopped:
+        # The supervisor exits as soon as it has said how the runner ended, with its
+        # status; the engine's OOMKilled flag covers a kill the supervisor did not see.
         state = engine.wait_exit(container.id, EXIT_WAIT_S)
         if state is not None:
-            signals.oom_killed = state.oom_killed
+            signals.oom_killed = signals.oom_killed or state.oom_killed
             if state.exit_code is not None:
                 signals.exit_code = state.exit_code
 

@@ -25,7 +25,8 @@ SCOPE_LABEL = "dev.sandbox.scope"
 INSTANCE_LABEL = "dev.sandbox.instance"
 
 WORKDIR = "/workspace"
-SANDBOX_USER = "10001:10001"
+SANDBOX_USER = "10001:10001"  # the code's uid and gid, set by the supervisor
+START_USER = "0:0"  # the supervisor's, until it has started the runner
 NOFILE = 256
 RUNSC_HOST_PIDS = 1024
 RUNSC_THREADS_PER_PROCESS = 16
@@ -91,11 +92,15 @@ def host_config_args(shape: Shape) -> dict[str, Any]:
         "read_only": True,
         "tmpfs": {WORKDIR: tmpfs.format(work), "/tmp": tmpfs.format(scratch)},
         "shm_size": max(scratch, MiB),
+        # Root with two capabilities, for the supervisor (images/runner/supervisor.py)
+        # to run the code's runner as SANDBOX_USER and itself as another uid; both
+        # drop them, so none is left once the runner is up.
         "cap_drop": ["ALL"],
+        "cap_add": ["SETUID", "SETGID"],
         "security_opt": ["no-new-privileges"],
         "ulimits": ulimits,
         "ipc_mode": "private",
-        "init": True,  # tini as pid 1 reaps what a fork bomb leaves
+        "init": False,  # the supervisor is pid 1, and reaps what a fork bomb leaves
         "runtime": shape.runtime,
         # No log driver: runaway output must not land on the host's disk. attach still works.
         "log_config": LogConfig(type="none"),
@@ -152,7 +157,7 @@ class Engine:
             shape.image,
             stdin_open=True,
             tty=False,
-            user=SANDBOX_USER,
+            user=START_USER,
             working_dir=WORKDIR,
             hostname="sandbox",
             network_disabled=True,

@@ -92,6 +92,10 @@ class ContainerSignals:
     tool_wait_s: float = 0.0
     forged_frame: str = ""  # a call or fatal frame only the code can have written
     relay_stopped: bool = False
+    # The supervisor's exit frame: how the runner, the code's process, ended (its signal
+    # or status; "idle": before this job, which then never ran).
+    runner_exit: dict[str, Any] | None = None
+    seq: int = 1  # this job's number in its container (a session's runs count up)
 
 
 def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) -> Failure | None:
@@ -117,9 +121,58 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
             f"the container's output stream broke: {signals.stream_error}; nothing in the "
             "code is known to have caused it",
         )
+    if signals.runner_exit is not None:
+        return _runner_ended(signals.runner_exit, signals)
     if signals.frame is None:
         return _no_frame(signals)
     return _from_frame(signals.frame, signals)
+
+
+def _runner_ended(frame: dict[str, Any], signals: ContainerSignals) -> Failure | None:
+    """The code's process died, as the supervisor (out of its reach) saw it. A signal it
+    got from inside the container is the code's doing: the sandbox sends none (a kill
+    from outside ends the supervisor too, and the container with it)."""
+    signum, status = frame.get("signal"), frame.get("status")
+    if frame.get("idle") is True:
+        how = f"killed by {_signal_name(signum)}" if type(signum) is int else f"status {status}"
+        if signals.seq > 1:
+            return Failure.of(
+                FailureKind.CORRUPT_STATE,
+                f"the session's interpreter ended between executions ({how}); "
+                "its state is gone and this run did not start",
+            )
+        return Failure.of(
+            FailureKind.SANDBOX_CRASH,
+            f"the sandbox's runner ended before the run started ({how}); nothing ran",
+        )
+    if type(signum) is not int:
+        signals.exit_code = status if type(status) is int else 1
+        return _no_frame(signals)
+    name = _signal_name(signum)
+    details = {"signal": name, "exit_code": str(128 + signum)}
+    if signum == signal.SIGSYS:
+        return Failure.of(
+            FailureKind.POLICY_VIOLATION,
+            "the code made a system call the sandbox forbids and was killed for it (SIGSYS)",
+            details=details,
+        )
+    return Failure.of(
+        FailureKind.RUNTIME_ERROR,
+        f"the code's process was killed by {name} ({_SIGNAL_CAUSES.get(signum, 'a signal')}) "
+        "before it finished; the sandbox sent no signal",
+        exception_type=name,
+        details=details,
+    )
+
+
+_SIGNAL_CAUSES: dict[int, str] = {
+    signal.SIGSEGV: "an invalid memory access",
+    signal.SIGBUS: "an invalid memory access",
+    signal.SIGABRT: "an abort",
+    signal.SIGFPE: "an arithmetic fault",
+    signal.SIGILL: "an illegal instruction",
+    signal.SIGKILL: "a kill from inside the sandbox",
+}
 
 
 def _channel_tampering(what: str, attempted: str) -> Failure:
@@ -222,7 +275,9 @@ def _from_frame(frame: dict[str, Any], signals: ContainerSignals) -> Failure | N
     type_name = str(error.get("type") or "Exception")
     message = str(error.get("message") or "")
     frames = _frames(error.get("frames") or [])
-    blocked = [str(b) for b in frame.get("blocked") or []]
+    # Refused syscalls the supervisor saw (from outside the code's process), then what
+    # the runner's audit hook recorded.
+    blocked = [str(b) for b in (frame.get("syscalls") or []) + (frame.get("blocked") or [])]
 
     if error.get("syntax"):
         return Failure.of(

@@ -1,31 +1,48 @@
-"""The frame schema of the conversation between the host and the sandbox runner, shared
-by both sides: the host imports it as `sandbox.backends.container.protocol`, the image
-ships this very file beside the runner (/opt/sandbox/protocol.py, see images/Dockerfile)
-and the runner imports it as `protocol`. Standard library only, for that reason.
+"""The frame schema of the conversations between the host, the sandbox supervisor and the
+runner, shared by all three: the host imports it as `sandbox.backends.container.protocol`,
+the image ships this very file beside the supervisor and the runner (/opt/sandbox/, see
+images/Dockerfile), which import it as `protocol`. Standard library only, for that reason.
+
+Two processes in the container. The supervisor (images/runner/supervisor.py, pid 1) owns
+the channel to the host (the container's stdin and stdout) and runs the runner
+(images/runner/sandbox_runner.py) as its child, under another uid, over pipes of its
+own; the code runs in the runner and cannot reach the supervisor or its channel. The
+supervisor relays frames both ways and writes the ones only it can know: the job
+numbers, the child's death, syscalls the filter refused, whether anything was left
+running.
 
 One JSON object per line, UTF-8 (a lone surrogate the code printed travels as the bytes
 "surrogatepass" gives; the host replaces it):
 
-  host -> runner, on stdin:  a job (`job_frame`): {"code": ..., "inputs": {...},
-                              "stdin": "...", "limits": {"max_recursion_depth": N,
+  host -> supervisor -> runner: a job (`job_frame`): {"seq": N, "code": ..., "inputs":
+                              {...}, "stdin": "...", "limits": {"max_recursion_depth": N,
                               "output_bytes": N[, "max_call_bytes": N]}, "keep": bool
                               [, "tools": {name: is_async, ...}, "seed": N]
-                              [, "denied_imports": [name, ...]]} ("tools", "seed" and
-                              "max_call_bytes" only for a tool run; "denied_imports", the
-                              policy's, refused at import time); during a tool call, its
-                              answer (`reply_frame`, `error_reply_frame`).
-  runner -> host, on stdout: `ready_frame` once, after seccomp is on (or `fatal_frame`
-                              when the runner cannot set itself up, then exit status
+                              [, "denied_imports": [name, ...]]} ("seq" numbers a
+                              container's jobs from 1; "tools", "seed" and "max_call_bytes"
+                              only for a tool run; "denied_imports", the policy's, refused
+                              at import time); during a tool call, its answer
+                              (`reply_frame`, `error_reply_frame`).
+  runner -> supervisor -> host: `ready_frame` once, after seccomp is on (or `fatal_frame`
+                              when either cannot set itself up, then exit status
                               FATAL_STATUS); then per job any number of `output_frame`s
                               and `call_frame`s (seq counts the job's calls from 1), and
-                              exactly one result frame (RESULT_FIELDS, checked on the
-                              host by `checked_result_frame`).
+                              one result frame (RESULT_FIELDS, checked on the host by
+                              `checked_result_frame`) or, when the runner died, one
+                              `exit_frame`. Every frame of a job carries its number (JOB);
+                              the supervisor drops what the runner writes for another job
+                              or between jobs, and the host takes no frame for another job.
+  supervisor -> host:         `broken_frame` when the runner wrote what is no frame;
+                              `exit_frame` with "idle" when the runner ended between jobs.
 With "keep" the runner waits for another job in the same interpreter (a session).
+A job without "seq" (a host from before the supervisor) gets frames without JOB, and the
+runner's death as the container's exit status.
 
-The code runs in the runner's process and can write to the channel's fds too, so the
-host trusts nothing it reads: a line that is not a frame, or a frame the runner does not
-write, is the code's doing. The caps below keep every frame the runner writes under the
-host's line cap (`line_cap`), so that a longer line can only be the code's own bytes."""
+The code runs in the runner's process and can write to the runner's pipe, so nothing
+the runner writes is trusted beyond its own job: a line that is not a frame, or a frame
+the runner does not write, is the code's doing. The caps below keep every frame the
+runner writes under the line cap (`line_cap`), so that a longer line can only be the
+code's own bytes."""
 
 from __future__ import annotations
 
@@ -37,12 +54,15 @@ from typing import Any
 # -- frames -------------------------------------------------------------------------
 
 TYPE = "t"  # every frame's type field; the job has none
+JOB = "j"  # the number of the job a frame belongs to (the job's "seq")
 READY = "ready"
 OUTPUT = "o"
 CALL = "call"
 REPLY = "reply"
 RESULT = "result"
 FATAL = "fatal"
+EXIT = "exit"  # the runner died: the supervisor says how
+BROKEN = "broken"  # the runner wrote what is no frame: the supervisor says what
 
 # The runner's exit status when it cannot set itself up or read its job, or a tool call
 # gets no reply, or one it did not expect.
@@ -97,6 +117,7 @@ def _not_json(value: Any) -> Any:
 
 def job_frame(
     *,
+    seq: int,
     code: str,
     inputs: Mapping[str, Any],
     stdin: str,
@@ -114,6 +135,7 @@ def job_frame(
         "output_bytes": output_bytes,
     }
     job: dict[str, Any] = {
+        "seq": seq,
         "code": code,
         "inputs": dict(inputs),
         "stdin": stdin,
@@ -154,6 +176,24 @@ def error_reply_frame(seq: int, *, error_type: str, message: str, kind: str) -> 
 
 def fatal_frame(message: str) -> dict[str, Any]:
     return {TYPE: FATAL, "message": message}
+
+
+def exit_frame(
+    job: int, *, status: int | None, signal: int | None, idle: bool, oom: bool = False
+) -> dict[str, Any]:
+    """The runner ended: with exit `status`, or killed by `signal`; `idle`: between jobs
+    (`job` is the last one it ran, 0 for none), so no job saw it; `oom`: the memory
+    cgroup killed a process meanwhile."""
+    frame: dict[str, Any] = {TYPE: EXIT, JOB: job, "idle": idle, "oom": oom}
+    if signal is not None:
+        frame["signal"] = signal
+    else:
+        frame["status"] = status
+    return frame
+
+
+def broken_frame(job: int, message: str) -> dict[str, Any]:
+    return {TYPE: BROKEN, JOB: job, "message": message}
 
 
 # -- the last expression's value ----------------------------------------------------
@@ -237,7 +277,10 @@ class ForgedFrame(Exception):
 
 # What the runner's result frame holds (sandbox_runner.py, Runner.run), and its error's.
 RESULT_FIELDS = frozenset(
-    {TYPE, "ok", "exit_code", "value", "value_bytes", "error", "blocked", "usage"}
+    {TYPE, JOB, "ok", "exit_code", "value", "value_bytes", "error", "blocked", "usage"}
+    # The supervisor's: syscalls its filter refused (seen from outside the code's
+    # process), and whether the code left a thread or process running.
+    | {"syscalls", "left_running"}
 )
 USAGE_FIELDS = frozenset({"cpu_ms", "peak_memory_bytes"})
 ERROR_FIELDS = frozenset(
@@ -279,9 +322,12 @@ def _result_problem(frame: dict[str, Any]) -> str:
         return "usage"
     if not all(_is_int(v, _INT64) for v in usage.values()):
         return "usage"
-    blocked = frame.get("blocked", [])
-    if not isinstance(blocked, list) or not all(isinstance(b, str) for b in blocked):
-        return "blocked"
+    for name in ("blocked", "syscalls"):
+        listed = frame.get(name, [])
+        if not isinstance(listed, list) or not all(isinstance(b, str) for b in listed):
+            return name
+    if type(frame.get("left_running", False)) is not bool:
+        return "left_running"
     if "value_bytes" in frame and not (ok and _is_int(frame["value_bytes"], _INT64)):
         return "value_bytes"
     if "value" in frame:

@@ -24,6 +24,9 @@ async def test_container_confinement(
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]
+    # For the supervisor to run the code as 10001 and itself as 10000; both drop them.
+    assert sorted(host["CapAdd"]) == ["SETGID", "SETUID"]
+    assert host["Init"] is not True  # the supervisor is pid 1
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["Memory"] == host["MemorySwap"] == LIMITS.memory_bytes
     assert host["NanoCpus"] == LIMITS.cpu_millis * 1_000_000
@@ -40,18 +43,23 @@ async def test_container_confinement(
     assert host["LogConfig"]["Type"] == "none"
     assert ulimits["core"]["Hard"] == 0 and ulimits["nofile"]["Hard"] > 0
     assert ulimits["fsize"]["Hard"] <= LIMITS.disk_bytes
-    assert info["Config"]["User"] == "10001:10001"
+    assert info["Config"]["User"] == "0:0"  # until the supervisor has dropped it
     assert info["Config"]["Labels"]["dev.sandbox.owner"] == "sandbox-server"
 
 
 async def test_inside_the_container(backend: ContainerBackend) -> None:
     code = """
 import os, json
-status = dict(line.split(':\\t', 1) for line in open('/proc/self/status').read().splitlines()
-              if ':\\t' in line)
+def status_of(pid):
+    return dict(line.split(':\\t', 1) for line in open(f'/proc/{pid}/status').read().splitlines()
+                if ':\\t' in line)
+status, supervisor = status_of('self'), status_of(1)
 json.dumps({
     "uid": os.getuid(),
     "cap_eff": status["CapEff"].strip(),
+    "cap_prm": status["CapPrm"].strip(),
+    "supervisor_uid": supervisor["Uid"].split(),
+    "supervisor_caps": [supervisor[k].strip() for k in ("CapEff", "CapPrm")],
     "no_new_privs": status.get("NoNewPrivs", "").strip(),
     "seccomp": status.get("Seccomp", "").strip(),
     "interfaces": sorted(os.listdir('/sys/class/net')) if os.path.isdir('/sys/class/net') else [],
@@ -62,7 +70,10 @@ json.dumps({
     assert result.ok, result.failure
     seen = json.loads(result.result)
     assert seen["uid"] == 10001
-    assert int(seen["cap_eff"], 16) == 0
+    assert int(seen["cap_eff"], 16) == int(seen["cap_prm"], 16) == 0
+    # The supervisor: another uid (real, effective, saved, fs), no capability left.
+    assert seen["supervisor_uid"] == ["10000"] * 4
+    assert [int(c, 16) for c in seen["supervisor_caps"]] == [0, 0]
     if backend.runtime == "runc":  # gVisor's /proc does not show these two
         assert seen["no_new_privs"] == "1"
         assert seen["seccomp"] == "2"

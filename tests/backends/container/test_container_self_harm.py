@@ -59,3 +59,72 @@ def test_a_syscall_through_a_foreign_abi_ends_the_run_at_once(
         assert failure.details["signal"] == "SIGSYS"
         assert not failure.retryable
     assert lab.execute("print(1)").stdout == "1\n"
+
+
+@pytest.mark.parametrize(
+    ("code", "signal_name"),
+    [
+        ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "SIGKILL"),
+        ("import os\nos.abort()", "SIGABRT"),
+        ("import ctypes\nctypes.string_at(0)", "SIGSEGV"),  # a segfault
+        ("import signal\nsignal.raise_signal(signal.SIGTERM)", "SIGTERM"),
+        # From a thread, and from a process of its own that takes its parent down.
+        (
+            "import os, signal, threading\n"
+            "threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGKILL)).start()\n"
+            "import time\ntime.sleep(5)",
+            "SIGKILL",
+        ),
+        (
+            "import os, subprocess, sys\n"
+            "subprocess.run([sys.executable, '-c', f'import os; os.kill({os.getpid()}, 11)'])\n"
+            "import time\ntime.sleep(5)",
+            "SIGSEGV",
+        ),
+    ],
+    ids=["sigkill", "abort", "segfault", "sigterm", "sigkill-thread", "sigsegv-child"],
+)
+def test_code_that_kills_itself_is_its_own_runtime_error(
+    lab: Lab, code: str, signal_name: str
+) -> None:
+    # It was SANDBOX_CRASH, which run() retries: the same code killed itself again.
+    started = time.monotonic()
+    result = lab.execute(code)
+    assert time.monotonic() - started < 5
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.details["signal"] == signal_name and signal_name in failure.message
+    assert not failure.retryable
+    assert lab.execute("print(1)").stdout == "1\n"
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL", "SIGSTOP"])
+def test_code_cannot_signal_the_supervisor(lab: Lab, signal_name: str) -> None:
+    # pid 1 is the supervisor, under another uid: SIGTERM to it ended the container
+    # (SANDBOX_CRASH, retried).
+    result = lab.execute(f"import os, signal\nos.kill(1, signal.{signal_name})")
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == "PermissionError"
+    everyone = lab.execute("import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('here')")
+    assert everyone.failure is None or everyone.failure.exception_type == "ProcessLookupError"
+    assert lab.execute("print(1)").stdout == "1\n"
+
+
+def test_code_cannot_reach_the_supervisors_channel_or_memory(lab: Lab) -> None:
+    code = """
+import os
+reached = []
+for path, flags in [("/proc/1/fd/0", os.O_RDONLY), ("/proc/1/fd/1", os.O_WRONLY),
+                    ("/proc/1/mem", os.O_RDONLY), ("/proc/1/environ", os.O_RDONLY)]:
+    try:
+        os.close(os.open(path, flags))
+        reached.append(path)
+    except OSError:
+        pass
+reached
+"""
+    result = lab.execute(code)
+    assert result.ok, result.failure
+    # gVisor lets any process read another's environment, which holds no secret.
+    assert [p for p in result.result if p != "/proc/1/environ" or lab.runtime == "runc"] == []

@@ -211,8 +211,9 @@ def test_auto_falls_back_only_before_the_first_tool_call(both_backends: ServerTh
 
 
 def forged(frame: dict[str, Any]) -> str:
-    """Code that writes `frame` to the runner's frame channel itself."""
-    line = json.dumps(frame).encode() + b"\n"
+    """Code that writes `frame` to the runner's frame channel itself, numbered for its
+    job (a fresh container's first) as the runner's own frames are."""
+    line = json.dumps({**frame, "j": 1}).encode() + b"\n"
     return f"import os\nos.write({RUNNER_OUT_FD}, {line!r})\n"
 
 
