@@ -271,7 +271,9 @@ class Supervisor:
         except BlockingIOError:
             return
         except BrokenPipeError:
-            self.to_child.clear()  # the child is ending; reaping says how
+            # The child is ending (reaping says how), or the code closed its end.
+            self.to_child.clear()
+            self.eof_at = self.eof_at or time.monotonic()
             return
         del self.to_child[:written]
 
