@@ -271,7 +271,9 @@ class Supervisor:
         except BlockingIOError:
             return
         except BrokenPipeError:
-            self.to_child.clear()  # the child is ending; reaping says how
+            # The child is ending (reaping says how), or the code closed its end.
+            self.to_child.clear()
+            self.eof_at = self.eof_at or time.monotonic()
             return
         del self.to_child[:written]
 
@@ -292,7 +294,7 @@ class Supervisor:
             self._child_line(line)
         if len(self.child_buf) > self.cap:
             if self.running:
-                self._broken(f"a frame longer than {self.cap} bytes")
+                self._broken(f"a frame longer than {self.cap} bytes", bytes(self.child_buf))
             self.child_buf.clear()
             self.skipping = True
 
@@ -302,13 +304,16 @@ class Supervisor:
         try:
             frame = json.loads(line)
         except ValueError:
-            self._broken(f"unreadable frame ({len(line)} bytes)")
+            self._broken(f"unreadable frame ({len(line)} bytes)", line)
         if not isinstance(frame, dict) or not isinstance(frame.get(TYPE), str):
-            self._broken("a frame without a type")
+            self._broken("a frame without a type", line)
         kind = frame[TYPE]
         known = kind in (OUTPUT, CALL, RESULT, FATAL)
         named = f"a {kind} frame" if known else f"a {kind[:20]!r} frame"
         job = frame.get(JOB)
+        if type(job) is not int and self.legacy:
+            self._to_host(frame)  # a host from before the supervisor judges it itself
+            return
         if type(job) is not int:
             # The runner numbers every frame it writes: this one is the code's.
             said = str(frame.get("message") or "").strip().splitlines()[:1] if kind == FATAL else []
@@ -328,13 +333,19 @@ class Supervisor:
                 frame["left_running"] = self._left_running()
         self._to_host(frame)
 
-    def _broken(self, message: str, *, forged: bool = False) -> NoReturn:
+    def _broken(self, message: str, line: bytes = b"", *, forged: bool = False) -> NoReturn:
         """The child wrote to its channel what the runner never writes: the code's doing.
-        Its run ends here, as does the container."""
-        frame = fatal_frame(message) if self.legacy else broken_frame(self.host_seq or 0, message)
-        if forged and not self.legacy:
-            frame["forged"] = True
-        self._write_host(frame)
+        Its run ends here, as does the container. A host from before the supervisor gets
+        the bytes themselves (it reads them as the code's, as it did), or a fatal frame."""
+        if self.legacy and line:
+            self._write_raw(line[:IDLE_LINE_BYTES] + b"\n")
+        else:
+            frame = (
+                fatal_frame(message) if self.legacy else broken_frame(self.host_seq or 0, message)
+            )
+            if forged and not self.legacy:
+                frame["forged"] = True
+            self._write_host(frame)
         raise Stop(FATAL_STATUS)
 
     def _to_host(self, frame: dict[str, Any]) -> None:
@@ -345,7 +356,10 @@ class Supervisor:
         self._write_host(frame)
 
     def _write_host(self, frame: dict[str, Any]) -> None:
-        data = memoryview(encode_frame(frame))
+        self._write_raw(encode_frame(frame))
+
+    def _write_raw(self, encoded: bytes) -> None:
+        data = memoryview(encoded)
         while data:
             try:
                 data = data[os.write(self.host_out, data) :]

@@ -1,11 +1,11 @@
-"""Frames to and from one runner over the container's attach socket: bytes on one side,
-decoded frames on the other (the conversation itself is conversation.py's). Blocking;
-used from worker threads only.
+"""Frames to and from one container's supervisor (which relays the runner's) over the
+container's attach socket: bytes on one side, decoded frames on the other (the
+conversation itself is conversation.py's). Blocking; used from worker threads only.
 
 Docker multiplexes a non-TTY container's stdout and stderr on the attach socket as
 frames of an 8-byte header (stream, 0, 0, 0, big-endian length) and a payload. The
-runner speaks JSON lines on stdout; stderr only carries what Python printed before the
-runner took over (bounded, for diagnostics)."""
+supervisor speaks JSON lines on stdout; stderr only carries what Python printed before
+the supervisor took over (bounded, for diagnostics)."""
 
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ class ChannelTimeout(Exception):
 
 
 class ProtocolError(Exception):
-    """A line on the runner's stdout that is not a runner frame. The runner never writes
-    one: its frames are JSON objects with a type, each written whole under one lock and
-    bounded below the line cap. The code runs in the runner's process and can write to
-    the channel's fd; garbage there is its doing."""
+    """A line that is not a frame, or the supervisor's word that the runner wrote one
+    (a BROKEN frame): the runner never does, its frames are JSON objects with a type,
+    each written whole under one lock and bounded below the line cap. The code runs in
+    the runner's process and can write to its pipe; garbage there is its doing."""
 
 
 class StreamError(Exception):

@@ -1,9 +1,10 @@
-"""The host's side of the conversation with one runner (frames: protocol.py): start a
-container and wait for its runner's ready frame; send it a job and read frames until the
-job's result, relaying tool calls through a ToolBridge, holding the output cap and the
-wall clock, and stopping the container (its channel closed first) when either is hit or
-the code breaks the protocol. Blocking, worker threads only; the engine calls are
-engine.py's, the bytes on the socket channel.py's."""
+"""The host's side of the conversation with one container (frames: protocol.py; the
+supervisor relays the runner's): start a container and wait for its ready frame; send it
+a job, numbered, and read that job's frames until its result or the runner's exit,
+relaying tool calls through a ToolBridge, holding the output cap and the wall clock,
+taking no frame numbered for another job, and stopping the container (its channel
+closed first) when a cap is hit or the code breaks the protocol. Blocking, worker
+threads only; the engine calls are engine.py's, the bytes on the socket channel.py's."""
 
 from __future__ import annotations
 

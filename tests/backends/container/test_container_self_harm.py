@@ -3,11 +3,12 @@ happened at once, with the right advice (not a crash to retry, not a hang to tim
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
 
-from sandbox_client import FailureKind
+from sandbox_client import FailureKind, RequestRefused
 from tests.backends.container.conftest import Lab
 
 pytestmark = pytest.mark.docker
@@ -128,3 +129,28 @@ reached
     assert result.ok, result.failure
     # gVisor lets any process read another's environment, which holds no secret.
     assert [p for p in result.result if p != "/proc/1/environ" or lab.runtime == "runc"] == []
+
+
+@pytest.mark.parametrize("fd", [200, 201], ids=["jobs", "frames"])
+def test_code_that_closes_its_channel_to_the_supervisor_ends_at_once(lab: Lab, fd: int) -> None:
+    # The runner's ends of its pipes to the supervisor: its jobs, its frames.
+    with lab.client() as client:
+        session = client.create_session(backend="container", policy="lab")
+        started = time.monotonic()
+        first = client.execute(
+            f"import os, time\nos.close({fd})\ntime.sleep(0.2)\n'closed'",
+            session_id=session.session_id,
+        )
+        second = client.execute("'next'", session_id=session.session_id)
+        assert time.monotonic() - started < 8  # not a wait for the wall budget
+        with contextlib.suppress(RequestRefused):
+            client.close_session(session.session_id)
+    if fd == 201:
+        # It cannot report its own run: the code's failure, not one to retry.
+        assert first.failure is not None and first.failure.kind is FailureKind.RUNTIME_ERROR
+        assert not first.failure.retryable
+    else:
+        # It ran, and the session's interpreter could read no further job.
+        assert first.ok and first.result == "closed", first.failure
+        assert second.failure is not None and second.failure.kind is FailureKind.CORRUPT_STATE
+        assert "between executions" in second.failure.message
