@@ -149,8 +149,15 @@ def test_code_that_closes_its_channel_to_the_supervisor_ends_at_once(lab: Lab, f
         # It cannot report its own run: the code's failure, not one to retry.
         assert first.failure is not None and first.failure.kind is FailureKind.RUNTIME_ERROR
         assert not first.failure.retryable
-    else:
+    elif first.ok:
         # It ran, and the session's interpreter could read no further job.
-        assert first.ok and first.result == "closed", first.failure
+        assert first.result == "closed"
         assert second.failure is not None and second.failure.kind is FailureKind.CORRUPT_STATE
         assert "between executions" in second.failure.message
+    else:
+        # The supervisor saw the closed pipe before the run ended (a CI run under load):
+        # the code's tampering with its channel, never one to retry.
+        assert first.failure is not None, first
+        assert first.failure.kind is FailureKind.POLICY_VIOLATION, first.failure
+        assert not first.failure.retryable
+        assert second.failure is not None and not second.ok
