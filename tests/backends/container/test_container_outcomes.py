@@ -11,17 +11,22 @@ import docker
 import pytest
 
 from sandbox.backends.container.backend import ContainerBackend
+from sandbox.backends.container.engine import SCOPE_LABEL, Engine
 from sandbox.config import ContainerSettings
 from sandbox_client import Failure, FailureKind, SuggestedAction
 from tests.backends.container.conftest import (
+    IMAGE,
     LIMITS,
     SCOPE,
+    MiB,
     assert_healthy,
     make_backend,
     run,
+    runtime_problem,
     signal_on_output,
     started,
 )
+from tests.conftest import require
 
 pytestmark = pytest.mark.docker
 
@@ -88,6 +93,41 @@ async def test_oom_is_memory_limit(backend: ContainerBackend) -> None:
     assert result.failure is not None, result
     assert result.failure.kind is FailureKind.MEMORY_LIMIT, result.failure
     await assert_healthy(backend)
+
+
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+def test_an_oom_kill_is_found_in_the_engines_event_log(
+    engine: docker.DockerClient, runtime: str
+) -> None:
+    """dockerd can leave a runsc container's OOMKilled flag unset when it learns of the
+    kill after the exit; its event log still has it, and a kill from outside is not one."""
+    require(runtime_problem(engine, runtime))
+    ours = Engine(docker_host=None, labels={}, max_pool=1)
+    eater = ["python3", "-c", "b = []\nwhile True: b.append(b'x' * 2**24)"]
+    common: dict[str, object] = {
+        "entrypoint": [],
+        "runtime": runtime,
+        "network_mode": "none",
+        "detach": True,
+        "mem_limit": 128 * MiB,
+        "memswap_limit": 128 * MiB,
+        "labels": {SCOPE_LABEL: SCOPE},
+    }
+    oomed = engine.containers.run(IMAGE, eater, **common)
+    killed = engine.containers.run(IMAGE, ["sleep", "60"], **common)
+    try:
+        oomed.wait(timeout=60)
+        killed.kill()
+        killed.wait(timeout=60)
+        for container, was_oom in ((oomed, True), (killed, False)):
+            container.reload()
+            state = container.attrs["State"]
+            assert state["ExitCode"] == 137
+            assert ours._oom_event(container.id, state["StartedAt"]) is was_oom
+    finally:
+        oomed.remove(force=True)
+        killed.remove(force=True)
+        ours.close()
 
 
 @pytest.mark.parametrize(
