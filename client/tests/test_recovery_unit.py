@@ -178,7 +178,7 @@ def test_escalations_are_bounded() -> None:
     codes = iter(f"v{i}" for i in range(10))
     recovery = QUICK.model_copy(update={"max_escalations": 2})
     outcome = run(script, recovery=recovery, escalate=lambda e: ApproveCode(code=next(codes)))
-    assert outcome.status == "aborted"
+    assert outcome.status == "escalated"
     assert len(outcome.escalations) == 2 and len(script.calls) == 3
     assert outcome.attempts[-1].action is A.ABORT
 

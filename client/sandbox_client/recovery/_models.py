@@ -213,7 +213,7 @@ class ApprovePolicy(BaseModel):
 
 
 class Abort(BaseModel):
-    """Stop; `run()` returns an Outcome with status "escalated"."""
+    """Stop; `run()` returns an Outcome with status "aborted"."""
 
     model_config = ConfigDict(frozen=True)
     kind: Literal["abort"] = "abort"
@@ -229,8 +229,8 @@ class Outcome(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     # succeeded: the last attempt ran to completion. aborted: an ABORT kind
-    # (INVALID_REQUEST, CANCELLED) or too many escalations. escalated: the escalation
-    # handler answered Abort.
+    # (INVALID_REQUEST, CANCELLED), or the escalation handler answered Abort.
+    # escalated: the run needs a person again after max_escalations answers.
     status: Literal["succeeded", "aborted", "escalated"]
     result: ExecutionResult
     code: str  # the code that produced `result` (after any repairs)

@@ -114,6 +114,8 @@ class RunState:
         self.recovery = recovery
         self.code = code
         self.backend = Backend(given["backend"])
+        # A backend the caller named is a choice; only AUTO (or no choice) may move.
+        self.backend_chosen = self.backend is not Backend.AUTO
         self.policy = given["policy"]
         self.limits = given["limits"]
         self.session_id = given["session_id"]
@@ -314,6 +316,8 @@ class RunState:
         if action is A.FALLBACK:
             if self.session_id:
                 return "a session is bound to its backend"
+            if self.backend_chosen:
+                return f"the caller chose backend {self.backend.value}"
             if self.backend is self.recovery.fallback_backend:
                 return f"already on {self.backend.value}"
             fallback = self.recovery.fallback_backend
@@ -433,7 +437,7 @@ class RunState:
         self._escalation_reason = reason
         self._budget_gone = exhausted
         if len(self.escalations) >= self.recovery.max_escalations:
-            self.status = "aborted"
+            self.status = "escalated"  # it needs a person, and may ask no more
             return Step("done", failure), A.ABORT, f"{reason}; no escalations left"
         return Step("escalate", failure), A.ESCALATE, reason
 
@@ -459,7 +463,7 @@ class RunState:
         """Takes the escalation handler's answer. An approval starts a fresh budget: a
         person has looked at it. Approving something that already failed aborts."""
         if isinstance(resolution, Abort):
-            self.status = "escalated"
+            self.status = "aborted"
             return Step("done")
         if isinstance(resolution, ApproveCode):
             if self.signature(code=resolution.code) in self._failed:
