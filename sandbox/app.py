@@ -24,6 +24,7 @@ from sandbox.core.sessions import SessionRegistry
 from sandbox.durable.durability import Durability, build_journal
 from sandbox.edge.calls import Edge
 from sandbox.edge.service import SandboxService, generic_handler
+from sandbox.errors import ConfigError
 from sandbox.metrics import Metrics
 from sandbox.policy.checker import StaticChecker
 from sandbox.tasks import cancel_and_wait
@@ -83,17 +84,35 @@ class SandboxServer:
         self.port = 0
 
     async def start(self) -> int:
+        # Bound first: a port in use fails the start before any backend has started.
+        server = self._listener()
         if self.audit is not None:
             self.audit.start()
         for backend in self.executor.backends.values():
             await backend.start()
         if self.executor.checker is not None:
             await self.executor.checker.start(wait=False)
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._expiry = asyncio.create_task(self.executor.sessions.run_expiry())
+        self._watch = asyncio.create_task(self.reloader.watch())
+        if self.settings.metrics.port is not None:
+            self.metrics.serve(self.settings.metrics)
+        if self.executor.journal is not None:
+            self.executor.journal.start()
+        backends = sorted(b.value for b in self.executor.backends)
+        log.info("serving", address=f"{self.settings.server.host}:{self.port}", backends=backends)
+        return self.port
+
+    def _listener(self) -> grpc.aio.Server:
         limit = self.settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", int(self.settings.server.reuse_port)),
             ]
         )
         service = SandboxService(self.executor, self.edge)
@@ -106,19 +125,7 @@ class SandboxServer:
         port = self.settings.server.port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = bind(server, address, self.settings.tls)
-        await server.start()
-        self._server = server
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._expiry = asyncio.create_task(self.executor.sessions.run_expiry())
-        self._watch = asyncio.create_task(self.reloader.watch())
-        if self.settings.metrics.port is not None:
-            self.metrics.serve(self.settings.metrics)
-        if self.executor.journal is not None:
-            self.executor.journal.start()
-        backends = sorted(b.value for b in self.executor.backends)
-        log.info("serving", address=f"{host}:{self.port}", backends=backends)
-        return self.port
+        return server
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
@@ -191,12 +198,18 @@ def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventL
 def bind(server: grpc.aio.Server, address: str, tls: TlsSettings) -> int:
     """Adds the listening port: TLS when a certificate is configured (mutual TLS when a
     client CA is), plaintext otherwise (loopback only, unless tenants hold API keys)."""
-    if tls.cert_file is None or tls.key_file is None:
-        return server.add_insecure_port(address)
-    ca = tls.client_ca_file
-    credentials = grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=ca.read_bytes() if ca is not None else None,
-        require_client_auth=ca is not None,
-    )
-    return server.add_secure_port(address, credentials)
+    try:
+        if tls.cert_file is None or tls.key_file is None:
+            return server.add_insecure_port(address)
+        ca = tls.client_ca_file
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+            root_certificates=ca.read_bytes() if ca is not None else None,
+            require_client_auth=ca is not None,
+        )
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+        raise ConfigError(
+            f"cannot listen on {address}: the address is in use (another `sandbox serve`?) "
+            f"or not this machine's ({exc})"
+        ) from None

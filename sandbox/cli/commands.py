@@ -160,7 +160,10 @@ def _run(args: argparse.Namespace) -> int:
                 limits=limits,
             )
     else:
-        settings = load_printing_notes(args.config, monty={"min_workers": 1})
+        # One run, no idempotency key: no journal, so a server that owns it may be up.
+        settings = load_printing_notes(
+            args.config, monty={"min_workers": 1}, journal={"enabled": False}
+        )
         configure_logging(settings.log.model_copy(update={"level": "warning"}))
         request = Request(
             code=code,

@@ -38,6 +38,7 @@ def serving(config: Path, text: str) -> Iterator[tuple[subprocess.Popen[str], IO
         yield proc, proc.stderr
     finally:
         proc.kill()
+        proc.wait(timeout=30)
 
 
 def test_run_success_exits_zero_and_prints_output(tmp_path: Path) -> None:
@@ -259,3 +260,61 @@ def test_run_against_a_server_with_an_api_key(tmp_path: Path) -> None:
     assert json.loads(refused.stdout)["failure"]["kind"] == "INVALID_REQUEST"
     assert by_flag.returncode == 0 and by_flag.stdout == "1\n", by_flag.stderr
     assert by_env.returncode == 0 and by_env.stdout == "2\n", by_env.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config(tmp_path: Path, name: str, port: int, **server: str) -> Path:
+    extra = "".join(f"{key} = {value}\n" for key, value in server.items())
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f"[server]\nport = {port}\n{extra}[journal]\nstate_dir = '{tmp_path / name}'\n"
+        "[log]\nformat = 'json'\n[monty]\nmin_workers = 1\n"
+    )
+    return path
+
+
+def test_a_second_server_on_a_port_in_use_fails_to_start(
+    tmp_path: Path, server: ServerThread
+) -> None:
+    port = server.address.rsplit(":", 1)[1]
+    done = sandbox("serve", "--config", str(_config(tmp_path, "second", int(port))))
+    assert done.returncode == 2, done.stderr
+    assert f"sandbox: cannot listen on 127.0.0.1:{port}: the address is in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_port_sharing_is_a_setting_asked_for_on_purpose(tmp_path: Path) -> None:
+    port = _free_port()
+    first = _config(tmp_path, "a", port, reuse_port="true")
+    with serving(first, first.read_text()) as (_, log_a):
+        assert json.loads(log_a.readline())["event"] == "serving"
+        second = _config(tmp_path, "b", port, reuse_port="true")
+        with serving(second, second.read_text()) as (_, log_b):
+            line = json.loads(log_b.readline())
+            assert line["event"] == "serving" and line["address"].endswith(f":{port}")
+
+
+def test_a_second_server_on_the_same_journal_is_refused(tmp_path: Path) -> None:
+    config = _config(tmp_path, "one", 0)
+    with serving(config, config.read_text()) as (proc, log):
+        assert json.loads(log.readline())["event"] == "serving"
+        done = sandbox("serve", "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    journal = tmp_path / "one" / "journal.sqlite3"
+    assert f"sandbox: the journal {journal} is in use by process {proc.pid}" in done.stderr
+
+
+def test_an_in_process_run_beside_a_server_on_the_same_state_dir(tmp_path: Path) -> None:
+    config = _config(tmp_path, "shared", 0)
+    with serving(config, config.read_text()) as (_, log):
+        assert json.loads(log.readline())["event"] == "serving"
+        done = sandbox("run", "-", "--config", str(config), stdin="print(6 * 7)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "42\n"
