@@ -318,3 +318,17 @@ def test_an_in_process_run_beside_a_server_on_the_same_state_dir(tmp_path: Path)
         done = sandbox("run", "-", "--config", str(config), stdin="print(6 * 7)")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "42\n"
+
+
+def test_the_containers_example_config_knows_the_repositorys_policies() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [*SANDBOX, "policy", "show", "data-analysis", "--config", "examples/containers.toml"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'name = "data-analysis"' in done.stdout
+    assert 'container_image = "sandbox-runner-datascience:latest"' in done.stdout
