@@ -95,6 +95,27 @@ async def test_oom_is_memory_limit(backend: ContainerBackend) -> None:
     await assert_healthy(backend)
 
 
+async def test_the_pids_cap_is_named_when_a_fork_is_refused(backend: ContainerBackend) -> None:
+    code = "import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(30)"
+    result = await run(backend, code, pids=32, memory_bytes=1024 * MiB)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == "BlockingIOError"
+    assert (failure.details["limit"], failure.details["limit_value"]) == ("pids", "32")
+    assert failure.frames[-1].line == 3
+    await assert_healthy(backend)
+
+
+async def test_the_disk_cap_is_named_when_a_write_is_refused(backend: ContainerBackend) -> None:
+    code = "with open('fill', 'wb') as f:\n    while True:\n        f.write(b'x' * 2**20)"
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.details["limit"] == "disk_bytes", failure
+    assert failure.details["limit_value"] == str(LIMITS.disk_bytes)
+    await assert_healthy(backend)
+
+
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
 def test_an_oom_kill_is_found_in_the_engines_event_log(
     engine: docker.DockerClient, runtime: str
