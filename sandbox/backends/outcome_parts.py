@@ -73,7 +73,8 @@ _ERRNO = re.compile(r"\[Errno (\d+)\]")
 
 def _cap_hit(type_name: str, message: str, limits: EffectiveLimits) -> tuple[str, int, str] | None:
     """The limit behind an error, when its type and errno say which: a fork or thread
-    refused (EAGAIN) under the pids cap, a write refused on a full disk (ENOSPC, or EFBIG from a capped tmpfs)."""
+    refused (EAGAIN) under the pids cap, a write refused on a full disk (ENOSPC, or
+    EFBIG from a capped tmpfs)."""
     if type_name == "RecursionError":
         depth = limits.max_recursion_depth
         return "max_recursion_depth", depth, f"the recursion depth limit is {depth}"

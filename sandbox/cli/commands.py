@@ -175,7 +175,19 @@ def _run(args: argparse.Namespace) -> int:
         )
         result = asyncio.run(_run_in_process(settings, request))
     _print_result(result, as_json=args.json)
-    return 0 if result.ok else 1
+    return exit_status(result)
+
+
+def exit_status(result: ExecutionResult) -> int:
+    """0 for success; the code's own status when it ended itself with sys.exit(n), as
+    `python file.py` would; 1 for any other failure."""
+    failure = result.failure
+    if failure is None:
+        return 0
+    status = failure.details.get("exit_code", "")
+    if failure.exception_type == "SystemExit" and status.isdigit() and 0 < int(status) < 256:
+        return int(status)
+    return 1
 
 
 async def _run_in_process(settings: Settings, request: Request) -> ExecutionResult:

@@ -332,3 +332,18 @@ def test_the_containers_example_config_knows_the_repositorys_policies() -> None:
     assert done.returncode == 0, done.stderr
     assert 'name = "data-analysis"' in done.stdout
     assert 'container_image = "sandbox-runner-datascience:latest"' in done.stdout
+
+
+@pytest.mark.docker
+def test_sys_exit_in_a_container_is_the_commands_exit_status(tmp_path: Path) -> None:
+    from tests.conftest import docker_problem, require
+
+    require(docker_problem("sandbox-runner:latest"))
+    script = tmp_path / "leave.py"
+    script.write_text("import sys\nprint('a')\nsys.exit(3)\n")
+    config = tmp_path / "c.toml"
+    config.write_text("[container]\nenabled = true\npool_size = 1\nscope = 'test-cli-exit'\n")
+    done = sandbox("run", str(script), "--backend", "container", "--config", str(config))
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "a\n"
+    assert "SystemExit: exit status 3 (line 3: sys.exit(3))" in done.stderr

@@ -343,7 +343,7 @@ async def test_any_exit_code_is_reported_as_the_status_cpython_gives(
     assert failure.exception_type == "SystemExit" and not failure.retryable
     assert result.exit_code == status
     assert failure.details == {"exit_code": str(status)}
-    shown = f"SystemExit: {message}" if message else "SystemExit"
+    shown = f"SystemExit: exit status {status}" + (f": {message}" if message else "")
     assert (
         failure.message.startswith(shown[:60]) and "(line 1: raise SystemExit(" in failure.message
     )
