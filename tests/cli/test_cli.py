@@ -347,3 +347,41 @@ def test_sys_exit_in_a_container_is_the_commands_exit_status(tmp_path: Path) -> 
     assert done.returncode == 3, done.stderr
     assert done.stdout == "a\n"
     assert "SystemExit: exit status 3 (line 3: sys.exit(3))" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["audit", "query", "{log}", "--since", "yesterday"], "not an ISO 8601 time"),
+        (["audit", "query", "{log}", "--until", "2026-13-45"], "not an ISO 8601 time"),
+        (["audit", "query", "{log}", "--kind", "BOGUS"], "invalid choice: 'BOGUS'"),
+        (["audit", "query", "/nonexistent"], "no such file or directory"),
+        (["audit", "query", "{empty}"], "no audit files"),
+        (["audit", "verify", "/nonexistent"], "no such file or directory"),
+        (["audit", "verify", "{log}", "--start", "garbage"], "expected SEQ:HASH"),
+        (["policy", "show", "default", "--dir", "/nonexistent"], "no such file or directory"),
+        (["policy", "show", "nosuch"], "no policy named 'nosuch'"),
+        (["doctor", "--config", "/nonexistent"], "cannot read"),
+    ],
+)
+def test_bad_admin_arguments_exit_two_with_one_line(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    log, empty = tmp_path / "log", tmp_path / "empty"
+    log.mkdir()
+    empty.mkdir()
+    (log / "audit-000001.jsonl").write_text('{"kind": "OK", "tenant": "t"}\n')
+    done = sandbox(*(a.format(log=log, empty=empty) for a in args))
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("sandbox") and said in last, done.stderr
+
+
+def test_audit_query_kind_is_case_blind_and_says_what_it_skipped(tmp_path: Path) -> None:
+    log = tmp_path / "audit-000001.jsonl"
+    log.write_text('{"kind": "TIMEOUT", "n": 1}\nnot a record\n{"kind": "OK", "n": 2}\n')
+    done = sandbox("audit", "query", str(log), "--kind", "timeout")
+    assert [json.loads(line)["n"] for line in done.stdout.splitlines()] == [1]
+    assert done.returncode == 1
+    assert f"warning: {log}: 1 line(s) are not audit records" in done.stderr
