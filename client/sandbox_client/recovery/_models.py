@@ -105,7 +105,7 @@ class RecoveryPolicy(BaseModel):
     # Escalation answers accepted per run before the run aborts, so a handler that keeps
     # approving cannot loop forever.
     max_escalations: int = Field(default=3, ge=0)
-    # RETRY backoff (stamina's parameters): min(wait_max_s, wait_initial_s *
+    # RETRY backoff for the n-th retry in a row: min(wait_max_s, wait_initial_s *
     # wait_exp_base ** (n - 1) + random(0, wait_jitter_s)). A server's retry_after_ms
     # replaces it when set.
     wait_initial_s: float = Field(default=0.1, ge=0)
