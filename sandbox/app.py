@@ -41,11 +41,11 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         if problem.severity == "error":
             log.error("policy file refused", problem=str(problem))
     backends: dict[Backend, ExecutionBackend] = {Backend.MONTY: MontyBackend(settings.monty)}
+    containers = None
     if settings.container.enabled:
         # The pool's containers are shaped for the default policy's limits.
-        backends[Backend.CONTAINER] = ContainerBackend(
-            settings.container, pool_limits=policies.get("").limits()
-        )
+        containers = ContainerBackend(settings.container, pool_limits=policies.get("").limits())
+        backends[Backend.CONTAINER] = containers
     return Executor(
         policies=policies,
         backends=backends,
@@ -54,6 +54,7 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         journal=journal,
         max_message_bytes=settings.server.max_message_bytes,
         checker=StaticChecker(),
+        modules=containers,
     )
 
 

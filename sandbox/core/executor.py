@@ -22,6 +22,7 @@ from sandbox.access.tenants import Access
 from sandbox.backends.base import ExecutionBackend, RunSpec
 from sandbox.backends.tools import CheckpointMismatch
 from sandbox.core import plan as planning
+from sandbox.core.advice import ModuleCatalog, with_module_advice
 from sandbox.core.output import OutputSink
 from sandbox.core.plan import Plan
 from sandbox.core.request import Request
@@ -58,6 +59,7 @@ class Executor:
         journal: Durability | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         checker: StaticChecker | None = None,
+        modules: ModuleCatalog | None = None,
     ) -> None:
         self.policies = policies  # replaced whole by the reloader
         self.backends = dict(backends)
@@ -67,6 +69,8 @@ class Executor:
         self.max_message_bytes = max_message_bytes
         # The policy's static checks run in its processes; None: on the loop (tests only).
         self.checker = checker
+        # The container images' contents, for advice on a module the code lacks.
+        self.modules = modules
         self._available = frozenset(self.backends)
 
     async def plan(self, request: Request, trace: Trace) -> Plan:
@@ -105,7 +109,7 @@ class Executor:
             raise
         except Exception as exc:
             result = unexpected_failure(exc)
-        result = self._finished(result, plan, request)
+        result = self._finished(await self._advised(result, plan, request), plan, request)
         # Successes are counted by metrics and the audit log; a log line each would cost
         # more than a short run itself.
         (log.info if result.failure else log.debug)(
@@ -185,7 +189,7 @@ class Executor:
             except Exception as exc:
                 # The entry keeps its answers (Durability.once): the retry resumes.
                 result = unexpected_failure(exc)
-            return self._finished(result, plan, request)
+            return self._finished(await self._advised(result, plan, request), plan, request)
 
         return await journal.once(request, run, resumable=True)
 
@@ -215,6 +219,20 @@ class Executor:
 
     async def close_session(self, session_id: str, tenant: str) -> None:
         await self.sessions.close(session_id, tenant=tenant)
+
+    async def _advised(
+        self, result: ExecutionResult, plan: Plan, request: Request
+    ) -> ExecutionResult:
+        if self.modules is None or result.failure is None:
+            return result
+        return await with_module_advice(
+            result,
+            tenant=request.tenant,
+            policy=plan.policy,
+            policies=self.policies,
+            access=self.access,
+            catalog=self.modules,
+        )
 
     def _finished(self, result: ExecutionResult, plan: Plan, request: Request) -> ExecutionResult:
         """Every result on its way out: stamped, and bounded to the wire."""

@@ -115,6 +115,11 @@ _SIGKILLED = 137
 _OOM_EVENT_WAIT_S = 2.0
 
 
+# An image says which modules it adds to the standard library in this label, space
+# separated (images/Dockerfile.datascience).
+MODULES_LABEL = "dev.sandbox.python-modules"
+
+
 class Engine:
     def __init__(self, *, docker_host: str | None, labels: dict[str, str], max_pool: int) -> None:
         self._docker_host = docker_host
@@ -150,6 +155,15 @@ class Engine:
         except de.ImageNotFound:
             return False
         return True
+
+    def image_labels(self, image: str) -> dict[str, str]:
+        """The image's labels; empty when it has none, is not there, or the engine fails."""
+        api: Any = self.client().api
+        try:
+            labels = api.inspect_image(image)["Config"].get("Labels")
+        except (de.DockerException, OSError):
+            return {}
+        return dict(labels or {})
 
     def create(self, shape: Shape) -> str:
         """A new container of `shape`, not started, its stdin open; its id."""
