@@ -16,6 +16,8 @@ from sandbox.access.tenants import Access
 from sandbox.audit.log import AuditLog
 from sandbox.backends.base import ExecutionBackend
 from sandbox.backends.container.backend import ContainerBackend
+from sandbox.backends.container.engine import unavailable
+from sandbox.backends.container.settings import ContainerSettings
 from sandbox.backends.monty.backend import MontyBackend
 from sandbox.config import Settings, TlsSettings
 from sandbox.core.executor import Executor
@@ -42,7 +44,7 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
             log.error("policy file refused", problem=str(problem))
     backends: dict[Backend, ExecutionBackend] = {Backend.MONTY: MontyBackend(settings.monty)}
     containers = None
-    if settings.container.enabled:
+    if containers_on(settings.container):
         # The pool's containers are shaped for the default policy's limits.
         containers = ContainerBackend(settings.container, pool_limits=policies.get("").limits())
         backends[Backend.CONTAINER] = containers
@@ -56,6 +58,19 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         checker=StaticChecker(),
         modules=containers,
     )
+
+
+def containers_on(settings: ContainerSettings) -> bool:
+    """Whether to serve containers: as configured, or for "auto" as this machine allows
+    (an engine that answers, the image there), said in the log either way."""
+    if settings.enabled != "auto":
+        return settings.enabled
+    problem = unavailable(settings.docker_host, settings.image)
+    if problem is None:
+        log.info("container backend on (auto): the engine answers", image=settings.image)
+    else:
+        log.info("container backend off (auto)", reason=problem)
+    return problem is None
 
 
 class SandboxServer:
@@ -73,7 +88,9 @@ class SandboxServer:
         self.executor = build_executor(settings, journal=build_journal(settings.journal))
         self.access = self.executor.access
         settings.check_bind(has_credentials=self.access.required)
-        warn_about_shares(settings, self.access)
+        warn_about_shares(
+            settings, self.access, containers=Backend.CONTAINER in self.executor.backends
+        )
         self.edge = Edge(self.access, Recorder(self.audit, self.metrics))
         self.reloader = Reloader(
             settings.policies, settings.tenants, holder=self.executor, metrics=self.metrics
@@ -160,7 +177,7 @@ class SandboxServer:
         await self.stop()
 
 
-def warn_about_shares(settings: Settings, access: Access) -> None:
+def warn_about_shares(settings: Settings, access: Access, *, containers: bool) -> None:
     """Logs each tenant whose quotas let it hold every Monty worker or container slot on
     its own (each execution holds one; each open Monty session holds a worker)."""
     if access.tenants is None:
@@ -168,7 +185,7 @@ def warn_about_shares(settings: Settings, access: Access) -> None:
     workers = settings.monty.max_workers - min(
         settings.monty.warm_sessions, settings.monty.max_workers - 1
     )
-    slots = settings.container.max_concurrency if settings.container.enabled else None
+    slots = settings.container.max_concurrency if containers else None
     for tenant in access.tenants.tenants.values():
         if tenant.max_concurrent + tenant.max_sessions >= workers:
             log.warning(

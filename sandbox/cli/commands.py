@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
     serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument(
+        "--containers",
+        choices=("on", "off", "auto"),
+        help="serve the container backend: on, off, or auto (on when a Docker engine "
+        "answers and the runner image is there); overrides [container] enabled",
+    )
     serve.set_defaults(func=_serve)
 
     run = sub.add_parser("run", help="run code once and print the result")
@@ -105,7 +111,11 @@ def _serve(args: argparse.Namespace) -> int:
         server_overrides["host"] = args.host
     if args.port is not None:
         server_overrides["port"] = args.port
-    settings, notes = load_with_notes(args.config, server=server_overrides)
+    sections: dict[str, Any] = {"server": server_overrides}
+    if args.containers is not None:
+        enabled = {"on": True, "off": False, "auto": "auto"}[args.containers]
+        sections["container"] = {"enabled": enabled}
+    settings, notes = load_with_notes(args.config, **sections)
     configure_logging(settings.log)
     for note in notes:
         log.warning("deprecated setting name", detail=note)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -88,6 +88,7 @@ def test_run_against_no_server_is_infra_unavailable() -> None:
         (["serve", "--host", "0.0.0.0", "--port", "0"], "", "loopback"),
         (["serve", "--port", "99999"], "", "port"),
         (["frobnicate"], "", "invalid choice"),
+        (["serve", "--containers", "maybe"], "", "invalid choice: 'maybe'"),
     ],
 )
 def test_bad_arguments_exit_two_with_a_clear_message(
@@ -385,3 +386,46 @@ def test_audit_query_kind_is_case_blind_and_says_what_it_skipped(tmp_path: Path)
     assert [json.loads(line)["n"] for line in done.stdout.splitlines()] == [1]
     assert done.returncode == 1
     assert f"warning: {log}: 1 line(s) are not audit records" in done.stderr
+
+
+def _serving_backends(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Starts `sandbox serve --port 0 ARGS` and returns its log up to "serving"."""
+    config = _config(tmp_path, "auto", 0)
+    proc = subprocess.Popen(
+        [*SANDBOX, "serve", "--config", str(config), *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    seen: dict[str, Any] = {}
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            record = json.loads(line)
+            seen[record["event"]] = record
+            if record["event"] == "serving":
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    return seen
+
+
+def test_containers_auto_without_an_engine_serves_monty_and_says_why(tmp_path: Path) -> None:
+    seen = _serving_backends(
+        tmp_path, "--containers", "auto", env={"DOCKER_HOST": "unix:///nonexistent.sock"}
+    )
+    assert seen["serving"]["backends"] == ["monty"]
+    assert "no Docker engine answers" in seen["container backend off (auto)"]["reason"]
+
+
+@pytest.mark.docker
+def test_containers_auto_with_an_engine_and_the_image_serves_them(tmp_path: Path) -> None:
+    from tests.conftest import docker_problem, require
+
+    require(docker_problem("sandbox-runner:latest"))
+    seen = _serving_backends(tmp_path, "--containers", "auto")
+    assert seen["serving"]["backends"] == ["container", "monty"]
+    assert "container backend on (auto): the engine answers" in seen

@@ -16,6 +16,7 @@ import docker
 import docker.errors as de
 from docker.types import LogConfig, Ulimit
 
+from sandbox.backends.outcome_parts import first_line
 from sandbox.core.limits import EffectiveLimits
 
 Runtime = Literal["runc", "runsc"]
@@ -118,6 +119,28 @@ _OOM_EVENT_WAIT_S = 2.0
 # An image says which modules it adds to the standard library in this label, space
 # separated (images/Dockerfile.datascience).
 MODULES_LABEL = "dev.sandbox.python-modules"
+
+
+def unavailable(docker_host: str | None, image: str) -> str | None:
+    """Why containers cannot be served from `image` on this engine now; None if they can."""
+    try:
+        client = (
+            docker.DockerClient(base_url=docker_host, timeout=5)
+            if docker_host
+            else docker.from_env(timeout=5)
+        )
+    except de.DockerException as exc:
+        return f"no Docker engine answers ({first_line(str(exc))})"
+    try:
+        client.ping()
+        client.images.get(image)
+    except de.ImageNotFound:
+        return f"the image {image} is missing (build it with `make image`)"
+    except (de.DockerException, OSError) as exc:
+        return f"no Docker engine answers ({first_line(str(exc))})"
+    finally:
+        client.close()
+    return None
 
 
 class Engine:
