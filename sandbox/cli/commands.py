@@ -251,7 +251,8 @@ def _doctor(args: argparse.Namespace) -> int:
     settings = load_printing_notes(args.config, monty={"min_workers": 1})
     checks = asyncio.run(run_checks(settings))
     for check in checks:
-        mark = "ok " if check.ok else "-- "
+        # FAIL: required and broken (exit 1); --: a part this machine goes without.
+        mark = "ok  " if check.ok else ("FAIL" if check.required else "--  ")
         print(f"{mark} {check.name}: {check.detail}")
     return 0 if all(c.ok for c in checks if c.required) else 1
 

@@ -429,3 +429,42 @@ def test_containers_auto_with_an_engine_and_the_image_serves_them(tmp_path: Path
     seen = _serving_backends(tmp_path, "--containers", "auto")
     assert seen["serving"]["backends"] == ["container", "monty"]
     assert "container backend on (auto): the engine answers" in seen
+
+
+def test_doctor_checks_the_configuration_it_is_given(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "broken.toml").write_text('wall_time_ms = "fast"\n')
+    (policies / "ds.toml").write_text('container_image = "no-such-image:latest"\n')
+    (tmp_path / "tenants.toml").write_text("[tenants.t]\nmax_concurrent = -1\n")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"[policies]\ndir = '{policies}'\n[tenants]\nfile = '{tmp_path / 'tenants.toml'}'\n"
+        f"[journal]\nstate_dir = '{tmp_path / 'state'}'\n[audit]\ndir = '{tmp_path / 'log'}'\n"
+        "[container]\ndocker_host = 'unix:///nonexistent.sock'\n"
+    )
+    done = sandbox("doctor", "--config", str(config))
+    lines = {line.split(":")[0]: line for line in done.stdout.splitlines()}
+    assert lines["FAIL policies"].endswith(
+        "broken.toml:1: wall_time_ms: Input should be a valid "
+        "integer, unable to parse string as an integer (got 'fast')"
+    ), lines
+    assert lines["FAIL tenants"].startswith("FAIL tenants: "), lines
+    assert lines["ok   journal"] == f"ok   journal: {tmp_path / 'state'}"
+    assert lines["ok   audit log"] == f"ok   audit log: {tmp_path / 'log'}"
+    assert done.returncode == 1
+
+
+@pytest.mark.docker
+def test_doctor_names_each_image_the_policies_need(tmp_path: Path) -> None:
+    from tests.conftest import docker_problem, require
+
+    require(docker_problem("sandbox-runner:latest"))
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "ds.toml").write_text('container_image = "no-such-image:latest"\n')
+    config = tmp_path / "c.toml"
+    config.write_text(f"[policies]\ndir = '{policies}'\n[journal]\nstate_dir = '{tmp_path}'\n")
+    done = sandbox("doctor", "--config", str(config), timeout=180)
+    assert "--   image no-such-image:latest: missing: run `make image` (used by ds)" in done.stdout
+    assert "ok   image sandbox-runner:latest: present (used by the server's default)" in done.stdout
