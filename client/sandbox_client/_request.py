@@ -61,6 +61,7 @@ class ExecuteOptions(TypedDict, total=False):
     # None: a fresh key. The same key asks the server's journal for the same execution.
     idempotency_key: str | None
     timeout_s: float | None  # this call's deadline; None: the client's timeout_s
+    filename: str  # the code's file name in tracebacks; "": "<code>"
 
 
 DEFAULT_OPTIONS: ExecuteOptions = {
@@ -72,6 +73,7 @@ DEFAULT_OPTIONS: ExecuteOptions = {
     "session_id": "",
     "idempotency_key": None,
     "timeout_s": None,
+    "filename": "",
 }
 
 
@@ -98,6 +100,7 @@ def execute_request(code: str, **options: Unpack[ExecuteOptions]) -> sandbox_pb2
         # Every logical execution carries a key, so a retry can be answered from the
         # server's journal instead of running the code twice.
         idempotency_key=given["idempotency_key"] or "idk_" + uuid.uuid4().hex,
+        filename=given["filename"],
     )
 
 

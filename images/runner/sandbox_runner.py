@@ -45,12 +45,14 @@ import resource
 import select
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from types import CodeType, FrameType
 from typing import Any
 
 from protocol import (
+    CODE_FILENAME,
     FATAL_STATUS,
     JOB,
     MAX_FRAMES,
@@ -67,15 +69,19 @@ from protocol import (
     output_frame,
     ready_frame,
     value_to_json,
+    where_frame,
 )
 
-CODE_FILENAME = "<code>"
 WORKDIR = "/workspace"
 # Where code may create or change files; everything else is read-only in the container.
 WRITABLE_ROOTS = ("/tmp", WORKDIR, "/dev/shm", "/dev/null")
 PRIVATE_FD_MIN = 200  # the protocol's fds, out of the way of the code's own
 FLUSH_BYTES = OUTPUT_CHUNK_CHARS  # pending output written out at once
 FLUSH_AFTER_S = 0.02
+# A job running this long starts saying where it is, then at most this often (when the
+# line changes): what a run stopped at its time limit names as its line.
+LOCATE_AFTER_S = 0.5
+LOCATE_EVERY_S = 0.2
 CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: the code awaits at top level
 # Frames asyncio's loop adds under code that awaits at top level; not the code's own.
 ASYNC_FRAMES = 15
@@ -285,8 +291,9 @@ class ByteStream(io.RawIOBase):
 class FdPump:
     """Forwards what is written to fds 1 and 2 directly (child processes, os.write)."""
 
-    def __init__(self, emitter: Emitter) -> None:
+    def __init__(self, emitter: Emitter, locator: Locator) -> None:
         self._emitter = emitter
+        self._locator = locator
         self._lock = threading.Lock()
         self._readers: dict[int, tuple[str, Any]] = {}
         for target, name in ((1, "stdout"), (2, "stderr")):
@@ -304,6 +311,7 @@ class FdPump:
             ready, _, _ = select.select(fds, [], [], FLUSH_AFTER_S)
             self.drain(ready)
             self._emitter.flush()
+            self._locator.tick()
 
     def drain(self, fds: list[int] | None = None) -> None:
         with self._lock:
@@ -317,6 +325,47 @@ class FdPump:
                     if not chunk:
                         break
                     self._emitter.output(name, decoder.decode(chunk))
+
+
+class Locator:
+    """While a job runs long, tells the host the line of the code the main thread is at
+    (the innermost frame of the code itself, under whatever library it called into),
+    each time it changes. Ticked by the pump's thread (no thread of its own: the pids
+    minimum leaves the runner none to spare); it needs nothing from the code but the
+    interpreter's turn, which a pure-Python loop gives up every switch interval."""
+
+    def __init__(self, emitter: Emitter) -> None:
+        self._emitter = emitter
+        self._main = threading.main_thread().ident
+        self._current_frames = sys._current_frames  # the code may replace sys's own
+        self._started: float | None = None
+        self._next = 0.0
+        self._said: tuple[int, str] | None = None
+
+    def running(self, yes: bool) -> None:
+        self._said = None
+        self._started = time.monotonic() if yes else None
+
+    def tick(self) -> None:
+        started, now = self._started, time.monotonic()
+        if started is None or now - started < LOCATE_AFTER_S or now < self._next:
+            return
+        self._next = now + LOCATE_EVERY_S
+        with contextlib.suppress(Exception):  # a frame torn down as we look
+            self._tell(self._current_frames().get(self._main))
+
+    def _tell(self, frame: FrameType | None) -> None:
+        while frame is not None and frame.f_code.co_filename != CODE_FILENAME:
+            frame = frame.f_back
+        if frame is None or self._started is None:
+            return
+        line, function = frame.f_lineno or 0, frame.f_code.co_name
+        if (line, function) == self._said or line <= 0:
+            return
+        self._said = (line, function)
+        source = (linecache.getline(CODE_FILENAME, line) or "").strip()[:MAX_SOURCE_CHARS]
+        name = "" if function == "<module>" else function[:MAX_NAME_CHARS]
+        self._emitter.frame(where_frame(line, name, source))
 
 
 class Auditor:
@@ -615,7 +664,8 @@ class Runner:
         except Exception as exc:
             self.emitter.frame(fatal_frame(f"seccomp: {type(exc).__name__}: {exc}"))
             raise SystemExit(FATAL_STATUS) from exc
-        self.pump = FdPump(self.emitter)
+        self.locator = Locator(self.emitter)
+        self.pump = FdPump(self.emitter, self.locator)
         self.pid = os.getpid()
         os.register_at_fork(after_in_child=self._in_forked_child)
         sys.stdout = TextStream("stdout", 1, self.emitter)
@@ -706,6 +756,7 @@ class Runner:
             run_loop = asyncio.run
         refused = self.auditor.imports.refused
         self.auditor.active = True
+        self.locator.running(True)
         try:
             if awaits:
                 value = _run_awaiting(body, tail, self.namespace, run_loop)
@@ -724,6 +775,7 @@ class Runner:
             return {"ok": False, "exit_code": 1, "error": _error(exc, source, refused)}
         finally:
             self.auditor.active = False
+            self.locator.running(False)
         if value is None:
             return {}
         try:

@@ -52,6 +52,7 @@ from protocol import (
     READY,
     RESULT,
     TYPE,
+    WHERE,
     broken_frame,
     encode_frame,
     exit_frame,
@@ -308,7 +309,7 @@ class Supervisor:
         if not isinstance(frame, dict) or not isinstance(frame.get(TYPE), str):
             self._broken("a frame without a type", line)
         kind = frame[TYPE]
-        known = kind in (OUTPUT, CALL, RESULT, FATAL)
+        known = kind in (OUTPUT, CALL, RESULT, FATAL, WHERE)
         named = f"a {kind} frame" if known else f"a {kind[:20]!r} frame"
         job = frame.get(JOB)
         if type(job) is not int and self.legacy:

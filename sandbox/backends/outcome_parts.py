@@ -6,8 +6,18 @@ from __future__ import annotations
 import errno
 import re
 
+from sandbox.backends.container.protocol import CODE_FILENAME
 from sandbox.core.limits import EffectiveLimits
 from sandbox_client.protocol.models import KIND_DEFAULTS, Failure, FailureKind, Frame
+
+__all__ = [
+    "CODE_FILENAME",
+    "first_line",
+    "one_line",
+    "output_limit_failure",
+    "runtime_error_failure",
+    "tool_failure",
+]
 
 _MAX_CHARS = 500
 

@@ -135,6 +135,15 @@ def _read_code(file: str) -> str:
         raise ConfigError(f"cannot read {file}: {exc}") from None
 
 
+def _display_name(file: str) -> str:
+    """What tracebacks call the code: the path given, as python's own would (its last
+    part if the path is too long for the wire's 255 characters), or <stdin>."""
+    if file == "-":
+        return "<stdin>"
+    shown = file if len(file) <= 255 else Path(file).name[-255:]
+    return shown if shown.isprintable() else "<code>"
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -147,6 +156,7 @@ def _non_negative(text: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     code = _read_code(args.file)
+    filename = _display_name(args.file)
     stdin = _read_code(args.stdin[1:]) if args.stdin.startswith("@") else args.stdin
     asked = {name: getattr(args, name) for name in LIMIT_FIELDS if getattr(args, name) is not None}
     limits = Limits(**asked) if asked else None
@@ -168,6 +178,7 @@ def _run(args: argparse.Namespace) -> int:
                 inputs=inputs,
                 stdin=stdin,
                 limits=limits,
+                filename=filename,
             )
     else:
         # One run: one Monty worker, no warm containers (filling the pool cost more than
@@ -188,6 +199,7 @@ def _run(args: argparse.Namespace) -> int:
             inputs=inputs,
             stdin=stdin,
             limits=limits or NO_LIMITS_ASKED,
+            filename=filename,
         )
         result = asyncio.run(_run_in_process(settings, request))
     _print_result(result, as_json=args.json)

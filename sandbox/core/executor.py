@@ -20,6 +20,7 @@ import structlog
 
 from sandbox.access.tenants import Access
 from sandbox.backends.base import ExecutionBackend, RunSpec
+from sandbox.backends.outcome_parts import CODE_FILENAME
 from sandbox.backends.tools import CheckpointMismatch
 from sandbox.core import plan as planning
 from sandbox.core.advice import ModuleCatalog, with_module_advice
@@ -267,8 +268,21 @@ def _stamped(result: ExecutionResult, plan: Plan, request: Request) -> Execution
             "policy_name": plan.policy.name,
             "policy_digest": plan.policy.digest,
             "session_id": request.session_id,
+            "failure": _named(result.failure, request.filename),
         }
     )
+
+
+def _named(failure: Failure | None, filename: str) -> Failure | None:
+    """`failure` with the code's own frames (both backends call its file CODE_FILENAME)
+    under the name the request gave it."""
+    if failure is None or filename == CODE_FILENAME or not failure.frames:
+        return failure
+    frames = tuple(
+        f.model_copy(update={"filename": filename}) if f.filename == CODE_FILENAME else f
+        for f in failure.frames
+    )
+    return failure.model_copy(update={"frames": frames})
 
 
 def _corrupt(message: str, backend: Backend) -> ExecutionResult:

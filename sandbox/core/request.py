@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sandbox.access.tenants import LOCAL_TENANT
+from sandbox.backends.outcome_parts import CODE_FILENAME
 from sandbox.core.limits import RequestedLimits
 from sandbox_client.protocol.convert import NO_LIMITS_ASKED
 from sandbox_client.protocol.models import Backend
@@ -40,6 +41,7 @@ class Request:
     limits: RequestedLimits = NO_LIMITS_ASKED
     session_id: str = ""
     idempotency_key: str = ""
+    filename: str = CODE_FILENAME  # what tracebacks call the code's file
     # Set for a Run: the tools the client offers (possibly none).
     tools: tuple[ToolDecl, ...] | None = None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sandbox.backends.outcome_parts import CODE_FILENAME
 from sandbox.core.limits import LIMIT_FIELDS, RequestedLimits
 from sandbox.core.request import Method, Request, ToolDecl
 from sandbox.errors import InvalidRequest
@@ -66,6 +67,21 @@ def idempotency_key(key: str) -> str:
     return key
 
 
+MAX_FILENAME_CHARS = 255
+
+
+def filename(name: str) -> str:
+    """The code's display name, or "<code>": printable, one line, at most 255 chars."""
+    if not name:
+        return CODE_FILENAME
+    if len(name) > MAX_FILENAME_CHARS or not name.isprintable():
+        raise InvalidRequest(
+            f"filename must be at most {MAX_FILENAME_CHARS} printable characters on one line",
+            field="filename",
+        )
+    return name
+
+
 def request_of(
     msg: sandbox_pb2.ExecuteRequest,
     *,
@@ -87,6 +103,7 @@ def request_of(
         limits=requested_limits(msg.limits),
         session_id=msg.session_id,
         idempotency_key=idempotency_key(msg.idempotency_key),
+        filename=filename(msg.filename),
         tools=tools,
     )
 

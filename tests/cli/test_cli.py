@@ -468,3 +468,16 @@ def test_doctor_names_each_image_the_policies_need(tmp_path: Path) -> None:
     done = sandbox("doctor", "--config", str(config), timeout=180)
     assert "--   image no-such-image:latest: missing: run `make image` (used by ds)" in done.stdout
     assert "ok   image sandbox-runner:latest: present (used by the server's default)" in done.stdout
+
+
+def test_frames_name_the_file_given_to_run(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text("def f(d):\n    return d['a']\n\nf({})\n")
+    done = sandbox("run", str(script), "--json")
+    frames = json.loads(done.stdout)["failure"]["frames"]
+    assert [(f["filename"], f["line"], f.get("function_name", "")) for f in frames] == [
+        (str(script), 4, ""),
+        (str(script), 2, "f"),
+    ]
+    piped = sandbox("run", "-", "--json", stdin="1 / 0\n")
+    assert json.loads(piped.stdout)["failure"]["frames"][0]["filename"] == "<stdin>"

@@ -45,12 +45,23 @@ def test_a_request_decodes_with_its_fields() -> None:
             sandbox_pb2.ExecuteRequest(code="1", limits=sandbox_pb2.Limits(pids=-1)),
             "limits.pids",
         ),
+        (sandbox_pb2.ExecuteRequest(code="1", filename="a\nb.py"), "filename"),
+        (sandbox_pb2.ExecuteRequest(code="1", filename="x" * 256), "filename"),
+        (sandbox_pb2.ExecuteRequest(code="1", filename="\x1b[31mred"), "filename"),
     ],
 )
 def test_bad_fields_are_refused_by_name(msg: sandbox_pb2.ExecuteRequest, field: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
         request_of(msg, tenant="t")
     assert refused.value.field == field
+
+
+def test_a_filename_names_the_codes_frames_in_both_backends(client: SandboxClient) -> None:
+    failed = client.execute("def f():\n    1 / 0\nf()", backend="monty", filename="job.py")
+    assert failed.failure is not None
+    assert [(f.filename, f.line) for f in failed.failure.frames] == [("job.py", 3), ("job.py", 2)]
+    plain = client.execute("1 / 0", backend="monty")
+    assert plain.failure is not None and plain.failure.frames[0].filename == "<code>"
 
 
 def test_a_run_must_start_with_start() -> None:

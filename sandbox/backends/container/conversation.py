@@ -33,8 +33,10 @@ from sandbox.backends.container.protocol import (
     READY,
     RESULT,
     TYPE,
+    WHERE,
     ForgedFrame,
     checked_result_frame,
+    checked_where,
     line_cap,
 )
 from sandbox.backends.container.tools import RelayStopped, ToolBridge
@@ -143,6 +145,8 @@ def execute(
                     # The runner sends a value past the output cap as its size only.
                     raise ForgedFrame("a result frame whose value is past the output cap")
                 break
+            elif kind == WHERE:
+                signals.where = checked_where(frame) or signals.where
             elif kind == EXIT:
                 signals.runner_exit = frame
                 signals.oom_killed = frame.get("oom") is True

@@ -16,6 +16,7 @@ import docker.errors as de
 import requests.exceptions as rq
 
 from sandbox.backends.outcome_parts import (
+    CODE_FILENAME,
     first_line,
     one_line,
     output_limit_failure,
@@ -96,6 +97,8 @@ class ContainerSignals:
     # or status; "idle": before this job, which then never ran).
     runner_exit: dict[str, Any] | None = None
     seq: int = 1  # this job's number in its container (a session's runs count up)
+    # The runner's last word on the line the code was at (a long job's where frames).
+    where: dict[str, Any] | None = None
 
 
 def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) -> Failure | None:
@@ -105,7 +108,7 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
     if signals.output_exceeded:
         return output_limit_failure(limits)
     if signals.host_timed_out:
-        return _timeout(limits)
+        return _timeout(limits, _frames([signals.where]) if signals.where else ())
     if exc is not None:
         return _engine_failure(exc, signals)
     if signals.forged_frame:
@@ -346,11 +349,16 @@ def _raised_by_the_code(frames: tuple[Frame, ...]) -> bool:
     return _RAISE.match(where.source_line, max(0, where.column - 1)) is not None
 
 
-def _timeout(limits: EffectiveLimits) -> Failure:
+def _timeout(limits: EffectiveLimits, frames: tuple[Frame, ...]) -> Failure:
+    """The code ran past its wall time; `frames`: where it was, when the runner said."""
     return Failure.of(
         FailureKind.TIMEOUT,
-        f"time limit of {limits.wall_time_ms} ms exceeded; the container was stopped",
+        one_line(
+            f"time limit of {limits.wall_time_ms} ms exceeded; the container was stopped",
+            frames,
+        ),
         exception_type="TimeoutError",
+        frames=frames,
         details={"limit": "wall_time_ms", "limit_value": str(limits.wall_time_ms)},
     )
 
@@ -368,7 +376,7 @@ def _memory(limits: EffectiveLimits, why: str, frames: tuple[Frame, ...] | None)
 def _frames(raw: list[dict[str, Any]]) -> tuple[Frame, ...]:
     return tuple(
         Frame(
-            filename="<code>",
+            filename=CODE_FILENAME,
             line=int(f.get("line") or 0),
             column=int(f.get("column") or 0),
             end_line=int(f.get("end_line") or 0),

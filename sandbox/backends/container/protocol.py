@@ -26,7 +26,10 @@ One JSON object per line, UTF-8 (a lone surrogate the code printed travels as th
   runner -> supervisor -> host: `ready_frame` once, after seccomp is on (or `fatal_frame`
                               when either cannot set itself up, then exit status
                               FATAL_STATUS); then per job any number of `output_frame`s
-                              and `call_frame`s (seq counts the job's calls from 1), and
+                              and `call_frame`s (seq counts the job's calls from 1),
+                              `where_frame`s while the job runs long (the line it is at,
+                              when it changes, so a run stopped at its time limit names
+                              its line), and
                               one result frame (RESULT_FIELDS, checked on the host by
                               `checked_result_frame`) or, when the runner died, one
                               `exit_frame`. Every frame of a job carries its number (JOB);
@@ -53,6 +56,9 @@ from typing import Any
 
 # -- frames -------------------------------------------------------------------------
 
+# What tracebacks call the code's own file, in both backends (a request may rename it).
+CODE_FILENAME = "<code>"
+
 TYPE = "t"  # every frame's type field; the job has none
 JOB = "j"  # the number of the job a frame belongs to (the job's "seq")
 READY = "ready"
@@ -62,6 +68,7 @@ REPLY = "reply"
 RESULT = "result"
 FATAL = "fatal"
 EXIT = "exit"  # the runner died: the supervisor says how
+WHERE = "where"  # the line of the code the runner's main thread is at
 BROKEN = "broken"  # the runner wrote what is no frame: the supervisor says what
 
 # The runner's exit status when it cannot set itself up or read its job, or a tool call
@@ -160,6 +167,24 @@ def output_frame(stream: str, text: str) -> dict[str, Any]:
     return {TYPE: OUTPUT, "s": stream, "d": text}
 
 
+def where_frame(line: int, function: str, source_line: str) -> dict[str, Any]:
+    """Where in the code the job is: `line`, in `function` ("" at the top level)."""
+    return {TYPE: WHERE, "line": line, "function_name": function, "source_line": source_line}
+
+
+def checked_where(frame: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A where frame's position as a traceback frame's fields; None for one the runner
+    does not write (it can only be the code's, and only misleads its own run: ignored)."""
+    line, function, source = frame.get("line"), frame.get("function_name"), frame.get("source_line")
+    if type(line) is not int or not 0 < line < 2**31:
+        return None
+    if not isinstance(function, str) or not isinstance(source, str):
+        return None
+    if len(function) > MAX_NAME_CHARS or len(source) > MAX_SOURCE_CHARS:
+        return None
+    return {"line": line, "function_name": function, "source_line": source}
+
+
 def call_frame(seq: int, name: str, args: list[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {TYPE: CALL, "seq": seq, "name": name, "args": args, "kwargs": kwargs}
 
@@ -199,17 +224,26 @@ def broken_frame(job: int, message: str) -> dict[str, Any]:
 # -- the last expression's value ----------------------------------------------------
 
 
-def _reject(value: Any) -> Any:
+def _encodable(value: Any) -> Any:
+    """A set or frozenset is a JSON array, sorted where its items order (so both
+    backends, whose set iteration orders differ, give one answer); anything else JSON
+    cannot hold is refused, and value_to_json shows it by its repr()."""
+    if isinstance(value, set | frozenset):
+        try:
+            return sorted(value)
+        except TypeError:  # items of kinds that do not compare: iteration order
+            return list(value)
     raise TypeError(type(value).__name__)
 
 
-_VALUE_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, default=_reject)
+_VALUE_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, default=_encodable)
 
 
 def value_to_json(value: Any) -> str:
     """JSON for a value the code produced (both backends: a run's last expression, a tool
-    call's arguments). Never raises: anything JSON cannot hold exactly (sets, bytes, NaN,
-    objects, structures too deep to walk) becomes its repr() string, itself JSON-encoded;
+    call's arguments). Never raises. A set is an array, sorted where its items compare;
+    anything else JSON cannot hold exactly (bytes, NaN, objects, structures too deep to
+    walk) becomes its repr() string, itself JSON-encoded;
     an int too long for Python's int-to-text limit (4300 digits) is shown as
     `<int of about N digits>`, alone or inside a list, tuple, set or dict. (Too large for
     the output cap is the caller's check: an OUTPUT_LIMIT.)"""

@@ -23,6 +23,7 @@ import pydantic_monty as pm
 
 from sandbox.backends.monty.sealed import SealedLimits
 from sandbox.backends.outcome_parts import (
+    CODE_FILENAME,
     first_line,
     one_line,
     output_limit_failure,
@@ -373,12 +374,15 @@ def _timeout(limits: EffectiveLimits, why: str, frames: tuple[Frame, ...]) -> Fa
 def _frames(exc: pm.MontySyntaxError | pm.MontyRuntimeError) -> tuple[Frame, ...]:
     return tuple(
         Frame(
-            filename=f.filename,
+            # Monty names each fed snippet (<python-input-N>); the code is one file to us,
+            # named as the container's runner names it (the request may rename it).
+            filename=CODE_FILENAME,
             line=f.line,
             column=f.column,
             end_line=f.end_line,
             end_column=f.end_column,
-            function_name=f.function_name or "",
+            # "" at the top level, as the container's runner says it.
+            function_name="" if f.function_name == "<module>" else f.function_name or "",
             source_line=f.source_line or "",
         )
         for f in exc.traceback()

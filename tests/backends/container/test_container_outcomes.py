@@ -87,6 +87,23 @@ async def test_timeout(backend: ContainerBackend) -> None:
     await assert_healthy(backend)
 
 
+async def test_a_set_result_is_the_same_sorted_array_as_in_monty(
+    backend: ContainerBackend,
+) -> None:
+    result = await run(backend, "{3, 1, 2} | {10}")
+    assert result.ok and result.result == [1, 2, 3, 10], result
+
+
+async def test_timeout_names_the_line_the_code_was_at(backend: ContainerBackend) -> None:
+    code = "def spin():\n    while True:\n        pass\n\nprint('go')\nspin()"
+    result = await run(backend, code, wall_time_ms=1500)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.TIMEOUT, failure
+    assert [(f.line, f.function_name) for f in failure.frames] in ([(2, "spin")], [(3, "spin")])
+    assert failure.message.endswith((" (line 2: while True:)", " (line 3: pass)")), failure
+    await assert_healthy(backend)
+
+
 async def test_oom_is_memory_limit(backend: ContainerBackend) -> None:
     code = "chunks = []\nwhile True:\n    chunks.append(b'x' * (16 * 2**20))"
     result = await run(backend, code)

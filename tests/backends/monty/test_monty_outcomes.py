@@ -36,6 +36,24 @@ def test_success_reports_stdout_and_last_expression(client: SandboxClient) -> No
     assert result.policy_name == "default" and result.policy_digest.startswith("sha256:")
 
 
+@pytest.mark.parametrize(
+    ("code", "value"),
+    [
+        ("{3, 1, 2}", [1, 2, 3]),  # sorted: Monty's iteration order is not CPython's
+        ("frozenset({'b', 'a'})", ["a", "b"]),
+        ("[{2, 1}, (3,)]", [[1, 2], [3]]),
+        ("{1, 'a'}", None),  # items that do not compare: in iteration order
+    ],
+)
+def test_a_set_result_is_a_json_array(client: SandboxClient, code: str, value: object) -> None:
+    result = client.execute(code, backend="monty")
+    assert result.ok, result.failure
+    if value is None:
+        assert sorted(map(str, result.result)) == ["1", "a"]
+    else:
+        assert result.result == value
+
+
 def test_syntax_error_names_line(client: SandboxClient) -> None:
     result = client.execute("x = 1\ndef f(:\n    pass", backend="monty")
     assert result.failure is not None

@@ -94,7 +94,7 @@ class Limits(_message.Message):
     def __init__(self, wall_time_ms: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., max_recursion_depth: _Optional[int] = ..., cpu_millis: _Optional[int] = ..., pids: _Optional[int] = ..., disk_bytes: _Optional[int] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("code", "backend", "policy", "inputs_json", "stdin", "limits", "session_id", "idempotency_key")
+    __slots__ = ("code", "backend", "policy", "inputs_json", "stdin", "limits", "session_id", "idempotency_key", "filename")
     CODE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class ExecuteRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
     code: str
     backend: Backend
     policy: str
@@ -111,7 +112,8 @@ class ExecuteRequest(_message.Message):
     limits: Limits
     session_id: str
     idempotency_key: str
-    def __init__(self, code: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., policy: _Optional[str] = ..., inputs_json: _Optional[str] = ..., stdin: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., session_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    filename: str
+    def __init__(self, code: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., policy: _Optional[str] = ..., inputs_json: _Optional[str] = ..., stdin: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., session_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., filename: _Optional[str] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("result",)
