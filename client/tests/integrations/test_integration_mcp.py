@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -225,3 +227,25 @@ async def test_http_transport_with_tokens(tmp_path: Path) -> None:
                 url, json=initialize, headers={**headers, "Authorization": "Bearer guess"}
             )
             assert wrong.status_code == 401
+
+
+def host_config() -> dict[str, Any]:
+    """The MCP host configuration the README shows."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if "mcpServers" in b]
+    assert len(blocks) == 1
+    entry: dict[str, Any] = json.loads(blocks[0])["mcpServers"]["sandbox"]
+    return entry
+
+
+async def test_the_readme_host_config_starts_a_working_server(tmp_path: Path) -> None:
+    entry = host_config()
+    assert entry["command"] == "sandbox"
+    # The host finds `sandbox` on its PATH; here, it is the one beside this interpreter.
+    command = shutil.which("sandbox", path=str(Path(sys.executable).parent))
+    assert command is not None
+    params = StdioServerParameters(command=command, args=entry["args"], env=service_env(tmp_path))
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        ran = await session.call_tool("run_python", {"code": "sum(range(10))"})
+        assert ran.structured_content is not None and ran.structured_content["value"] == 45
