@@ -10,8 +10,11 @@ an `isError` result with the failure's one-line message), `create_session`,
 `sandbox://backends`. On HTTP, `tokens={bearer token: API key}` requires a token and
 runs each call as its tenant."""
 
+from ... import _names
 from ._auth import TokenMap
 from ._catalog import Catalog, PolicyInfo
-from ._server import build_server, run_result
+from ._server import RunOutput, build_server
 
-__all__ = ["Catalog", "PolicyInfo", "TokenMap", "build_server", "run_result"]
+__all__ = ["Catalog", "PolicyInfo", "RunOutput", "TokenMap", "build_server"]
+
+_names.publish(__name__, globals(), __all__)
