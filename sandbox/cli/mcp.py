@@ -17,7 +17,6 @@ from sandbox.cli.settings import API_KEY_VARIABLE, load_printing_notes
 from sandbox.config import Settings
 from sandbox.errors import ConfigError
 from sandbox.logs import configure_logging
-from sandbox_client import Backend
 
 # The HTTP transport's {bearer token: API key} map, as JSON, when --tokens is not given.
 TOKENS_VARIABLE = "SANDBOX_MCP_TOKENS"
@@ -67,13 +66,15 @@ def run_mcp(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, settings: Settings, tokens: dict[str, str]) -> None:
+    from sandbox.cli.mcp_catalog import catalogs
     from sandbox_client.integrations.mcp import build_server
 
+    api_key = args.api_key or None
     async with _service(args.server, settings) as target:
         server = build_server(
             target,
-            catalog=catalog(settings),
-            api_key=args.api_key or None,
+            catalog=catalogs(settings, [api_key, *tokens.values()]),
+            api_key=api_key,
             tokens=tokens or None,
             public_url=f"http://{args.host}:{args.port}",
         )
@@ -100,28 +101,6 @@ async def _service(address: str | None, settings: Settings) -> AsyncIterator[str
         yield f"127.0.0.1:{port}"
     finally:
         await service.stop(grace_s=1)
-
-
-def catalog(settings: Settings) -> Any:
-    """The policies of these settings, explained with their digests, and the backends."""
-    from sandbox.access.reload import load_policies
-    from sandbox.policy.review import explain
-    from sandbox_client.integrations.mcp import Catalog, PolicyInfo
-
-    registry, _ = load_policies(settings.policies)
-    policies = tuple(
-        PolicyInfo(
-            name=name,
-            digest=registry.get(name).digest,
-            explanation=explain(registry.get(name)),
-            default=name == registry.default,
-        )
-        for name in registry.names()
-    )
-    backends = (
-        (Backend.MONTY, Backend.CONTAINER) if settings.container.enabled else (Backend.MONTY,)
-    )
-    return Catalog(policies=policies, backends=backends)
 
 
 def _tokens(path: Path | None) -> dict[str, str]:

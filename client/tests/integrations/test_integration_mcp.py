@@ -25,16 +25,27 @@ import httpx2
 import pytest
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp_types import TextContent
+from mcp_types import TextContent, TextResourceContents
 
 from sandbox.access.tenants import new_api_key
 
 SANDBOX = [sys.executable, "-m", "sandbox"]
 
 
+REPO = Path(__file__).resolve().parents[3]
+# The policies that ship in policies/, beside the built-in `default`.
+ALL_POLICIES = ["data-analysis", "default", "pure-compute"]
+
+
 def service_env(tmp: Path, **extra: str) -> dict[str, str]:
-    """The child's environment: a state directory of its own, never the user's."""
-    return {**os.environ, "SANDBOX_JOURNAL__STATE_DIR": str(tmp / "state"), **extra}
+    """The child's environment: a state directory of its own, never the user's, and the
+    repository's policy files."""
+    return {
+        **os.environ,
+        "SANDBOX_JOURNAL__STATE_DIR": str(tmp / "state"),
+        "SANDBOX_POLICIES__DIR": str(REPO / "policies"),
+        **extra,
+    }
 
 
 def text_of(result: Any) -> str:
@@ -43,8 +54,15 @@ def text_of(result: Any) -> str:
     return block.text
 
 
-async def exercise(session: ClientSession) -> None:
-    """Everything the issue asks of the MCP server, on one connected session."""
+async def read_text(session: ClientSession, uri: str) -> str:
+    contents = (await session.read_resource(uri)).contents[0]
+    assert isinstance(contents, TextResourceContents)
+    return contents.text
+
+
+async def exercise(session: ClientSession, usable: list[str]) -> None:
+    """Everything the issue asks of the MCP server, on one connected session; `usable`:
+    the policies the caller's tenant may use."""
     await session.initialize()
 
     tools = {tool.name: tool for tool in (await session.list_tools()).tools}
@@ -58,14 +76,19 @@ async def exercise(session: ClientSession) -> None:
     assert tools["run_python"].output_schema is not None
 
     uris = {str(r.uri) for r in (await session.list_resources()).resources}
-    assert {"sandbox://policies", "sandbox://policies/default", "sandbox://backends"} <= uris
-    policies = json.loads((await session.read_resource("sandbox://policies")).contents[0].text)  # type: ignore[union-attr]
+    assert {"sandbox://policies", "sandbox://backends"} <= uris
+    templates = (await session.list_resource_templates()).resource_templates
+    assert "sandbox://policies/{name}" in {t.uri_template for t in templates}
+    policies = json.loads(await read_text(session, "sandbox://policies"))
+    assert sorted(p["name"] for p in policies) == usable  # this caller's, no more
     default = next(p for p in policies if p["name"] == "default")
     assert default["default"] is True and default["digest"].startswith("sha256:")
-    explained = (await session.read_resource("sandbox://policies/default")).contents[0]
-    assert default["digest"] in explained.text  # type: ignore[union-attr]
-    backends = json.loads((await session.read_resource("sandbox://backends")).contents[0].text)  # type: ignore[union-attr]
-    assert "monty" in backends
+    assert [p["name"] for p in policies if p["default"]] == ["default"]
+    assert default["digest"] in await read_text(session, "sandbox://policies/default")
+    with pytest.raises(MCPError) as hidden:
+        await session.read_resource("sandbox://policies/no-such-policy")
+    assert hidden.value.code == -32602
+    assert "monty" in json.loads(await read_text(session, "sandbox://backends"))
 
     ok = await session.call_tool(
         "run_python", {"code": "print('hi')\nx * 7", "inputs": {"x": 6}, "backend": "monty"}
@@ -122,7 +145,7 @@ async def test_stdio_transport(tmp_path: Path) -> None:
         command=SANDBOX[0], args=[*SANDBOX[1:], "mcp"], env=service_env(tmp_path)
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
-        await exercise(session)
+        await exercise(session, usable=ALL_POLICIES)  # no tenants: every caller is `local`
 
 
 def free_port() -> int:
@@ -195,12 +218,15 @@ async def test_http_transport_with_tokens(tmp_path: Path) -> None:
     tenants = textwrap.dedent(f"""
         [tenants.agent]
         api_key_sha256 = ["{digest}"]
+        allowed_policies = ["default", "pure-compute"]
     """)
     # One token for the tenant; one mapped to a key the service does not know.
     tokens = {"tok-agent": key, "tok-stale": "sbx_not_a_key"}
     with http_mcp(tmp_path, tokens, tenants) as url:
         async with connected(url, "tok-agent") as session:
-            await exercise(session)  # as tenant `agent`: the service refuses calls without a key
+            # As tenant `agent` (the service refuses calls without a key), which may use
+            # `default` and `pure-compute` only.
+            await exercise(session, usable=["default", "pure-compute"])
 
         async with connected(url, "tok-stale") as session:
             await session.initialize()
@@ -208,6 +234,7 @@ async def test_http_transport_with_tokens(tmp_path: Path) -> None:
             stale = await session.call_tool("run_python", {"code": "1"})
             assert stale.is_error is True
             assert text_of(stale) == "INVALID_REQUEST: unknown or revoked API key"
+            assert json.loads(await read_text(session, "sandbox://policies")) == []
 
         initialize = {
             "jsonrpc": "2.0",
@@ -231,7 +258,7 @@ async def test_http_transport_with_tokens(tmp_path: Path) -> None:
 
 def host_config() -> dict[str, Any]:
     """The MCP host configuration the README shows."""
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     blocks = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if "mcpServers" in b]
     assert len(blocks) == 1
     entry: dict[str, Any] = json.loads(blocks[0])["mcpServers"]["sandbox"]

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from mcp_types.jsonrpc import INVALID_PARAMS
@@ -30,6 +30,8 @@ from ._auth import TokenMap, caller_api_key
 from ._catalog import Catalog
 
 BackendArg = Literal["auto", "monty", "container"]
+# The resources' content: one catalog, or one per caller's API key (None: no key).
+CatalogSource = Catalog | Callable[[str | None], Catalog]
 
 # Hints for the host: the tools reach nothing outside the sandbox (the code has no
 # network) and destroy nothing of the host's. Running code twice may differ.
@@ -104,7 +106,7 @@ def run_result(result: ExecutionResult) -> CallToolResult:
 def build_server(
     target: str,
     *,
-    catalog: Catalog | None = None,
+    catalog: CatalogSource | None = None,
     api_key: str | None = None,
     tokens: Mapping[str, str] | None = None,
     public_url: str = "http://127.0.0.1:8000",
@@ -113,9 +115,9 @@ def build_server(
     """An MCP server over the service at `target`. `api_key` is the tenant's key for
     calls with no bearer token (stdio); `tokens` ({bearer token: API key}), when given,
     makes the HTTP transport refuse a request without one of those tokens, and each call
-    then runs as the token's tenant. `public_url` is this server's own URL, announced in
-    its OAuth resource metadata when `tokens` are set."""
-    catalog = catalog or Catalog()
+    then runs as the token's tenant. `catalog` is what the resources show, or a function
+    of the caller's API key that returns what that caller may use. `public_url` is this
+    server's own URL, announced in its OAuth resource metadata when `tokens` are set."""
     clients = _Clients(target, api_key, timeout_s)
 
     @asynccontextmanager
@@ -204,18 +206,16 @@ def build_server(
             raise ToolError(f"{exc.failure.kind.value}: {exc.failure.message}") from None
         return {"closed": session_id}
 
-    _add_resources(server, catalog)
+    _add_resources(server, catalog or Catalog(), api_key)
     return server
 
 
-def _constant(text: str) -> Callable[[], str]:
-    def read() -> str:
-        return text
+def _add_resources(server: MCPServer[Any], catalog: CatalogSource, api_key: str | None) -> None:
+    def caller() -> Catalog:
+        if isinstance(catalog, Catalog):
+            return catalog
+        return catalog(caller_api_key(api_key))
 
-    return read
-
-
-def _add_resources(server: MCPServer[Any], catalog: Catalog) -> None:
     @server.resource(
         "sandbox://policies",
         name="policies",
@@ -223,16 +223,19 @@ def _add_resources(server: MCPServer[Any], catalog: Catalog) -> None:
         mime_type="application/json",
     )
     def policies() -> str:
-        return json.dumps([p.model_dump(mode="json") for p in catalog.policies])
+        return json.dumps([p.model_dump(mode="json") for p in caller().policies])
 
-    for info in catalog.policies:
-        # Each policy's own page: what code under it may do.
-        server.resource(
-            f"sandbox://policies/{info.name}",
-            name=f"policy {info.name}",
-            description=f"What code under policy '{info.name}' may do ({info.digest})",
-            mime_type="text/plain",
-        )(_constant(info.explanation))
+    @server.resource(
+        "sandbox://policies/{name}",
+        name="policy",
+        description="What code under one policy may do, in plain English, with its digest",
+        mime_type="text/plain",
+    )
+    def policy(name: str) -> str:
+        info = caller().policy(name)
+        if info is None:
+            raise ResourceNotFoundError(f"no policy '{name}' you may use")
+        return info.explanation
 
     @server.resource(
         "sandbox://backends",
@@ -241,4 +244,4 @@ def _add_resources(server: MCPServer[Any], catalog: Catalog) -> None:
         mime_type="application/json",
     )
     def backends() -> str:
-        return json.dumps([b.value for b in catalog.backends])
+        return json.dumps([b.value for b in caller().backends])
