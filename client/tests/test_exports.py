@@ -37,7 +37,14 @@ PUBLIC = sorted(pinned())
 def test_every_public_module_exports_what_the_snapshot_says() -> None:
     exported = {name: list(importlib.import_module(name).__all__) for name in PUBLIC}
     assert exported == pinned()
-    assert PUBLIC == ["sandbox_client", "sandbox_client.recovery", "sandbox_client.testing"]
+    assert PUBLIC == [
+        "sandbox_client",
+        "sandbox_client.integrations.langchain",
+        "sandbox_client.integrations.mcp",
+        "sandbox_client.integrations.smolagents",
+        "sandbox_client.recovery",
+        "sandbox_client.testing",
+    ]
 
 
 @pytest.mark.parametrize("module_name", PUBLIC)
@@ -66,7 +73,7 @@ def test_the_root_namespace_holds_only_exported_names_and_subpackages() -> None:
     public = {n: v for n, v in vars(sandbox_client).items() if not n.startswith("_")}
     extra = {n for n, v in public.items() if n not in sandbox_client.__all__}
     assert all(isinstance(public[n], types.ModuleType) for n in extra), extra
-    assert extra <= {"protocol", "recovery", "testing"}
+    assert extra <= {"integrations", "protocol", "recovery", "testing"}
 
 
 def test_a_traceback_names_the_public_module() -> None:

@@ -18,7 +18,8 @@ import structlog
 from google.protobuf import json_format
 
 from sandbox.cli.admin import add_commands as add_admin_commands
-from sandbox.cli.settings import load_printing_notes, load_with_notes
+from sandbox.cli.mcp import add_command as add_mcp_command
+from sandbox.cli.settings import API_KEY_VARIABLE, load_printing_notes, load_with_notes
 from sandbox.config import Settings
 from sandbox.core.request import Request
 from sandbox.errors import ConfigError, RequestError
@@ -26,9 +27,6 @@ from sandbox.logs import configure_logging
 from sandbox_client import Backend, ExecutionResult, Failure, Limits, SandboxClient
 from sandbox_client.protocol.convert import NO_LIMITS_ASKED, result_to_proto
 from sandbox_client.protocol.models import LIMIT_FIELDS
-
-# `sandbox run --server` reads the API key from here when --api-key is not given.
-API_KEY_VARIABLE = "SANDBOX_API_KEY"
 
 log = structlog.get_logger("sandbox.cli")
 
@@ -99,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--config", type=Path, help="TOML settings file")
     doctor.set_defaults(func=_doctor)
 
+    add_mcp_command(sub)
     add_admin_commands(sub)
     return parser
 

@@ -11,6 +11,10 @@ from typing import Any
 from sandbox.config import DeprecatedSettingWarning, Settings, load_settings
 from sandbox.errors import ConfigError
 
+# `sandbox run --server` and `sandbox mcp --server` read the API key from here when
+# --api-key is not given.
+API_KEY_VARIABLE = "SANDBOX_API_KEY"
+
 
 def load_with_notes(config_file: Path | None, **overrides: Any) -> tuple[Settings, list[str]]:
     """The settings, and a note per deprecated name they were given by. A ConfigError
