@@ -102,17 +102,20 @@ class RunnerChannel:
         self._sock.sendall(data)
 
     def looks_alive(self) -> bool:
-        """True unless the runner is known gone. A waiting runner sends nothing, so any
-        readable byte here means it exited (EOF) or broke protocol."""
+        """True unless the runner is known gone. A waiting runner sends nothing, so the
+        channel being readable at all means it is gone: bytes (its exit frame, or a
+        broken protocol) or the end of the stream (the container was killed; recv gives
+        b"", which read as alive handed dead pool containers out)."""
         if self.closed:
             return False
         try:
             self._sock.settimeout(0)
-            return not self._sock.recv(1, socket.MSG_PEEK)
+            self._sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
-            return True
+            return True  # nothing to read: waiting, as a live runner does
         except OSError:
             return False
+        return False
 
     def read_frame(self, deadline: float) -> dict[str, Any]:
         """The next frame. Raises ChannelTimeout at `deadline` (time.monotonic()),

@@ -476,3 +476,20 @@ async def test_start_reaps_what_a_dead_server_left(engine: docker.DockerClient) 
 
 def labelled(engine: docker.DockerClient, label: str) -> set[str]:
     return {c.id for c in engine.containers.list(all=True, filters={"label": label})}
+
+
+async def test_a_pool_container_killed_while_idle_is_not_handed_out(
+    engine: docker.DockerClient,
+) -> None:
+    """The pool's container dies while it waits (killed from outside): the next run gets
+    a live one, not the dead one's SANDBOX_CRASH."""
+    from sandbox.backends.container.engine import INSTANCE_LABEL
+
+    async with started(make_backend(pool_size=1)) as backend:
+        await backend.settled()
+        (idle,) = engine.containers.list(filters={"label": f"{INSTANCE_LABEL}={backend.instance}"})
+        idle.kill()
+        idle.wait(timeout=30)
+        result = await run(backend, "print(1)")
+        assert result.ok, result.failure
+        assert result.stdout == "1\n"
