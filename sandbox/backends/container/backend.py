@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,24 +53,46 @@ T = TypeVar("T")
 
 
 class _Busy(Exception):
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_ms = retry_after_ms
+
+
+# How many recent slot releases the drain rate is measured over, and the bounds of the
+# wait a refusal asks for.
+_DRAIN_WINDOW = 32
+_MAX_RETRY_AFTER_MS = 30_000
 
 
 class _Admission:
-    """At most `limit` runs at once; at most `queue` more wait, each at most `timeout_s`."""
+    """At most `limit` runs at once; at most `queue` more wait, each at most `timeout_s`.
+    A refusal is back-pressure: it says how long to wait, from how fast slots have been
+    coming free (the time for the queue ahead to drain), so callers back off instead of
+    hammering a full queue."""
 
     def __init__(self, limit: int, queue: int, timeout_s: float) -> None:
         self._slots = asyncio.Semaphore(limit)
         self.limit, self.queue, self.timeout_s = limit, queue, timeout_s
         self.waiting = 0
+        self._released: deque[float] = deque(maxlen=_DRAIN_WINDOW)
+
+    def retry_after_ms(self) -> int:
+        """The time for the runs queued now (and this one) to get a slot, at the rate
+        slots came free lately; INFRA_RETRY_AFTER_MS before there is a rate to go by."""
+        released = self._released
+        if len(released) < 2 or released[-1] <= released[0]:
+            return INFRA_RETRY_AFTER_MS
+        per_s = (len(released) - 1) / (released[-1] - released[0])
+        wait_ms = (self.waiting + 1) / per_s * 1000
+        return int(min(max(wait_ms, INFRA_RETRY_AFTER_MS), _MAX_RETRY_AFTER_MS))
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self.waiting >= self.queue:
             raise _Busy(
-                f"all {self.limit} container slots are busy and {self.waiting} runs are queued"
+                f"all {self.limit} container slots are busy and {self.waiting} runs are queued",
+                self.retry_after_ms(),
             )
         self.waiting += 1
         try:
@@ -77,13 +100,15 @@ class _Admission:
                 await self._slots.acquire()
         except TimeoutError:
             raise _Busy(
-                f"no container slot came free within {self.timeout_s:g} s ({self.limit} running)"
+                f"no container slot came free within {self.timeout_s:g} s ({self.limit} running)",
+                self.retry_after_ms(),
             ) from None
         finally:
             self.waiting -= 1
         try:
             yield
         finally:
+            self._released.append(time.monotonic())
             self._slots.release()
 
 
@@ -222,7 +247,7 @@ class ContainerBackend:
                     self._discard(container)
                 return result
         except _Busy as busy:
-            return _busy_result(busy.message)
+            return _busy_result(busy.message, busy.retry_after_ms)
 
     async def open_session(self, limits: EffectiveLimits) -> ContainerSession:
         """A container of its own. When a run in it leaves a thread or a process of the
@@ -267,7 +292,7 @@ class ContainerBackend:
                         session.frozen = False
                     result, signals = await self._execute(container, spec, keep=True)
             except _Busy as busy:
-                return _busy_result(busy.message)
+                return _busy_result(busy.message, busy.retry_after_ms)
             except asyncio.CancelledError:
                 # The job may still be running in there; the state is no longer known.
                 await self.close_session(session)
@@ -445,12 +470,13 @@ def _lost(exc: Exception) -> ExecutionResult:
     )
 
 
-def _busy_result(message: str) -> ExecutionResult:
+def _busy_result(message: str, retry_after_ms: int) -> ExecutionResult:
     return ExecutionResult.failed(
         Failure.of(
             FailureKind.INFRA_UNAVAILABLE,
-            f"the container backend is at capacity: {message}",
-            retry_after_ms=INFRA_RETRY_AFTER_MS,
+            f"the container backend is at capacity: {message}; retry in "
+            f"{retry_after_ms / 1000:.1f} s",
+            retry_after_ms=retry_after_ms,
         ),
         backend=Backend.CONTAINER,
     )
