@@ -256,3 +256,22 @@ def test_limits_in_history_are_what_was_sent() -> None:
     outcome = run(script, limits=Limits(memory_bytes=5))
     assert script.calls[1]["limits"] == Limits(memory_bytes=5, wall_time_ms=2000)
     assert outcome.attempts[1].limits == Limits(memory_bytes=5, wall_time_ms=2000)
+
+
+def test_a_server_away_is_retried_for_a_time_not_a_count() -> None:
+    # Ten attempts while the server restarts (the transport's UNAVAILABLE, nothing ran):
+    # more than INFRA_UNAVAILABLE's budget of 6, well inside server_away_s.
+    away = failed(K.INFRA_UNAVAILABLE, ran=False, grpc_code="UNAVAILABLE")
+    recovery = QUICK.model_copy(update={"max_attempts": 20})
+    outcome = run(Script([away] * 10), recovery=recovery)
+    assert outcome.ok and len(outcome.attempts) == 11
+    # With no time for it, the count budget holds again.
+    hasty = recovery.model_copy(update={"server_away_s": 0.001})
+    with pytest.raises(EscalationRequired) as raised:
+        run(Script([away] * 10), recovery=hasty)
+    assert len(raised.value.escalation.attempts) == 7
+    # A server that answers INFRA_UNAVAILABLE itself (an execution ran) is not away.
+    busy = failed(K.INFRA_UNAVAILABLE)
+    with pytest.raises(EscalationRequired) as refused:
+        run(Script([busy] * 10), recovery=recovery)
+    assert len(refused.value.escalation.attempts) == 7

@@ -114,6 +114,11 @@ class RecoveryPolicy(BaseModel):
     wait_exp_base: float = Field(default=2.0, ge=1)
     # The longest single wait for a retry_after_ms; a longer one escalates instead.
     max_wait_s: PositiveSeconds = 60.0
+    # While the server cannot be reached at all (the transport's UNAVAILABLE, no
+    # execution answered), retries go on for this long whatever INFRA_UNAVAILABLE's
+    # budget, so that a restart (2-9 s measured, longer on a loaded machine) is ridden
+    # out; max_attempts and max_total_s still bound the run.
+    server_away_s: PositiveSeconds = 30.0
     # RESIZE multiplies the limit by this, up to the caps below (None: up to whatever the
     # server's policy allows; a refusal from the server ends resizing).
     resize_factor: float = Field(default=2.0, gt=1)

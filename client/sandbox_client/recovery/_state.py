@@ -145,6 +145,8 @@ class RunState:
         self._last_end = 0.0
         self._deadline_cut = False
         self._wait_s = 0.0  # the next retry's sleep, once _why_not has allowed it
+        # Since when the server has been unreachable, attempt after attempt (None: it answered).
+        self._away_since: float | None = None
 
     # -- budgets -------------------------------------------------------------------
 
@@ -215,6 +217,16 @@ class RunState:
             )
         self._last_end = ended
         failure = result.failure
+        unreachable = (
+            failure is not None
+            and failure.kind is FailureKind.INFRA_UNAVAILABLE
+            and grpc_code(failure) == "UNAVAILABLE"
+            and not result.execution_id
+        )
+        if not unreachable:
+            self._away_since = None
+        elif self._away_since is None:
+            self._away_since = started
         attempt = Attempt(
             number=len(self.attempts) + 1,
             code_sha256=code_sha256(request.code),
@@ -285,7 +297,9 @@ class RunState:
                 return Step("done", failure), action, ""
             if action is A.ESCALATE:
                 return self._escalate(f"{kind.value} calls for a person", failure)
-            if self._used[kind] >= self.recovery.budget_per_kind.get(kind, 0):
+            if self._used[kind] >= self.recovery.budget_per_kind.get(kind, 0) and not (
+                self._riding_out_a_restart()
+            ):
                 skipped.append(f"{action.value}: budget for {kind.value} used")
                 budget_hit = True
                 continue
@@ -302,6 +316,10 @@ class RunState:
         if skipped:
             reason += " (" + "; ".join(skipped) + ")"
         return self._escalate(reason, failure, exhausted=budget_hit)
+
+    def _riding_out_a_restart(self) -> bool:
+        away = self._away_since
+        return away is not None and self._clock() - away < self.recovery.server_away_s
 
     def _why_not(self, action: RecoveryAction, failure: Failure) -> str:
         """Why `action` cannot answer `failure` now ("" if it can)."""
