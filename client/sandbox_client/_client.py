@@ -31,7 +31,7 @@ from ._request import (
     stream_event,
 )
 from ._tool_run import (
-    Tools,
+    Answers,
     call_tool_async,
     call_tool_sync,
     event_of,
@@ -53,6 +53,7 @@ from .recovery._run import (
     run_sync,
 )
 from .recovery._state import RunState
+from .tools import Tools
 
 ChannelOptions = Sequence[tuple[str, Any]]
 ChannelT = TypeVar("ChannelT", grpc.Channel, grpc.aio.Channel)
@@ -85,6 +86,8 @@ class BaseClient(Generic[ChannelT]):
         self.target = target
         self.timeout_s = timeout_s
         self._ready = True if wait_for_ready else None
+        # Answers this client gave, so a resumed run's repeat of a call runs no tool twice.
+        self._answers = Answers()
         self._channel: ChannelT = self._connect(
             target, channel_options, api_key=api_key, credentials=credentials
         )
@@ -177,7 +180,9 @@ class SandboxClient(BaseClient[grpc.Channel]):
         the Run stream, with no recovery: run(tools=...) adds retries that resume the run
         where it stopped. Tools are called one at a time, in this thread."""
         outgoing: queue.Queue[sandbox_pb2.RunRequest | None] = queue.Queue()
-        outgoing.put(self._run_start(code, tools, options))
+        start = self._run_start(code, tools, options)
+        key = start.start.request.idempotency_key
+        outgoing.put(start)
 
         def requests() -> Iterator[sandbox_pb2.RunRequest]:
             while (msg := outgoing.get()) is not None:
@@ -191,7 +196,7 @@ class SandboxClient(BaseClient[grpc.Channel]):
                 if isinstance(event, ExecutionResult):
                     return event
                 if event is not None:
-                    outgoing.put(call_tool_sync(invocation(event, tools)))
+                    outgoing.put(call_tool_sync(invocation(event, tools, key), self._answers))
         except grpc.RpcError as error:
             return failed_result(error)
         finally:
@@ -306,13 +311,16 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
         writing = asyncio.Lock()
         answering: set[asyncio.Task[None]] = set()
 
+        start = self._run_start(code, tools, options)
+        key = start.start.request.idempotency_key
+
         async def answer(event: sandbox_pb2.ToolCall) -> None:
-            reply = await call_tool_async(invocation(event, tools))
+            reply = await call_tool_async(invocation(event, tools, key), self._answers)
             async with writing:
                 await call.write(reply)
 
         try:
-            await call.write(self._run_start(code, tools, options))
+            await call.write(start)
             while (msg := await call.read()) is not grpc.aio.EOF:
                 event = event_of(msg)
                 if isinstance(event, ExecutionResult):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import Callable, Mapping
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +17,7 @@ from pydantic import TypeAdapter
 from .protocol.convert import result_from_proto
 from .protocol.models import ExecutionResult, Failure, FailureKind
 from .protocol.v1 import sandbox_pb2
-
-# A tool: any callable; an `async def` one is awaited, and the sandboxed code must
-# `await` it too (and may gather several, which then run concurrently).
-Tool = Callable[..., Any]
-Tools = Mapping[str, Tool]
+from .tools import _CURRENT, Tool, ToolCall, Tools
 
 
 def is_async_tool(tool: Tool) -> bool:
@@ -67,12 +64,38 @@ class ToolInvocation:
     name: str
     args: list[Any]
     kwargs: dict[str, Any]
+    run_key: str = ""  # the run's idempotency key
+
+    @property
+    def call(self) -> ToolCall:
+        return ToolCall(f"{self.run_key}#{self.call_id}", self.call_id, self.name)
 
 
-def invocation(call: sandbox_pb2.ToolCall, tools: Tools) -> ToolInvocation:
+def invocation(call: sandbox_pb2.ToolCall, tools: Tools, run_key: str = "") -> ToolInvocation:
     args = json.loads(call.args_json or "[]")
     kwargs = json.loads(call.kwargs_json or "{}")
-    return ToolInvocation(call.call_id, tools[call.name], call.name, args, kwargs)
+    return ToolInvocation(call.call_id, tools[call.name], call.name, args, kwargs, run_key)
+
+
+class Answers:
+    """The answers this client gave, by call key, so that a call a resumed run asks for
+    again is answered as before instead of running the tool twice in this process.
+    Bounded: the oldest are forgotten first."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self._keep = keep
+        self._given: OrderedDict[str, sandbox_pb2.RunRequest] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> sandbox_pb2.RunRequest | None:
+        with self._lock:
+            return self._given.get(key)
+
+    def put(self, key: str, answer: sandbox_pb2.RunRequest) -> None:
+        with self._lock:
+            self._given[key] = answer
+            while len(self._given) > self._keep:
+                self._given.popitem(last=False)
 
 
 def answer_value(call_id: int, value: Any) -> sandbox_pb2.RunRequest:
@@ -124,26 +147,49 @@ def event_of(
     return None
 
 
-def call_tool_sync(inv: ToolInvocation) -> sandbox_pb2.RunRequest:
+def call_tool_sync(inv: ToolInvocation, answers: Answers | None = None) -> sandbox_pb2.RunRequest:
+    call = inv.call
+    if answers is not None and inv.run_key and (given := answers.get(call.call_key)):
+        return given
+    token = _CURRENT.set(call)
     try:
         value = inv.tool(*inv.args, **inv.kwargs)
         if inspect.iscoroutine(value):
             value = asyncio.run(value)
     except Exception as error:  # the tool's failure is the code's to handle
-        return answer_error(inv.call_id, error)
-    return answer_value(inv.call_id, value)
+        answer = answer_error(inv.call_id, error)
+    else:
+        answer = answer_value(inv.call_id, value)
+    finally:
+        _CURRENT.reset(token)
+    if answers is not None and inv.run_key:
+        answers.put(call.call_key, answer)
+    return answer
 
 
-async def call_tool_async(inv: ToolInvocation) -> sandbox_pb2.RunRequest:
+async def call_tool_async(
+    inv: ToolInvocation, answers: Answers | None = None
+) -> sandbox_pb2.RunRequest:
+    call = inv.call
+    if answers is not None and inv.run_key and (given := answers.get(call.call_key)):
+        return given
+    token = _CURRENT.set(call)  # each answer runs in a task of its own: its own context
     try:
         if is_async_tool(inv.tool):
             value = await inv.tool(*inv.args, **inv.kwargs)
         else:
-            # A blocking tool must not stall the other tools' answers.
+            # A blocking tool must not stall the other tools' answers (to_thread carries
+            # this context, and so the current call, into the thread).
             value = await asyncio.to_thread(inv.tool, *inv.args, **inv.kwargs)
     except Exception as error:
-        return answer_error(inv.call_id, error)
-    return answer_value(inv.call_id, value)
+        answer = answer_error(inv.call_id, error)
+    else:
+        answer = answer_value(inv.call_id, value)
+    finally:
+        _CURRENT.reset(token)
+    if answers is not None and inv.run_key:
+        answers.put(call.call_key, answer)
+    return answer
 
 
 def no_result() -> ExecutionResult:

@@ -44,6 +44,7 @@ def test_every_public_module_exports_what_the_snapshot_says() -> None:
         "sandbox_client.integrations.smolagents",
         "sandbox_client.recovery",
         "sandbox_client.testing",
+        "sandbox_client.tools",
     ]
 
 
@@ -73,7 +74,7 @@ def test_the_root_namespace_holds_only_exported_names_and_subpackages() -> None:
     public = {n: v for n, v in vars(sandbox_client).items() if not n.startswith("_")}
     extra = {n for n, v in public.items() if n not in sandbox_client.__all__}
     assert all(isinstance(public[n], types.ModuleType) for n in extra), extra
-    assert extra <= {"integrations", "protocol", "recovery", "testing"}
+    assert extra <= {"integrations", "protocol", "recovery", "testing", "tools"}
 
 
 def test_a_traceback_names_the_public_module() -> None:

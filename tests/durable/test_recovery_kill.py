@@ -246,3 +246,48 @@ def test_a_run_survives_the_client_being_killed_and_restarted(
     }
     assert answer["stdout"] == f"after two {answer['result']['r']}\n"
     assert os.path.exists(server.config.parent / "state" / "journal.sqlite3")
+
+
+IN_FLIGHT = """
+first = step_one(1)
+second = step_two(first, label="b")
+[first, second]
+"""
+
+
+def test_a_tool_in_flight_when_the_server_dies_runs_once_in_this_client(
+    server: Server,
+) -> None:
+    """The server dies while step_two runs, before its answer is journaled: the resumed
+    run asks for call 2 again, under the same call key, and the client answers it as
+    before instead of running the tool twice (at-least-once across processes, once in
+    one)."""
+    from sandbox_client.tools import current_tool_call
+
+    calls: dict[str, int] = {}
+    keys: list[str] = []
+
+    def step_one(x: int) -> int:
+        calls["step_one"] = calls.get("step_one", 0) + 1
+        return x + 10
+
+    def step_two(x: int, label: str = "") -> str:
+        calls["step_two"] = calls.get("step_two", 0) + 1
+        call = current_tool_call()
+        assert call is not None and call.call_id == 2 and call.name == "step_two"
+        keys.append(call.call_key)
+        server.restart()  # the answer goes back only after the server is gone
+        return f"{label}{x}"
+
+    with SandboxClient(server.address, timeout_s=120, wait_for_ready=True) as client:
+        outcome = client.run(
+            IN_FLIGHT,
+            tools={"step_one": step_one, "step_two": step_two},
+            idempotency_key="in-flight",
+            recovery=PATIENT,
+        )
+    assert outcome.ok, outcome.failure
+    assert outcome.result.result == [11, "b11"]
+    assert calls == {"step_one": 1, "step_two": 1}
+    assert keys == ["in-flight#2"]
+    assert len(outcome.attempts) >= 2
