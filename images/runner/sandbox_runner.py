@@ -66,6 +66,7 @@ from protocol import (
     call_frame,
     encode_frame,
     fatal_frame,
+    memory_frame,
     output_frame,
     ready_frame,
     value_to_json,
@@ -341,12 +342,20 @@ class Locator:
         self._started: float | None = None
         self._next = 0.0
         self._said: tuple[int, str] | None = None
+        self.memory_bytes = 0  # the job's cap; its peak is said once past half of it
+        self._peak_said = False
 
     def running(self, yes: bool) -> None:
         self._said = None
+        self._peak_said = False
         self._started = time.monotonic() if yes else None
 
     def tick(self) -> None:
+        if self._started is not None and not self._peak_said and self.memory_bytes:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            if peak * 2 >= self.memory_bytes:
+                self._peak_said = True
+                self._emitter.frame(memory_frame(peak))
         started, now = self._started, time.monotonic()
         if started is None or now - started < LOCATE_AFTER_S or now < self._next:
             return
@@ -714,6 +723,7 @@ class Runner:
         depth = int(limits.get("max_recursion_depth", 1000))
         self.value_cap = int(limits.get("output_bytes", 1 << 20))
         self.max_call_bytes = int(limits.get("max_call_bytes", 1 << 20))
+        self.locator.memory_bytes = int(limits.get("memory_bytes", 0))
         # The runner's own frames sit below the code's; they do not count against it.
         sys.setrecursionlimit(depth + self.base_depth + 10)
         self.auditor.attempts = []

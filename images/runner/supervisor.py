@@ -48,6 +48,7 @@ from protocol import (
     FATAL_STATUS,
     IDLE_LINE_BYTES,
     JOB,
+    MEMORY,
     OUTPUT,
     READY,
     RESULT,
@@ -309,7 +310,7 @@ class Supervisor:
         if not isinstance(frame, dict) or not isinstance(frame.get(TYPE), str):
             self._broken("a frame without a type", line)
         kind = frame[TYPE]
-        known = kind in (OUTPUT, CALL, RESULT, FATAL, WHERE)
+        known = kind in (OUTPUT, CALL, RESULT, FATAL, WHERE, MEMORY)
         named = f"a {kind} frame" if known else f"a {kind[:20]!r} frame"
         job = frame.get(JOB)
         if type(job) is not int and self.legacy:

@@ -363,6 +363,7 @@ class ContainerBackend:
             keep=keep,
             max_recursion_depth=limits.max_recursion_depth,
             output_bytes=limits.output_bytes,
+            memory_bytes=limits.memory_bytes,
             tools=tools.tools if tools is not None else None,
             seed=seed,
             denied_imports=spec.denied_imports,

@@ -28,6 +28,7 @@ from sandbox.backends.container.protocol import (
     FATAL,
     IDLE_LINE_BYTES,
     JOB,
+    MEMORY,
     OUTPUT,
     OUTPUT_CHUNK_CHARS,
     READY,
@@ -35,6 +36,7 @@ from sandbox.backends.container.protocol import (
     TYPE,
     WHERE,
     ForgedFrame,
+    checked_memory,
     checked_result_frame,
     checked_where,
     line_cap,
@@ -147,6 +149,8 @@ def execute(
                 break
             elif kind == WHERE:
                 signals.where = checked_where(frame) or signals.where
+            elif kind == MEMORY:
+                signals.memory_peak = max(signals.memory_peak, checked_memory(frame))
             elif kind == EXIT:
                 signals.runner_exit = frame
                 signals.oom_killed = frame.get("oom") is True

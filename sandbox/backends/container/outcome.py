@@ -97,8 +97,10 @@ class ContainerSignals:
     # or status; "idle": before this job, which then never ran).
     runner_exit: dict[str, Any] | None = None
     seq: int = 1  # this job's number in its container (a session's runs count up)
-    # The runner's last word on the line the code was at (a long job's where frames).
+    # The runner's last word on the line the code was at (a long job's where frames),
+    # and on its peak memory once past half the cap (its memory frame; 0: not said).
     where: dict[str, Any] | None = None
+    memory_peak: int = 0
 
 
 def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) -> Failure | None:
@@ -115,6 +117,13 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
         return _channel_tampering(signals.forged_frame, "forge a runner frame")
     if signals.oom_killed and (signals.frame is None or not signals.frame.get("ok")):
         return _memory(limits, "the container was killed at its memory cap", None)
+    if _killed_near_its_cap(signals):
+        return _memory(
+            limits,
+            f"the container was killed as the code neared its memory cap (its peak was "
+            f"past {signals.memory_peak} bytes)",
+            None,
+        )
     if signals.protocol_error:
         # Not a crash: the same code writes the same bytes again, so a retry cannot help.
         return _channel_tampering(signals.protocol_error, "write to the runner's channel")
@@ -129,6 +138,18 @@ def map_container_outcome(exc: BaseException | None, signals: ContainerSignals) 
     if signals.frame is None:
         return _no_frame(signals)
     return _from_frame(signals.frame, signals)
+
+
+def _killed_near_its_cap(signals: ContainerSignals) -> bool:
+    """A container SIGKILLed whole, by nobody the host knows, after the runner said its
+    memory passed half the cap: the cap's kill (gVisor's engine can lose the OOM flag
+    and its event both; a kill from outside after such a peak reads the same)."""
+    return (
+        signals.frame is None
+        and signals.runner_exit is None
+        and signals.exit_code == 128 + signal.SIGKILL
+        and signals.memory_peak * 2 >= signals.limits.memory_bytes > 0
+    )
 
 
 def _runner_ended(frame: dict[str, Any], signals: ContainerSignals) -> Failure | None:

@@ -29,7 +29,10 @@ One JSON object per line, UTF-8 (a lone surrogate the code printed travels as th
                               and `call_frame`s (seq counts the job's calls from 1),
                               `where_frame`s while the job runs long (the line it is at,
                               when it changes, so a run stopped at its time limit names
-                              its line), and
+                              its line), one `memory_frame` when its peak memory passes
+                              half the cap (a container killed next, with no other word,
+                              was killed at the cap: gVisor's engine can lose the OOM
+                              flag), and
                               one result frame (RESULT_FIELDS, checked on the host by
                               `checked_result_frame`) or, when the runner died, one
                               `exit_frame`. Every frame of a job carries its number (JOB);
@@ -69,6 +72,7 @@ RESULT = "result"
 FATAL = "fatal"
 EXIT = "exit"  # the runner died: the supervisor says how
 WHERE = "where"  # the line of the code the runner's main thread is at
+MEMORY = "mem"  # the runner's peak memory passed half its cap
 BROKEN = "broken"  # the runner wrote what is no frame: the supervisor says what
 
 # The runner's exit status when it cannot set itself up or read its job, or a tool call
@@ -131,6 +135,7 @@ def job_frame(
     keep: bool,
     max_recursion_depth: int,
     output_bytes: int,
+    memory_bytes: int = 0,
     tools: Mapping[str, bool] | None = None,
     seed: int | None = None,
     denied_imports: Collection[str] = (),
@@ -141,6 +146,8 @@ def job_frame(
         "max_recursion_depth": max_recursion_depth,
         "output_bytes": output_bytes,
     }
+    if memory_bytes:
+        limits["memory_bytes"] = memory_bytes
     job: dict[str, Any] = {
         "seq": seq,
         "code": code,
@@ -170,6 +177,16 @@ def output_frame(stream: str, text: str) -> dict[str, Any]:
 def where_frame(line: int, function: str, source_line: str) -> dict[str, Any]:
     """Where in the code the job is: `line`, in `function` ("" at the top level)."""
     return {TYPE: WHERE, "line": line, "function_name": function, "source_line": source_line}
+
+
+def memory_frame(peak_bytes: int) -> dict[str, Any]:
+    return {TYPE: MEMORY, "peak": peak_bytes}
+
+
+def checked_memory(frame: Mapping[str, Any]) -> int:
+    """A memory frame's peak bytes; 0 for one the runner does not write."""
+    peak = frame.get("peak")
+    return peak if type(peak) is int and 0 < peak < 2**62 else 0
 
 
 def checked_where(frame: Mapping[str, Any]) -> dict[str, Any] | None:

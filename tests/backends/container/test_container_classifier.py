@@ -225,6 +225,16 @@ def test_an_error_no_cap_explains_names_none(type_name: str, message: str) -> No
     assert failure is not None and "limit" not in failure.details
 
 
+def test_a_whole_container_killed_after_its_peak_passed_half_the_cap_is_memory() -> None:
+    half = LIMITS.memory_bytes // 2
+    assert kind(exit_code=137, memory_peak=half) is FailureKind.MEMORY_LIMIT
+    # Below half, or not a SIGKILL, or with the runner's own word: not read as memory.
+    assert kind(exit_code=137, memory_peak=half - 1) is FailureKind.SANDBOX_CRASH
+    assert kind(exit_code=139, memory_peak=half) is not FailureKind.MEMORY_LIMIT
+    ok = {"t": "result", "ok": True, "value": "1"}
+    assert kind(exit_code=137, memory_peak=half, frame=ok) is None
+
+
 def test_system_exit_frame() -> None:
     frame = error_frame("SystemExit")
     frame["exit_code"] = 4
