@@ -144,14 +144,11 @@ async def measure(address: str, n: int, workers: int, corpus: bool) -> None:
                 seconds[name] += await run(per_round)
         rate = {name: 4 * per_round / s for name, s in seconds.items()}
         print(f"workers={workers} n={4 * per_round} in flight={CONCURRENCY}")
+        ratio = {name: r / rate["library"] for name, r in rate.items()}
         print(f"library AsyncMonty '1+1'  {rate['library']:8.0f}/s")
-        print(
-            f"Batch RPC                 {rate['batch']:8.0f}/s  ratio {rate['batch'] / rate['library']:4.2f}"
-            "  (target >= 0.8)"
-        )
-        print(
-            f"unary Execute x16         {rate['unary']:8.0f}/s  ratio {rate['unary'] / rate['library']:4.2f}"
-        )
+        print(f"Batch RPC                 {rate['batch']:8.0f}/s  ratio {ratio['batch']:4.2f}")
+        print(f"unary Execute x16         {rate['unary']:8.0f}/s  ratio {ratio['unary']:4.2f}")
+        print("(target: Batch >= 0.8 of the library)")
         if corpus:
             requests = corpus_requests()
             await batch_seconds(stub, requests[:100])
