@@ -66,9 +66,26 @@ async def batch_seconds(stub: ServiceStub, requests: Sequence[sandbox_pb2.Execut
     credits = asyncio.Semaphore(0)
 
     async def send() -> None:
-        for i, request in enumerate(requests):
+        # As the SDK does: as many items to a message as there are credits.
+        sent = 0
+        while sent < len(requests):
             await credits.acquire()
-            await call.write(sandbox_pb2.BatchRequest(item_id=i, request=request))
+            granted = 1
+            while not credits.locked():
+                await credits.acquire()
+                granted += 1
+            chunk = requests[sent : sent + granted]
+            for _ in range(granted - len(chunk)):
+                credits.release()
+            await call.write(
+                sandbox_pb2.BatchRequest(
+                    items=[
+                        sandbox_pb2.BatchItem(item_id=sent + i, request=r)
+                        for i, r in enumerate(chunk)
+                    ]
+                )
+            )
+            sent += len(chunk)
         await call.done_writing()
 
     started = time.perf_counter()
@@ -80,9 +97,10 @@ async def batch_seconds(stub: ServiceStub, requests: Sequence[sandbox_pb2.Execut
                 credits.release()
             sender = asyncio.create_task(send())
             continue
-        assert msg.result.result.failure.kind == 0 or requests is not _ONES, msg
-        answered += 1
-        credits.release()
+        for answer in msg.results:
+            assert answer.result.failure.kind == 0 or requests is not _ONES, answer
+            answered += 1
+            credits.release()
     assert sender is not None
     await sender
     assert answered == len(requests), (answered, len(requests))

@@ -49,7 +49,7 @@ class Prepared:
 
     code: str
     options: ExecuteOptions
-    message: sandbox_pb2.BatchRequest
+    message: sandbox_pb2.BatchItem
 
 
 def prepare(items: Iterable[Item], defaults: ExecuteOptions) -> list[Prepared]:
@@ -60,7 +60,7 @@ def prepare(items: Iterable[Item], defaults: ExecuteOptions) -> list[Prepared]:
     for index, item in enumerate(items):
         code, options = split(item, shared)
         options.pop("timeout_s", None)
-        message = sandbox_pb2.BatchRequest(item_id=index, request=execute_request(code, **options))
+        message = sandbox_pb2.BatchItem(item_id=index, request=execute_request(code, **options))
         prepared.append(Prepared(code, options, message))
     return prepared
 
@@ -70,10 +70,38 @@ def window_of(msg: sandbox_pb2.BatchResponse) -> int | None:
     return msg.window.items if msg.HasField("window") else None
 
 
-def answer_of(msg: sandbox_pb2.BatchResponse) -> tuple[int, ExecutionResult] | None:
-    if not msg.HasField("result"):
-        return None
-    return int(msg.result.item_id), result_from_proto(msg.result.result)
+def answers_of(msg: sandbox_pb2.BatchResponse) -> list[tuple[int, ExecutionResult]]:
+    return [(int(r.item_id), result_from_proto(r.result)) for r in msg.results]
+
+
+class Outbox:
+    """Items to send, as many to a message as the credits allow, within a size the
+    server takes (a message of several items costs the wire about what one does)."""
+
+    def __init__(self, prepared: list[Prepared]) -> None:
+        self._items = (p.message for p in prepared)
+        self._spare: sandbox_pb2.BatchItem | None = None
+
+    def message(self, credits: int) -> sandbox_pb2.BatchRequest | None:
+        """The next message, of at most `credits` items; None when all are sent."""
+        items: list[sandbox_pb2.BatchItem] = []
+        size = 0
+        while len(items) < credits:
+            item = self._spare if self._spare is not None else next(self._items, None)
+            self._spare = None
+            if item is None:
+                break
+            item_size = item.ByteSize()
+            if items and size + item_size > MESSAGE_BYTES:
+                self._spare = item
+                break
+            items.append(item)
+            size += item_size
+        return sandbox_pb2.BatchRequest(items=items) if items else None
+
+
+# Items per message stop growing past this (the server's default limit is 8 MiB).
+MESSAGE_BYTES = 1024 * 1024
 
 
 def unanswered(

@@ -22,8 +22,9 @@ from ._batch import (
     DEFAULT_CONCURRENCY,
     InOrder,
     Item,
+    Outbox,
     Prepared,
-    answer_of,
+    answers_of,
     keep_failure,
     prepare,
     unanswered,
@@ -266,11 +267,18 @@ class SandboxClient(BaseClient[grpc.Channel]):
         stopped = threading.Event()
 
         def send() -> Iterator[sandbox_pb2.BatchRequest]:
-            for item in prepared:
+            outbox = Outbox(prepared)
+            while True:
                 credits.acquire()
-                if stopped.is_set():
+                granted = 1
+                while credits.acquire(blocking=False):
+                    granted += 1
+                message = None if stopped.is_set() else outbox.message(granted)
+                if message is None:
                     return
-                yield item.message
+                if granted > len(message.items):
+                    credits.release(granted - len(message.items))
+                yield message
 
         answered: set[int] = set()
         error: grpc.RpcError | None = None
@@ -282,13 +290,10 @@ class SandboxClient(BaseClient[grpc.Channel]):
                     if granted is not None:
                         credits.release(max(1, min(granted, concurrency)))
                         continue
-                    answer = answer_of(msg)
-                    if answer is None:
-                        continue
-                    credits.release()
-                    index, result = answer
-                    answered.add(index)
-                    yield index, self._recovered(prepared[index], result, recovery)
+                    for index, result in answers_of(msg):
+                        credits.release()
+                        answered.add(index)
+                        yield index, self._recovered(prepared[index], result, recovery)
             except grpc.RpcError as failed:
                 error = failed
             for index, result in unanswered(len(prepared), answered, error):
@@ -459,9 +464,19 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
         call = self._stub.Batch(timeout=options.get("timeout_s"))
 
         async def send() -> None:
-            for item in prepared:
+            outbox = Outbox(prepared)
+            while True:
                 await credits.acquire()
-                await call.write(item.message)
+                granted = 1
+                while not credits.locked():
+                    await credits.acquire()
+                    granted += 1
+                message = outbox.message(granted)
+                if message is None:
+                    break
+                for _ in range(granted - len(message.items)):
+                    credits.release()
+                await call.write(message)
             await call.done_writing()
 
         sender: asyncio.Task[None] | None = None
@@ -477,13 +492,10 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
                         if sender is None:
                             sender = asyncio.create_task(send())
                         continue
-                    answer = answer_of(msg)
-                    if answer is None:
-                        continue
-                    credits.release()
-                    index, result = answer
-                    answered.add(index)
-                    yield index, await self._recovered(prepared[index], result, recovery)
+                    for index, result in answers_of(msg):
+                        credits.release()
+                        answered.add(index)
+                        yield index, await self._recovered(prepared[index], result, recovery)
             except grpc.RpcError as failed:
                 error = failed
             for index, result in unanswered(len(prepared), answered, error):

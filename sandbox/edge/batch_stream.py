@@ -41,7 +41,9 @@ from sandbox_client.protocol.v1 import sandbox_pb2
 
 log = structlog.get_logger("sandbox.batch")
 
-_Event = sandbox_pb2.BatchResponse | None
+_Event = sandbox_pb2.BatchResult | None
+# What one response message carries at most besides its results' own bytes.
+_FRAMING_BYTES = 64 * 1024
 
 
 def refused_result(error: RequestError) -> ExecutionResult:
@@ -86,14 +88,8 @@ class _Batch:
                         f"a batch message could not be decoded: {msg.error}"
                     )
                     break
-                item_id = int(msg.item_id)
-                if self.in_flight >= self.window:
-                    await self._answer(item_id, refused_result(self._over_window()))
-                    continue
-                self.in_flight += 1
-                task = asyncio.create_task(self._item(item_id, msg.request))
-                self.running.add(task)
-                task.add_done_callback(self.running.discard)
+                for entry in msg.items:
+                    await self._admit(int(entry.item_id), entry.request)
             while self.running:
                 await asyncio.wait(set(self.running))
         except asyncio.CancelledError:
@@ -120,6 +116,15 @@ class _Batch:
                     await reader
                 await self.events.put(None)
                 return
+
+    async def _admit(self, item_id: int, request: sandbox_pb2.ExecuteRequest) -> None:
+        if self.in_flight >= self.window:
+            await self._answer(item_id, refused_result(self._over_window()))
+            return
+        self.in_flight += 1
+        task = asyncio.create_task(self._item(item_id, request))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
 
     def _over_window(self) -> Throttled:
         return Throttled(
@@ -168,10 +173,32 @@ class _Batch:
     async def _answer(self, item_id: int, result: ExecutionResult) -> None:
         self.last_activity = time.monotonic()
         await self.events.put(
-            sandbox_pb2.BatchResponse(
-                result=sandbox_pb2.BatchResult(item_id=item_id, result=result_to_proto(result))
-            )
+            sandbox_pb2.BatchResult(item_id=item_id, result=result_to_proto(result))
         )
+
+    async def responses(self, max_bytes: int) -> AsyncIterator[sandbox_pb2.BatchResponse]:
+        """The results as they come, as many in one message as are ready and fit."""
+        room = max(1, max_bytes - _FRAMING_BYTES)
+        pending: sandbox_pb2.BatchResult | None = None
+        while True:
+            first = pending if pending is not None else await self.events.get()
+            pending = None
+            if first is None:
+                return
+            results, size, ended = [first], first.ByteSize(), False
+            while not self.events.empty():
+                more = self.events.get_nowait()
+                if more is None:
+                    ended = True
+                    break
+                if size + more.ByteSize() > room:
+                    pending = more
+                    break
+                results.append(more)
+                size += more.ByteSize()
+            yield sandbox_pb2.BatchResponse(results=results)
+            if ended:
+                return
 
 
 async def serve_batch(
@@ -189,8 +216,8 @@ async def serve_batch(
     watchdog = asyncio.create_task(batch.watch_idle(reader))
     try:
         yield sandbox_pb2.BatchResponse(window=sandbox_pb2.BatchWindow(items=batch.window))
-        while (event := await batch.events.get()) is not None:
-            yield event
+        async for response in batch.responses(executor.max_message_bytes):
+            yield response
         if batch.stream_error is not None:
             raise batch.stream_error
     finally:

@@ -30,8 +30,13 @@ SLOW = "t = 0\nfor i in range(300000):\n    t += i\nt"
 
 
 def item(item_id: int, code: str, **fields: object) -> sandbox_pb2.BatchRequest:
+    """A message of one item (the SDK packs several; both are the same to the server)."""
     return sandbox_pb2.BatchRequest(
-        item_id=item_id, request=sandbox_pb2.ExecuteRequest(code=code, **fields)
+        items=[
+            sandbox_pb2.BatchItem(
+                item_id=item_id, request=sandbox_pb2.ExecuteRequest(code=code, **fields)
+            )
+        ]
     )
 
 
@@ -56,16 +61,17 @@ class Driver:
 
     def window(self) -> int:
         first = next(self.call)
-        assert first.WhichOneof("event") == "window"
+        assert first.HasField("window") and not first.results
         return int(first.window.items)
 
     def results(self) -> dict[int, ExecutionResult]:
         """Every remaining result, by item id; no item answered twice."""
         found: dict[int, ExecutionResult] = {}
         for msg in self.call:
-            assert msg.WhichOneof("event") == "result"
-            assert msg.result.item_id not in found
-            found[msg.result.item_id] = result_from_proto(msg.result.result)
+            assert not msg.HasField("window") and msg.results
+            for answer in msg.results:
+                assert answer.item_id not in found
+                found[answer.item_id] = result_from_proto(answer.result)
         return found
 
     def __enter__(self) -> Driver:
@@ -103,7 +109,7 @@ def test_every_item_gets_one_result_tagged_with_its_id(srv: ServerThread) -> Non
         first = next(batch.call)
         batch.send(item(14, codes[14]))
         batch.close()
-        results = {first.result.item_id: result_from_proto(first.result.result)}
+        results = {r.item_id: result_from_proto(r.result) for r in first.results}
         results.update(batch.results())
     assert set(results) == set(codes)
     assert results[10].ok and results[10].result == 2
@@ -209,8 +215,8 @@ def test_garbage_bytes_end_the_stream_after_the_items_in_flight() -> None:
         responses = list_until_error(call(iter([good, b"\xff\xff\xff\xff"]), timeout=30))
         channel.close()
         events, error = responses
-        assert events[0].WhichOneof("event") == "window"
-        assert [e.result.item_id for e in events[1:]] == [1]
+        assert events[0].HasField("window")
+        assert [r.item_id for e in events[1:] for r in e.results] == [1]
         assert error is not None and error.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "could not be decoded" in (error.details() or "")
         assert serves(server)
