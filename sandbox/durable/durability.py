@@ -20,14 +20,6 @@
   (SANDBOX_CRASH, INFRA_UNAVAILABLE) comes back without an execution id: it has not
   ended, and the client keeps an idempotency key only until an execution answers to it.
 
-What is durable when: a plain execution's result is recorded just after its reply goes
-out, by the journal's writer thread (in order; JournalStore.record_done, one write), and
-until then a repeat of its key is answered from memory, so within the process nothing
-changes. A server killed in that window (normally well under a millisecond; longer when
-the disk is slow) loses the record: the retry runs the code again. A tool run's entry,
-its answers and checkpoints are written before anything depends on them, as before;
-stop() waits for every pending record.
-
 Only one server process may use a journal file: a `running` entry left by another owner
 is taken to be orphaned by a dead process. A networked store for several replicas would
 need leases instead."""
@@ -35,10 +27,7 @@ need leases instead."""
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
-import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -140,14 +129,6 @@ class Durability:
         self.owner = uuid.uuid4().hex  # this server process
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._purger: asyncio.Task[None] | None = None
-        # A plain execution's record is written just after its reply (see once()): by one
-        # thread, in order, each shown from memory until it is in the store.
-        self._pending: dict[tuple[str, str], Entry] = {}
-        self._writer = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="journal-writer"
-        )
-        self._queued: collections.deque[tuple[Entry, Entry]] = collections.deque()
-        self._draining: asyncio.Future[list[Entry]] | None = None
 
     # -- exactly once ------------------------------------------------------------------
 
@@ -162,9 +143,8 @@ class Durability:
         the entry survives cancellation and crashes, so the next request resumes it.
 
         A plain execution is claimed in memory only (the key's lock) and written once, with
-        its result, just after the reply (_write_behind): a `running` row would buy
-        nothing, since a run that dies with its server is run again by the retry either
-        way, and it would cost a write."""
+        its result: a `running` row would buy nothing, since a run that dies with its
+        server is run again by the retry either way, and it would cost a write."""
         tenant, key = request.tenant, request.idempotency_key
         digest = request_digest(request)
         async with self._exclusive(tenant, key):
@@ -178,10 +158,7 @@ class Durability:
                 now=self._clock(),
                 mac=self._entry_mac(tenant, key, digest, pinned),
             )
-            pending = self._pending.get((tenant, key))
-            if pending is not None:  # done, its record on its way to the store
-                entry, stored, created = pending, True, False
-            elif resumable:
+            if resumable:
                 entry, created = self.store.claim(fresh)
                 stored = True
             else:
@@ -249,55 +226,10 @@ class Durability:
             )
         else:
             text = result.model_dump_json()
-            self._write_behind(entry, text, now=self._clock(), mac=self._result_mac(entry, text))
+            self.store.record_done(
+                entry, result_json=text, now=self._clock(), mac=self._result_mac(entry, text)
+            )
         return result
-
-    def _write_behind(self, entry: Entry, result_json: str, *, now: float, mac: bytes) -> None:
-        """Records a plain execution that was never in the store, off the reply's path:
-        queued for the writer thread (record_done, in order, as many as queued at once),
-        and until it is written once() answers its key from memory."""
-        done = dataclasses.replace(
-            entry, state="done", result_json=result_json, result_mac=mac, updated_at=now
-        )
-        self._pending[(entry.tenant, entry.key)] = done
-        self._queued.append((entry, done))
-        if self._draining is None:
-            loop = asyncio.get_running_loop()
-            self._draining = loop.run_in_executor(self._writer, self._drain)
-            self._draining.add_done_callback(self._drained)
-
-    def _drain(self) -> list[Entry]:
-        """In the writer thread: writes what is queued (until the queue is empty)."""
-        written: list[Entry] = []
-        while self._queued:
-            entry, done = self._queued.popleft()
-            assert done.result_json is not None
-            try:
-                self.store.record_done(
-                    entry, result_json=done.result_json, now=done.updated_at, mac=done.result_mac
-                )
-            except Exception as exc:  # the result stands; a retry of its key runs again
-                log.error("the journal could not record a result", error=repr(exc))
-            written.append(done)
-        return written
-
-    def _drained(self, future: asyncio.Future[list[Entry]]) -> None:
-        self._draining = None
-        for done in () if future.cancelled() or future.exception() else future.result():
-            scope = (done.tenant, done.key)
-            if self._pending.get(scope) is done:
-                del self._pending[scope]
-        if self._queued:  # queued after the thread found the queue empty
-            loop = asyncio.get_running_loop()
-            self._draining = loop.run_in_executor(self._writer, self._drain)
-            self._draining.add_done_callback(self._drained)
-
-    async def flush(self) -> None:
-        """Waits until every result recorded so far is in the store."""
-        while self._draining is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._draining)
-            await asyncio.sleep(0)  # let _drained run and start the next drain
 
     def _holds_answers(self, tenant: str, key: str) -> bool:
         entry = self.store.get(tenant, key)
@@ -419,8 +351,6 @@ class Durability:
     async def stop(self) -> None:
         purger, self._purger = self._purger, None
         await cancel_and_wait(purger)
-        await self.flush()
-        self._writer.shutdown(wait=True)
         self.store.close()
 
 

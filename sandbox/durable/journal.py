@@ -193,8 +193,7 @@ class SqliteJournal:
     """JournalStore in one SQLite file. WAL with synchronous=NORMAL: a committed write
     survives the server process being killed (not necessarily a power cut).
 
-    Calls are short and made from the event loop, and record_done from the journal's
-    writer thread (durability.py); a lock serialises the connection."""
+    Calls are short and made from the event loop; a lock serialises the connection."""
 
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":

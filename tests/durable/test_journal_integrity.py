@@ -59,23 +59,13 @@ def journal_file(srv: ServerThread) -> Path:
     return srv.server.settings.journal.state_dir / "journal.sqlite3"
 
 
-def flushed(srv: ServerThread) -> None:
-    """Every result the server recorded is in the file (a plain execution's is written
-    just after its reply) and no longer shown from memory."""
-    journal = srv.server.executor.journal
-    assert journal is not None
-    srv.call(journal.flush())
-
-
 def edit(srv: ServerThread, sql: str, *params: Any) -> None:
-    flushed(srv)
     with sqlite3.connect(journal_file(srv)) as db:
         changed = db.execute(sql, params).rowcount
     assert changed >= 1, sql
 
 
 def column(srv: ServerThread, sql: str, *params: Any) -> Any:
-    flushed(srv)
     with sqlite3.connect(journal_file(srv)) as db:
         row = db.execute(sql, params).fetchone()
     assert row is not None, sql
