@@ -44,6 +44,7 @@ lint: setup node_modules/.bin/buf proto-check
 bench: setup
 	$(BIN)/python -m bench.monty_roundtrip $(ARGS)
 	$(BIN)/python -m bench.tool_relay
+	$(BIN)/python -m bench.batch_throughput
 
 # Needs `make docker` first.
 bench-container: setup
