@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python -m bench.monty_roundtrip $(ARGS)
 	$(BIN)/python -m bench.tool_relay
 	$(BIN)/python -m bench.mcp_overhead
+	$(BIN)/python -m bench.batch_throughput
 
 # Needs `make docker` first.
 bench-container: setup

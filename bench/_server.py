@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +33,10 @@ def sandbox_server(*settings: str) -> Iterator[ServerProcess]:
     """`settings`: "section.field=value" each, as SANDBOX_SECTION__FIELD in the server's
     environment."""
     env = {**os.environ, "SANDBOX_LOG__FORMAT": "json", "SANDBOX_LOG__LEVEL": "info"}
+    # A journal of its own: the user's state directory is shared by every server and
+    # bench run on the machine, and a key one of them recorded is not this run's.
+    state_dir = tempfile.mkdtemp(prefix="sandbox-bench-")
+    env.setdefault("SANDBOX_JOURNAL__STATE_DIR", state_dir)
     for setting in settings:
         key, _, value = setting.partition("=")
         env[f"SANDBOX_{key.replace('.', '__').upper()}"] = value
@@ -49,6 +55,7 @@ def sandbox_server(*settings: str) -> Iterator[ServerProcess]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def percentiles(samples_s: Sequence[float]) -> tuple[float, float]:

@@ -133,7 +133,7 @@ class SandboxServer:
                 ("grpc.so_reuseport", int(self.settings.server.reuse_port)),
             ]
         )
-        service = SandboxService(self.executor, self.edge)
+        service = SandboxService(self.executor, self.edge, self.settings.batch)
         server.add_generic_rpc_handlers((generic_handler(service),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -9,6 +9,7 @@ that uses it:
     [monty]      worker counts, warm sessions, timeouts              MontyBackend
     [container]  enabled, image, runtime, pool, admission, engine    ContainerBackend
     [sessions]   max_open, idle_timeout_s                            SessionRegistry
+    [batch]      window, idle_timeout_s                              the Batch stream
     [policies]   dir, default, maximums, reload_poll_s               load_policies, Reloader
     [tenants]    file                                                load_tenants, Reloader
     [audit]      dir, fsync, max_file_bytes, key, anchor_file        AuditLog
@@ -65,6 +66,7 @@ MiB = 1024 * 1024
 __all__ = [
     "RENAMED",
     "AuditSettings",
+    "BatchSettings",
     "ConfigError",
     "ContainerSettings",
     "DeprecatedSettingWarning",
@@ -123,6 +125,17 @@ class SessionSettings(_Section):
     # Sessions kept open at once (then THROTTLED), and how long an unused one lives.
     max_open: int = Field(default=100, ge=0)
     idle_timeout_s: float = Field(default=300.0, gt=0)
+
+
+class BatchSettings(_Section):
+    """The Batch stream (sandbox/edge/batch_stream.py)."""
+
+    # Items one batch may have in flight, at most; a tenant's max_concurrent (less what it
+    # already runs) lowers it: a batch never holds more capacity than its tenant's quota.
+    window: int = Field(default=16, gt=0, le=1024)
+    # A batch with nothing in flight that sends no item for this long is ended
+    # (INVALID_REQUEST): its slots go back to the tenant.
+    idle_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class PolicySettings(_Section):
@@ -353,6 +366,7 @@ class Settings(BaseSettings):
     monty: MontySettings = MontySettings()
     container: ContainerSettings = ContainerSettings()
     sessions: SessionSettings = SessionSettings()
+    batch: BatchSettings = BatchSettings()
     policies: PolicySettings = PolicySettings()
     tenants: TenantSettings = TenantSettings()
     audit: AuditSettings = AuditSettings()

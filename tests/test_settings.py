@@ -132,6 +132,8 @@ NEWER_THAN_FLAT_NAMES = {
     ("audit", "key_file"),
     ("audit", "anchor_file"),
     ("server", "reuse_port"),
+    ("batch", "window"),
+    ("batch", "idle_timeout_s"),
 }
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import queue
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack
 
@@ -17,6 +18,18 @@ import grpc
 import grpc.aio
 
 from ._auth import async_channel, sync_channel
+from ._batch import (
+    DEFAULT_CONCURRENCY,
+    InOrder,
+    Item,
+    Outbox,
+    Prepared,
+    answers_of,
+    keep_failure,
+    prepare,
+    unanswered,
+    window_of,
+)
 from ._request import (
     DEFAULT_TARGET,
     BackendName,
@@ -106,6 +119,10 @@ class BaseClient(Generic[ChannelT]):
     ) -> sandbox_pb2.RunRequest:
         """The Run stream's first message: the request and the tools' declarations."""
         return start_message(execute_request(code, **options), tools)
+
+    def _recovery_state(self, item: Prepared, recovery: RecoveryPolicy) -> RunState:
+        """run()'s state for a batch item that failed: its own code and options."""
+        return self._run_state(item.code, recovery, False, item.options)
 
     def _run_state(
         self, code: str, recovery: RecoveryPolicy | None, can_repair: bool, options: ExecuteOptions
@@ -227,6 +244,94 @@ class SandboxClient(BaseClient[grpc.Channel]):
         state = self._run_state(code, recovery, repair is not None, options)
         execute = self.execute if tools is None else functools.partial(self.run_tools, tools=tools)
         return run_sync(execute, state, repair=repair, escalate=escalate)
+
+    def map(
+        self,
+        items: Iterable[Item],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        recovery: RecoveryPolicy | None = None,
+        **options: Unpack[ExecuteOptions],
+    ) -> Iterator[ExecutionResult]:
+        """Runs every item (code, or a BatchItem mapping with its own options) over one
+        Batch stream and yields their results in input order; as_completed() yields
+        them as they finish. See as_completed() for the options."""
+        order = InOrder()
+        for index, result in self.as_completed(
+            items, concurrency=concurrency, recovery=recovery, **options
+        ):
+            yield from order.push(index, result)
+
+    def as_completed(
+        self,
+        items: Iterable[Item],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        recovery: RecoveryPolicy | None = None,
+        **options: Unpack[ExecuteOptions],
+    ) -> Iterator[tuple[int, ExecutionResult]]:
+        """Runs every item over one Batch stream, at most `concurrency` in flight (fewer
+        if the server grants fewer), and yields (index in `items`, result) as each
+        finishes: exactly one per item, a refused item or a stream that broke included
+        (each classified as execute() would). `options` are execute()'s, for every item
+        an item does not override; `timeout_s` is the whole batch's deadline (default:
+        none). With `recovery`, an item that failed goes through run()'s recovery (retry,
+        fallback, resize; escalations keep the failure) before it is yielded."""
+        prepared = prepare(items, options)
+        credits = threading.Semaphore(0)
+        stopped = threading.Event()
+
+        def send() -> Iterator[sandbox_pb2.BatchRequest]:
+            outbox = Outbox(prepared)
+            while True:
+                credits.acquire()
+                granted = 1
+                while credits.acquire(blocking=False):
+                    granted += 1
+                message = None if stopped.is_set() else outbox.message(granted)
+                if message is None:
+                    return
+                if granted > len(message.items):
+                    credits.release(granted - len(message.items))
+                yield message
+
+        answered: set[int] = set()
+        error: grpc.RpcError | None = None
+        call = self._stub.Batch(send(), timeout=options.get("timeout_s"))
+        try:
+            try:
+                for msg in call:
+                    granted = window_of(msg)
+                    if granted is not None:
+                        credits.release(max(1, min(granted, concurrency)))
+                        continue
+                    for index, result in answers_of(msg):
+                        credits.release()
+                        answered.add(index)
+                        yield index, self._recovered(prepared[index], result, recovery)
+            except grpc.RpcError as failed:
+                error = failed
+            for index, result in unanswered(len(prepared), answered, error):
+                yield index, self._recovered(prepared[index], result, recovery)
+        finally:
+            stopped.set()
+            credits.release(len(prepared) + 1)
+            call.cancel()
+
+    def _recovered(
+        self, item: Prepared, result: ExecutionResult, recovery: RecoveryPolicy | None
+    ) -> ExecutionResult:
+        """`result`, or with `recovery` what run()'s recovery makes of it: the batch's
+        result stands as the first attempt, later attempts are execute() calls."""
+        if recovery is None or result.ok:
+            return result
+        first = [result]
+
+        def attempt(code: str, **options: Any) -> ExecutionResult:
+            return first.pop() if first else self.execute(code, **options)
+
+        state = self._recovery_state(item, recovery)
+        return run_sync(attempt, state, repair=None, escalate=keep_failure).result
 
     def create_session(
         self,
@@ -352,6 +457,91 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
         state = self._run_state(code, recovery, repair is not None, options)
         execute = self.execute if tools is None else functools.partial(self.run_tools, tools=tools)
         return await run_async(execute, state, repair=repair, escalate=escalate)
+
+    async def map(
+        self,
+        items: Iterable[Item],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        recovery: RecoveryPolicy | None = None,
+        **options: Unpack[ExecuteOptions],
+    ) -> AsyncIterator[ExecutionResult]:
+        """As SandboxClient.map, iterated with `async for`."""
+        order = InOrder()
+        async for index, result in self.as_completed(
+            items, concurrency=concurrency, recovery=recovery, **options
+        ):
+            for ready in order.push(index, result):
+                yield ready
+
+    async def as_completed(
+        self,
+        items: Iterable[Item],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        recovery: RecoveryPolicy | None = None,
+        **options: Unpack[ExecuteOptions],
+    ) -> AsyncIterator[tuple[int, ExecutionResult]]:
+        """As SandboxClient.as_completed, iterated with `async for`."""
+        prepared = prepare(items, options)
+        credits = asyncio.Semaphore(0)
+        call = self._stub.Batch(timeout=options.get("timeout_s"))
+
+        async def send() -> None:
+            outbox = Outbox(prepared)
+            while True:
+                await credits.acquire()
+                granted = 1
+                while not credits.locked():
+                    await credits.acquire()
+                    granted += 1
+                message = outbox.message(granted)
+                if message is None:
+                    break
+                for _ in range(granted - len(message.items)):
+                    credits.release()
+                await call.write(message)
+            await call.done_writing()
+
+        sender: asyncio.Task[None] | None = None
+        answered: set[int] = set()
+        error: grpc.RpcError | None = None
+        try:
+            try:
+                while (msg := await call.read()) is not grpc.aio.EOF:
+                    granted = window_of(msg)
+                    if granted is not None:
+                        for _ in range(max(1, min(granted, concurrency))):
+                            credits.release()
+                        if sender is None:
+                            sender = asyncio.create_task(send())
+                        continue
+                    for index, result in answers_of(msg):
+                        credits.release()
+                        answered.add(index)
+                        yield index, await self._recovered(prepared[index], result, recovery)
+            except grpc.RpcError as failed:
+                error = failed
+            for index, result in unanswered(len(prepared), answered, error):
+                yield index, await self._recovered(prepared[index], result, recovery)
+        finally:
+            if sender is not None:
+                sender.cancel()
+            call.cancel()
+
+    async def _recovered(
+        self, item: Prepared, result: ExecutionResult, recovery: RecoveryPolicy | None
+    ) -> ExecutionResult:
+        if recovery is None or result.ok:
+            return result
+        first = [result]
+
+        async def attempt(code: str, **options: Any) -> ExecutionResult:
+            return first.pop() if first else await self.execute(code, **options)
+
+        state = self._recovery_state(item, recovery)
+        outcome = await run_async(attempt, state, repair=None, escalate=keep_failure)
+        return outcome.result
 
     async def create_session(
         self,

@@ -220,13 +220,7 @@ class Access:
         config = self._tenant(tenant)
         if config is None:
             return
-        now = self._now()
-        bucket = self._buckets.get(tenant)
-        if bucket is None:
-            bucket = self._buckets[tenant] = _Bucket(tokens=float(config.burst), stamp=now)
-        refill = (now - bucket.stamp) * config.rate_per_s
-        bucket.tokens = min(float(config.burst), bucket.tokens + refill)
-        bucket.stamp = now
+        bucket = self._bucket(tenant, config)
         if bucket.running >= config.max_concurrent:
             raise Throttled(
                 f"tenant '{tenant}' already runs its maximum of {config.max_concurrent} "
@@ -235,21 +229,60 @@ class Access:
                 metadata={"quota": "max_concurrent", "limit_value": str(config.max_concurrent)},
             )
         if bucket.tokens < 1.0:
-            wait_ms = max(1, math.ceil((1.0 - bucket.tokens) / config.rate_per_s * 1000))
-            raise Throttled(
-                f"tenant '{tenant}' is over its rate of {config.rate_per_s:g} requests/s "
-                f"(burst {config.burst})",
-                retry_after_ms=wait_ms,
-                metadata={"quota": "rate_per_s", "limit_value": f"{config.rate_per_s:g}"},
-            )
+            raise self._over_rate(tenant, config, bucket)
         bucket.tokens -= 1.0
         bucket.running += 1
         bucket.peak = max(bucket.peak, bucket.running)
 
-    def release(self, tenant: str) -> None:
+    def _bucket(self, tenant: str, config: Tenant) -> _Bucket:
+        """The tenant's bucket, its tokens refilled to now."""
+        now = self._now()
         bucket = self._buckets.get(tenant)
-        if bucket is not None and bucket.running > 0:
-            bucket.running -= 1
+        if bucket is None:
+            bucket = self._buckets[tenant] = _Bucket(tokens=float(config.burst), stamp=now)
+        refill = (now - bucket.stamp) * config.rate_per_s
+        bucket.tokens = min(float(config.burst), bucket.tokens + refill)
+        bucket.stamp = now
+        return bucket
+
+    @staticmethod
+    def _over_rate(tenant: str, config: Tenant, bucket: _Bucket) -> Throttled:
+        wait_ms = max(1, math.ceil((1.0 - bucket.tokens) / config.rate_per_s * 1000))
+        return Throttled(
+            f"tenant '{tenant}' is over its rate of {config.rate_per_s:g} requests/s "
+            f"(burst {config.burst})",
+            retry_after_ms=wait_ms,
+            metadata={"quota": "rate_per_s", "limit_value": f"{config.rate_per_s:g}"},
+        )
+
+    def release(self, tenant: str, slots: int = 1) -> None:
+        bucket = self._buckets.get(tenant)
+        if bucket is not None:
+            bucket.running = max(0, bucket.running - slots)
+
+    def reserve(self, tenant: str, wanted: int) -> int:
+        """Takes up to `wanted` more concurrency slots, as many as the tenant has free
+        (no rate token); returns how many it took, for release(tenant, slots=...). A batch
+        holds its window this way: never more than the tenant's max_concurrent."""
+        config = self._tenant(tenant)
+        if config is None:
+            return wanted
+        bucket = self._bucket(tenant, config)
+        taken = max(0, min(wanted, config.max_concurrent - bucket.running))
+        bucket.running += taken
+        bucket.peak = max(bucket.peak, bucket.running)
+        return taken
+
+    def take_token(self, tenant: str) -> None:
+        """Takes one rate token without a concurrency slot (a batch's item, run in a slot
+        its batch holds), or raises THROTTLED with retry_after_ms."""
+        config = self._tenant(tenant)
+        if config is None:
+            return
+        bucket = self._bucket(tenant, config)
+        if bucket.tokens < 1.0:
+            raise self._over_rate(tenant, config, bucket)
+        bucket.tokens -= 1.0
 
     def tenant(self, name: str) -> Tenant | None:
         """The tenant's entry in the tenants file (None without one: no quotas)."""

@@ -10,7 +10,8 @@ import importlib.metadata
 import json
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--server", help="ADDR of a running server; default: run in-process")
     run.add_argument("--inputs-json", default="", help="a JSON object bound as variables")
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    run.add_argument(
+        "--batch",
+        metavar="FILE.jsonl",
+        help="run one request per line (- for stdin) over one Batch stream; print one JSON "
+        "result per line, in input order; exit 0 only if every item succeeded",
+    )
     run.add_argument("--config", type=Path, help="TOML settings file (in-process runs)")
     run.add_argument(
         "--stdin", default="", help="what the code reads from stdin (input()); @FILE reads a file"
@@ -154,6 +161,8 @@ def _non_negative(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.batch is not None:
+        return _run_batch(args)
     code = _read_code(args.file)
     filename = _display_name(args.file)
     stdin = _read_code(args.stdin[1:]) if args.stdin.startswith("@") else args.stdin
@@ -215,6 +224,44 @@ def exit_status(result: ExecutionResult) -> int:
     if failure.exception_type == "SystemExit" and status.isdigit() and 0 < int(status) < 256:
         return int(status)
     return 1
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from sandbox.cli.batch import read_lines, run_batch
+
+    lines = read_lines(args.batch)
+    if args.server:
+        with SandboxClient(args.server, api_key=args.api_key or None) as client:
+            return run_batch(client, lines, sys.stdout, sys.stderr)
+    # Its own loopback server, without a journal: the user's state directory belongs to
+    # `sandbox serve` (one process per journal file), and no other call shares this one.
+    settings = load_printing_notes(
+        args.config,
+        monty={"min_workers": 1},
+        server={"host": "127.0.0.1", "port": 0},
+        journal={"enabled": False},
+    )
+    configure_logging(settings.log.model_copy(update={"level": "warning"}))
+    with _local_server(settings) as address, SandboxClient(address) as client:
+        return run_batch(client, lines, sys.stdout, sys.stderr)
+
+
+@contextlib.contextmanager
+def _local_server(settings: Settings) -> Iterator[str]:
+    """A server on a loopback port of its own, on a thread, for an in-process batch."""
+    from sandbox.app import SandboxServer, new_event_loop
+
+    server = SandboxServer(settings)
+    loop = new_event_loop(settings.server.event_loop)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    port = asyncio.run_coroutine_threadsafe(server.start(), loop).result()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 async def _run_in_process(settings: Settings, request: Request) -> ExecutionResult:

@@ -13,7 +13,7 @@ from sandbox.core.limits import RequestedLimits
 from sandbox_client.protocol.convert import NO_LIMITS_ASKED
 from sandbox_client.protocol.models import Backend
 
-Method = Literal["Execute", "ExecuteStream", "Run", "CreateSession", "CloseSession"]
+Method = Literal["Execute", "ExecuteStream", "Run", "CreateSession", "CloseSession", "Batch"]
 
 
 @dataclass(frozen=True, kw_only=True)

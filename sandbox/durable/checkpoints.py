@@ -43,11 +43,12 @@ def journal_mac(
     """Signs one replayed field of a journal entry: binds `parts` to its execution (tenant,
     key), to what it is (`field`) and to its position, so that neither an edit nor a value
     copied from another entry, field or position passes."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
+    framed = []
     for part in (tenant, idempotency_key, field, str(position), *parts):
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
-        mac.update(len(data).to_bytes(8, "big") + data)
-    return mac.digest()
+        framed.append(len(data).to_bytes(8, "big") + data)
+    # One call over the framed parts: the same MAC as updating part by part, in C.
+    return hmac.digest(key, b"".join(framed), hashlib.sha256)
 
 
 def checkpoint_mac(

@@ -9,10 +9,12 @@ from typing import Any
 
 import grpc
 
+from sandbox.config import BatchSettings
 from sandbox.core.executor import Executor
 from sandbox.core.output import StreamName
 from sandbox.core.request import Method, Request
 from sandbox.edge import decode
+from sandbox.edge.batch_stream import serve_batch
 from sandbox.edge.calls import Context, Decoder, Edge, checked, lenient
 from sandbox.edge.run_stream import serve_run
 from sandbox_client.protocol.convert import output_chunk_to_proto, result_to_proto
@@ -23,9 +25,10 @@ from sandbox_client.protocol.v1 import sandbox_pb2
 
 
 class SandboxService:
-    def __init__(self, executor: Executor, edge: Edge) -> None:
+    def __init__(self, executor: Executor, edge: Edge, batch: BatchSettings | None = None) -> None:
         self._executor = executor
         self._edge = edge
+        self._batch = batch or BatchSettings()
 
     async def Execute(self, message: Any, context: Context) -> sandbox_pb2.ExecuteResponse:
         async with self._edge.call(
@@ -87,6 +90,13 @@ class SandboxService:
                 yield event
         assert call.result is not None
         yield sandbox_pb2.RunResponse(result=result_to_proto(call.result))
+
+    async def Batch(
+        self, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[sandbox_pb2.BatchResponse]:
+        async with self._edge.call("Batch", context) as call:
+            async for event in serve_batch(self._executor, self._edge, call, requests, self._batch):
+                yield event
 
     async def CreateSession(
         self, message: Any, context: Context

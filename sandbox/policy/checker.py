@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import os
 import subprocess
@@ -43,6 +44,11 @@ log = structlog.get_logger("sandbox.checker")
 
 # Sources up to this size are parsed on the loop (see the module docstring).
 INLINE_MAX_BYTES = 512
+# Findings of that many short sources are kept (at most ~2 MiB of source): batches and
+# agents send the same short code again and again, and parsing it is a fifth of a short
+# execution's cost in the server. findings() is a pure function of the source.
+INLINE_CACHE_ENTRIES = 4096
+_inline_findings = functools.lru_cache(maxsize=INLINE_CACHE_ENTRIES)(static_check.findings)
 # Checker processes per server; one tenant holds at most all but one of them.
 PROCESSES = 3
 # Sources whose findings are remembered, and the most findings remembered for one.
@@ -195,7 +201,7 @@ class StaticChecker:
         CheckerFailed."""
         data = code.encode("utf-8", "surrogatepass")
         if len(data) <= self.inline_max_bytes:
-            return static_check.findings(code)
+            return _inline_findings(code)
         digest = hashlib.sha256(data).digest()
         cached = self._cache.get(digest)
         if isinstance(cached, tuple):
