@@ -127,7 +127,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # Fields added after the flat names were retired have no flat name to keep.
-NEWER_THAN_FLAT_NAMES = {("audit", "key"), ("audit", "key_file"), ("audit", "anchor_file")}
+NEWER_THAN_FLAT_NAMES = {
+    ("audit", "key"),
+    ("audit", "key_file"),
+    ("audit", "anchor_file"),
+    ("journal", "url"),
+    ("journal", "lease_s"),
+}
 
 
 def test_the_table_covers_every_field_once() -> None:
@@ -385,3 +391,12 @@ def test_the_container_runtimes_are_the_engines() -> None:
 
     field = ContainerSettings.model_fields["runtime"].annotation
     assert typing.get_args(field) == typing.get_args(Runtime)
+
+
+def test_a_journal_url_must_be_postgresql_and_is_never_shown() -> None:
+    with pytest.raises(pydantic.ValidationError, match="url"):
+        Settings(journal={"url": "mysql://db/x"})
+    with pytest.raises(pydantic.ValidationError, match="lease_s"):
+        Settings(journal={"lease_s": 0})
+    settings = Settings(journal={"url": "postgresql://u:secret@127.0.0.1/db"})
+    assert settings.journal.url is not None and "secret" not in repr(settings)
