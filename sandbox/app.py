@@ -80,6 +80,7 @@ class SandboxServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._expiry: asyncio.Task[None] | None = None
+        self._journal_health: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -116,13 +117,16 @@ class SandboxServer:
             self.metrics.serve(self.settings.metrics)
         if self.executor.journal is not None:
             self.executor.journal.start()
+            if self.executor.journal.shared is not None:
+                self._journal_health = asyncio.create_task(self._follow_journal())
         backends = sorted(b.value for b in self.executor.backends)
-        log.info("serving", address=f"{host}:{self.port}", backends=backends)
+        replica = self.executor.journal.owner if self.executor.journal is not None else ""
+        log.info("serving", address=f"{host}:{self.port}", backends=backends, replica=replica)
         return self.port
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
-        for task in (self._expiry, self._watch):
+        for task in (self._expiry, self._watch, self._journal_health):
             await cancel_and_wait(task)
         if self._server is not None:
             await self._server.stop(grace_s)
@@ -137,6 +141,26 @@ class SandboxServer:
         if self.audit is not None:
             await asyncio.to_thread(self.audit.close)
         log.info("stopped")
+
+    async def _follow_journal(self, every_s: float = 0.5) -> None:
+        """Health follows a shared journal: NOT_SERVING while it does not answer (its own
+        probe decides), so a load balancer sends keyed work to replicas that can take it."""
+        assert self.executor.journal is not None and self.executor.journal.shared is not None
+        shared = self.executor.journal.shared
+        serving = True
+        while True:
+            reachable = shared.reachable()
+            if reachable != serving:
+                serving = reachable
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ("", SERVICE_NAME):
+                    await self._health.set(name, status)
+                log.warning("health follows the journal", serving=serving)
+            await asyncio.sleep(every_s)
 
     async def serve_forever(self) -> None:
         """Runs until SIGINT or SIGTERM, then drains in-flight calls and stops. The

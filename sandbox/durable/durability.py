@@ -61,7 +61,7 @@ from sandbox.durable.journal import (
     SqliteJournal,
 )
 from sandbox.durable.tool_host import DEFAULT_MAX_CALL_BYTES, JournalHost, ToolRelay
-from sandbox.errors import CorruptState, InvalidRequest, LeaseLost, RequestError
+from sandbox.errors import CorruptState, InvalidRequest, LeaseLost, RequestError, Unavailable
 from sandbox.tasks import cancel_and_wait
 from sandbox_client.protocol.models import ExecutionResult, Failure, FailureKind
 
@@ -405,7 +405,10 @@ class Durability:
 
         async def purge_forever() -> None:
             while True:
-                self.purge()
+                try:
+                    self.purge()
+                except Unavailable:  # a shared journal down: purge on the next round
+                    log.warning("journal purge skipped: the journal is unreachable")
                 await asyncio.sleep(interval)
 
         self._purger = asyncio.create_task(purge_forever())
