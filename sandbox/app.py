@@ -45,11 +45,13 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         backends[Backend.CONTAINER] = ContainerBackend(
             settings.container, pool_limits=policies.get("").limits()
         )
+    # Several replicas on one journal keep tenants' quotas there too.
+    shared = journal.shared_quotas() if journal is not None else None
     return Executor(
         policies=policies,
         backends=backends,
         sessions=SessionRegistry(settings.sessions),
-        access=Access(load_tenants(settings.tenants, policies)),
+        access=Access(load_tenants(settings.tenants, policies), shared=shared),
         journal=journal,
         max_message_bytes=settings.server.max_message_bytes,
         checker=StaticChecker(),

@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -152,6 +153,39 @@ class _Bucket:
     peak: int = 0
 
 
+class SharedQuotas(Protocol):
+    """Quotas kept where every replica sees them (durable/pg_quotas.py): a tenant's rate,
+    burst and concurrency hold for the whole deployment. A slot is leased to the replica
+    holding it, so a replica that dies gives its slots back when the lease lapses."""
+
+    def acquire(self, tenant: str, quota: Tenant) -> int:
+        """Takes a rate token and a concurrency slot; returns the slot. Raises Throttled
+        (over_concurrency / over_rate) or Unavailable (the store does not answer)."""
+        ...
+
+    def release(self, slot: int) -> None:
+        """Gives the slot back; never raises (an unreachable store lets it lapse)."""
+        ...
+
+
+def over_concurrency(tenant: str, config: Tenant) -> Throttled:
+    return Throttled(
+        f"tenant '{tenant}' already runs its maximum of {config.max_concurrent} executions at once",
+        retry_after_ms=CONCURRENCY_RETRY_MS,
+        metadata={"quota": "max_concurrent", "limit_value": str(config.max_concurrent)},
+    )
+
+
+def over_rate(tenant: str, config: Tenant, tokens: float) -> Throttled:
+    wait_ms = max(1, math.ceil((1.0 - tokens) / config.rate_per_s * 1000))
+    return Throttled(
+        f"tenant '{tenant}' is over its rate of {config.rate_per_s:g} requests/s "
+        f"(burst {config.burst})",
+        retry_after_ms=wait_ms,
+        metadata={"quota": "rate_per_s", "limit_value": f"{config.rate_per_s:g}"},
+    )
+
+
 @dataclass
 class Access:
     """Authentication, policy choice and quotas. With no tenants configured every caller
@@ -160,6 +194,9 @@ class Access:
     tenants: TenantRegistry | None = None
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     clock: Callable[[], float] = field(default=time.monotonic)
+    # Several replicas: quotas in the shared store, not in this process.
+    shared: SharedQuotas | None = None
+    _slots: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def required(self) -> bool:
@@ -220,6 +257,9 @@ class Access:
         config = self._tenant(tenant)
         if config is None:
             return
+        if self.shared is not None:
+            self._slots.setdefault(tenant, []).append(self.shared.acquire(tenant, config))
+            return
         now = self._now()
         bucket = self._buckets.get(tenant)
         if bucket is None:
@@ -228,25 +268,19 @@ class Access:
         bucket.tokens = min(float(config.burst), bucket.tokens + refill)
         bucket.stamp = now
         if bucket.running >= config.max_concurrent:
-            raise Throttled(
-                f"tenant '{tenant}' already runs its maximum of {config.max_concurrent} "
-                "executions at once",
-                retry_after_ms=CONCURRENCY_RETRY_MS,
-                metadata={"quota": "max_concurrent", "limit_value": str(config.max_concurrent)},
-            )
+            raise over_concurrency(tenant, config)
         if bucket.tokens < 1.0:
-            wait_ms = max(1, math.ceil((1.0 - bucket.tokens) / config.rate_per_s * 1000))
-            raise Throttled(
-                f"tenant '{tenant}' is over its rate of {config.rate_per_s:g} requests/s "
-                f"(burst {config.burst})",
-                retry_after_ms=wait_ms,
-                metadata={"quota": "rate_per_s", "limit_value": f"{config.rate_per_s:g}"},
-            )
+            raise over_rate(tenant, config, bucket.tokens)
         bucket.tokens -= 1.0
         bucket.running += 1
         bucket.peak = max(bucket.peak, bucket.running)
 
     def release(self, tenant: str) -> None:
+        held = self._slots.get(tenant)
+        if held:
+            assert self.shared is not None
+            self.shared.release(held.pop())
+            return
         bucket = self._buckets.get(tenant)
         if bucket is not None and bucket.running > 0:
             bucket.running -= 1

@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
+from sandbox.access.tenants import SharedQuotas
 from sandbox.backends.base import Resume
 from sandbox.backends.tools import CheckpointMismatch
 from sandbox.config import JournalSettings
@@ -308,6 +309,17 @@ class Durability:
             slot.users -= 1
             if slot.users == 0:
                 del self._slots[scope]
+
+    def shared_quotas(self) -> SharedQuotas | None:
+        """Tenants' quotas in the shared store, for Access.shared; None with SQLite."""
+        if self.shared is None:
+            return None
+        from sandbox.durable.pg_quotas import PostgresQuotas
+        from sandbox.durable.postgres import PostgresJournal
+
+        if not isinstance(self.store, PostgresJournal):
+            return None
+        return PostgresQuotas(self.store, owner=self.owner)
 
     # -- tool runs ---------------------------------------------------------------------
 

@@ -53,6 +53,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             FOREIGN KEY (tenant, key) REFERENCES executions ON DELETE CASCADE
         )""",
     ),
+    # 2: tenants' quotas shared by the replicas: a token bucket per tenant, and one leased
+    # row per concurrency slot held.
+    (
+        """CREATE TABLE quota_buckets (
+            tenant text PRIMARY KEY,
+            tokens double precision NOT NULL,
+            stamp timestamptz NOT NULL
+        )""",
+        """CREATE TABLE quota_slots (
+            id bigserial PRIMARY KEY,
+            tenant text NOT NULL,
+            owner text NOT NULL,
+            lease_until timestamptz NOT NULL
+        )""",
+        "CREATE INDEX quota_slots_tenant ON quota_slots (tenant)",
+        "CREATE INDEX quota_slots_owner ON quota_slots (owner)",
+    ),
 )
 
 VERSION = len(MIGRATIONS)

@@ -93,6 +93,8 @@ class PostgresJournal:
         self._probe_s = probe_s
         self._connect_timeout_s = connect_timeout_s
         self._held: dict[_Scope, int] = {}
+        # More leases the heartbeat renews (pg_quotas.py's slots), each a call of its own.
+        self.renewals: list[Callable[[], None]] = []
         self._watches: dict[str, set[_Watch]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -146,8 +148,9 @@ class PostgresJournal:
         while not self._closed.wait(self._probe_s):
             self._probe()
 
-    def _call(self, work: Callable[[_Conn], _T]) -> _T:
-        """`work` on a pooled connection; Unavailable while the database does not answer."""
+    def call(self, work: Callable[[_Conn], _T]) -> _T:
+        """`work` on a pooled connection (autocommit; `conn.transaction()` for more than
+        one statement); Unavailable while the database does not answer."""
         if not self._reachable:
             raise Unavailable(
                 "the journal (PostgreSQL) is unreachable, so nothing keyed can run now; "
@@ -192,6 +195,11 @@ class PostgresJournal:
 
     def _heartbeat_forever(self) -> None:
         while not self._closed.wait(self.lease_s / 3):
+            for renew in list(self.renewals):
+                try:
+                    renew()
+                except Exception as exc:  # unreachable: those leases lapse too
+                    log.warning("lease renewal failed", error=type(exc).__name__)
             with self._lock:
                 held = dict(self._held)
             if not held:
@@ -220,7 +228,7 @@ class PostgresJournal:
             ).fetchall()
             return {(str(t), str(k)) for t, k in rows}
 
-        return self._call(renew)
+        return self.call(renew)
 
     # -- wake-ups --------------------------------------------------------------------------
 
@@ -292,7 +300,7 @@ class PostgresJournal:
                 return None, int(row[0])
             return _read(conn, fresh.tenant, fresh.key), None
 
-        found, generation = self._call(claim)
+        found, generation = self.call(claim)
         if generation is not None:
             with self._lock:
                 self._held[(fresh.tenant, fresh.key)] = generation
@@ -302,7 +310,7 @@ class PostgresJournal:
         return found, False
 
     def get(self, tenant: str, key: str) -> Entry | None:
-        return self._call(lambda conn: _read(conn, tenant, key))
+        return self.call(lambda conn: _read(conn, tenant, key))
 
     def try_take_over(self, tenant: str, key: str, *, owner: str, now: float) -> Entry | None:
         def take(conn: _Conn) -> tuple[Entry, int] | None:
@@ -320,7 +328,7 @@ class PostgresJournal:
                 assert entry is not None  # the row is locked by the update
                 return entry, int(row[0])
 
-        taken = self._call(take)
+        taken = self.call(take)
         if taken is None:
             return None
         entry, generation = taken
@@ -352,7 +360,7 @@ class PostgresJournal:
                 _notify(conn, tenant, key)
 
         with contextlib.suppress(Unavailable):  # the lease lapses by itself
-            self._call(release)
+            self.call(release)
 
     def record_answer(self, tenant: str, key: str, answer: ToolAnswer, *, now: float) -> None:
         generation = self._generation(tenant, key)
@@ -388,12 +396,12 @@ class PostgresJournal:
                 )
                 return True
 
-        if not self._call(record):
+        if not self.call(record):
             raise self._lost(tenant, key, generation)
 
     def save_checkpoint(self, tenant: str, key: str, checkpoint: Checkpoint, *, now: float) -> None:
         generation = self._generation(tenant, key)
-        cur = self._call(
+        cur = self.call(
             lambda conn: (
                 conn.execute(
                     "UPDATE executions SET state = 'suspended', checkpoint_seq = %s,"
@@ -437,7 +445,7 @@ class PostgresJournal:
                 _notify(conn, tenant, key)
                 return True
 
-        if not self._call(finish):
+        if not self.call(finish):
             raise self._lost(tenant, key, generation)
         self._drop(tenant, key, generation)
 
@@ -466,7 +474,7 @@ class PostgresJournal:
                 )
                 _notify(conn, entry.tenant, entry.key)
 
-        self._call(record)
+        self.call(record)
 
     def forget(self, tenant: str, key: str) -> None:
         with self._lock:
@@ -482,7 +490,7 @@ class PostgresJournal:
                 )
                 _notify(conn, tenant, key)
 
-        self._call(forget)
+        self.call(forget)
 
     def forget_done(self, tenant: str, key: str) -> None:
         def forget(conn: _Conn) -> None:
@@ -493,11 +501,11 @@ class PostgresJournal:
                 )
                 _notify(conn, tenant, key)
 
-        self._call(forget)
+        self.call(forget)
 
     def purge(self, *, before: float) -> int:
         # Any replica may purge: the delete is one statement, and the answers cascade.
-        return self._call(
+        return self.call(
             lambda conn: (
                 conn.execute("DELETE FROM executions WHERE updated_at < %s", (before,)).rowcount
             )
