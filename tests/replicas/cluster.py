@@ -122,14 +122,15 @@ def nginx_problem() -> str | None:
 
 
 class Nginx:
-    """nginx in front of `replicas` (HTTP/2 plaintext, grpc_pass), on a free port."""
+    """nginx in front of the replicas at `addresses` (HTTP/2 plaintext, grpc_pass), on a
+    free port."""
 
-    def __init__(self, root: Path, replicas: list[Replica]) -> None:
+    def __init__(self, root: Path, addresses: list[str]) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         root.mkdir(parents=True, exist_ok=True)
         servers = "".join(
-            f"    server {r.address} max_fails=1 fail_timeout=2s;\n" for r in replicas
+            f"    server {address} max_fails=1 fail_timeout=2s;\n" for address in addresses
         )
         user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
         (root / "nginx.conf").write_text(
@@ -142,7 +143,7 @@ class Nginx:
             f"  server {{\n    listen 127.0.0.1:{self.port} http2;\n"
             "    location / {\n      grpc_pass grpc://replicas;\n"
             "      grpc_read_timeout 120s;\n      grpc_send_timeout 120s;\n"
-            "      grpc_next_upstream error timeout unavailable;\n    }\n  }\n}\n"
+            "      grpc_next_upstream error timeout;\n    }\n  }\n}\n"
         )
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.proc = subprocess.Popen(

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,7 +21,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from sandbox_client import FailureKind, RecoveryPolicy, SandboxClient
-from tests.replicas.cluster import Replica, round_robin_target, start_all
+from tests.conftest import require
+from tests.replicas.cluster import Nginx, Replica, nginx_problem, round_robin_target, start_all
 
 LEASE_S = 2.0
 PATIENT = RecoveryPolicy(wait_initial_s=0.2, wait_max_s=1.0, wait_jitter_s=0.1, max_total_s=90)
@@ -63,6 +65,13 @@ def wait_for(condition: Any, timeout_s: float = 20) -> None:
         time.sleep(0.05)
 
 
+SLOW = """
+import time
+time.sleep(2)
+"done"
+"""
+
+
 COUNTED = """
 import random
 n = count()
@@ -88,6 +97,34 @@ def test_one_key_sent_to_three_replicas_at_once_runs_once(cluster: list[Replica]
     assert all(r.ok for r in results), [r.failure for r in results if not r.ok][:3]
     assert len({(r.result_json, r.execution_id) for r in results}) == 1  # 50 identical answers
     assert sum(not r.replayed for r in results) == 1
+
+
+def test_one_key_through_nginx_runs_once_and_every_replica_serves(
+    cluster: list[Replica], journal_url: str, tmp_path: Path
+) -> None:
+    require(nginx_problem())
+    nginx = Nginx(tmp_path / "nginx", [r.address for r in cluster])
+    try:
+        with SandboxClient(nginx.address, timeout_s=60) as client:
+            spread = {client.execute("1", idempotency_key=f"spread-{n}").ok for n in range(9)}
+
+            def send(_: int) -> Any:
+                return client.execute(SLOW, idempotency_key="fifty-through-nginx")
+
+            with ThreadPoolExecutor(50) as pool:
+                results = list(pool.map(send, range(50)))
+    finally:
+        nginx.stop()
+    assert spread == {True}
+    assert all(r.ok for r in results), [r.failure for r in results if not r.ok][:3]
+    assert len({(r.execution_id, r.result_json) for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1  # one execution
+    with psycopg.connect(journal_url) as conn:
+        owners = {
+            str(o)
+            for (o,) in conn.execute("SELECT owner FROM executions WHERE key LIKE 'spread-%'")
+        }
+    assert owners == {r.owner for r in cluster}  # nginx spread the keys over all three
 
 
 RUN = """
@@ -171,13 +208,6 @@ def test_durable_runs_survive_their_replica_being_killed_at_a_random_point(
             "step_three": len,
         })  # fmt: skip
     assert plain.ok and plain.result.result == EXPECTED  # as an uninterrupted run
-
-
-SLOW = """
-import time
-time.sleep(2)
-"done"
-"""
 
 
 def test_a_replica_paused_past_its_lease_cannot_overwrite_its_successor(
