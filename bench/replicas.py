@@ -142,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--total", type=int, default=1500)
+    parser.add_argument("--latency-only", action="store_true", help="skip the nginx part")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}")
     pg = PostgresServer(fsync=True)
@@ -149,7 +150,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             state = Path(tmp)
             keyed_p50(pg.database(), args.n, state)
-            scaling(pg, args.total, state)
+            if not args.latency_only:
+                scaling(pg, args.total, state)
     finally:
         pg.close()
     print(f"load average after: {os.getloadavg()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from typing import Literal
 
@@ -24,6 +25,7 @@ from sandbox.core.sessions import SessionRegistry
 from sandbox.durable.durability import Durability, build_journal
 from sandbox.edge.calls import Edge
 from sandbox.edge.service import SandboxService, generic_handler
+from sandbox.errors import Unavailable
 from sandbox.metrics import Metrics
 from sandbox.policy.checker import StaticChecker
 from sandbox.tasks import cancel_and_wait
@@ -110,6 +112,14 @@ class SandboxServer:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = bind(server, address, self.settings.tls)
         await server.start()
+        journal = self.executor.journal
+        if journal is not None and journal.shared is not None:
+            # Sessions live in this process: their ids name it, and other replicas can
+            # tell a caller that reached them where a session lives.
+            self.executor.sessions.replica = journal.owner[:12]
+            self.executor.sessions.locate = journal.shared.replica_address
+            with contextlib.suppress(Unavailable):  # unreachable now: sessions say less
+                journal.shared.register_replica(journal.owner[:12], f"{host}:{self.port}")
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -186,6 +186,14 @@ class SharedJournalStore(JournalStore, Protocol):
 
     def watch(self, tenant: str, key: str) -> Watch: ...
 
+    def register_replica(self, tag: str, address: str) -> None:
+        """Records where the replica `tag` serves (for sessions: see core/sessions.py)."""
+        ...
+
+    def replica_address(self, tag: str) -> str | None:
+        """Where the replica `tag` said it serves; None if unknown or unreachable."""
+        ...
+
     def reachable(self) -> bool:
         """Whether the store answered its last probe (for the server's health)."""
         ...

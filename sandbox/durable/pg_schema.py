@@ -70,6 +70,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX quota_slots_tenant ON quota_slots (tenant)",
         "CREATE INDEX quota_slots_owner ON quota_slots (owner)",
     ),
+    # 3: where each replica serves, so that a call for a session another replica holds
+    # can be told where it lives.
+    (
+        """CREATE TABLE replicas (
+            tag text PRIMARY KEY,
+            address text NOT NULL,
+            seen_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ),
 )
 
 VERSION = len(MIGRATIONS)

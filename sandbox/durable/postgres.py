@@ -272,6 +272,28 @@ class PostgresJournal:
                 self._wake(None)
                 self._closed.wait(self._probe_s)
 
+    # -- replicas ----------------------------------------------------------------------------
+
+    def register_replica(self, tag: str, address: str) -> None:
+        self.call(
+            lambda conn: conn.execute(
+                "INSERT INTO replicas (tag, address) VALUES (%s, %s) ON CONFLICT (tag)"
+                " DO UPDATE SET address = excluded.address, seen_at = now()",
+                (tag, address),
+            )
+        )
+
+    def replica_address(self, tag: str) -> str | None:
+        try:
+            row = self.call(
+                lambda conn: conn.execute(
+                    "SELECT address FROM replicas WHERE tag = %s", (tag,)
+                ).fetchone()
+            )
+        except Unavailable:
+            return None
+        return None if row is None else str(row[0])
+
     # -- JournalStore ------------------------------------------------------------------------
 
     def claim(self, fresh: Entry) -> tuple[Entry, bool]:
@@ -429,21 +451,30 @@ class PostgresJournal:
         generation = self._generation(tenant, key)
 
         def finish(conn: _Conn) -> bool:
-            with conn.transaction():
-                done = conn.execute(
-                    "UPDATE executions SET state = 'done', result_json = %s, result_mac = %s,"
-                    " checkpoint_seq = NULL, checkpoint = NULL, checkpoint_mac = NULL,"
-                    " checkpoint_output = NULL, updated_at = %s"
-                    " WHERE tenant = %s AND key = %s AND generation = %s",
-                    (result_json, mac, now, tenant, key, generation),
-                )
-                if done.rowcount != 1:
-                    return False
-                conn.execute(
-                    "DELETE FROM tool_answers WHERE tenant = %s AND key = %s", (tenant, key)
-                )
-                _notify(conn, tenant, key)
-                return True
+            # One statement (one round trip, one commit): the fenced update, the answers'
+            # delete and the wake-up, each only if the update took.
+            done = conn.execute(
+                "WITH done AS (UPDATE executions SET state = 'done', result_json = %s,"
+                " result_mac = %s, checkpoint_seq = NULL, checkpoint = NULL,"
+                " checkpoint_mac = NULL, checkpoint_output = NULL, updated_at = %s"
+                " WHERE tenant = %s AND key = %s AND generation = %s RETURNING 1),"
+                " gone AS (DELETE FROM tool_answers WHERE tenant = %s AND key = %s"
+                " AND EXISTS (SELECT 1 FROM done))"
+                " SELECT pg_notify(%s, %s) FROM done",
+                (
+                    result_json,
+                    mac,
+                    now,
+                    tenant,
+                    key,
+                    generation,
+                    tenant,
+                    key,
+                    CHANNEL,
+                    wake_token(tenant, key),
+                ),
+            )
+            return done.rowcount == 1
 
         if not self.call(finish):
             raise self._lost(tenant, key, generation)

@@ -127,6 +127,24 @@ def test_one_key_through_nginx_runs_once_and_every_replica_serves(
     assert owners == {r.owner for r in cluster}  # nginx spread the keys over all three
 
 
+def test_a_session_called_through_another_replica_is_refused_naming_its_owner(
+    cluster: list[Replica],
+) -> None:
+    home, other, _ = cluster
+    with SandboxClient(home.address, timeout_s=60) as client:
+        session = client.create_session()
+        assert client.execute("x = 41", session_id=session.session_id).ok
+        assert session.session_id.startswith(f"ses_{home.owner[:12]}.")
+    with SandboxClient(other.address, timeout_s=60) as client:
+        elsewhere = client.execute("x + 1", session_id=session.session_id)
+    assert elsewhere.failure is not None
+    assert elsewhere.failure.kind == FailureKind.INVALID_REQUEST
+    assert home.owner[:12] in elsewhere.failure.message
+    assert home.address in elsewhere.failure.message
+    with SandboxClient(home.address, timeout_s=60) as client:
+        assert client.execute("x + 1", session_id=session.session_id).result == 42
+
+
 RUN = """
 import time
 a = step_one(1)
