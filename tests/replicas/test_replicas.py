@@ -152,7 +152,7 @@ time.sleep(0.5)
 b = step_two(a, label="b")
 time.sleep(0.5)
 c = step_three([a, b])
-time.sleep(0.5)
+time.sleep(1.0)
 {"a": a, "b": b, "c": c}
 """
 EXPECTED = {"a": 11, "b": "b11", "c": 2}
