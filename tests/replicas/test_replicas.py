@@ -6,6 +6,7 @@ INFRA_UNAVAILABLE (nothing runs unjournaled) and health NOT_SERVING, until it re
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -281,6 +282,24 @@ def test_postgresql_stopped_mid_load_is_retryable_and_served_again_after(
 
     with SandboxClient(cluster[0].address, timeout_s=30) as client:
         assert client.run_tools(COUNTED, tools={"count": count}, idempotency_key="before").ok
+    # Load on every replica all along: keyed executions, one new key each.
+    stop_load = threading.Event()
+    kinds: list[FailureKind | None] = []
+    retryable: list[bool] = []
+
+    def load(replica: Replica) -> None:
+        with SandboxClient(replica.address, timeout_s=30) as client:
+            for n in itertools.count():
+                if stop_load.is_set():
+                    return
+                result = client.execute("2 * 21", idempotency_key=f"load-{replica.port}-{n}")
+                kinds.append(result.failure.kind if result.failure else None)
+                retryable.append(result.ok or bool(result.failure and result.failure.retryable))
+
+    loaders = [threading.Thread(target=load, args=(r,)) for r in cluster]
+    for loader in loaders:
+        loader.start()
+    time.sleep(1)
     postgres.stop()
     try:
         wait_for(
@@ -328,3 +347,11 @@ def test_postgresql_stopped_mid_load_is_retryable_and_served_again_after(
     for n, replica in enumerate(cluster):
         with SandboxClient(replica.address, timeout_s=30) as client:
             assert client.execute("1 + 1", idempotency_key=f"after-{n}").ok
+    stop_load.set()
+    for loader in loaders:
+        loader.join(timeout=60)
+    # The load saw answers before, during and after; and only retryable failures.
+    assert None in kinds and FailureKind.INFRA_UNAVAILABLE in kinds
+    assert set(kinds) <= {None, FailureKind.INFRA_UNAVAILABLE} and all(retryable)
+    last_refusal = len(kinds) - 1 - kinds[::-1].index(FailureKind.INFRA_UNAVAILABLE)
+    assert None in kinds[last_refusal:]  # served again under the same load, no restart
