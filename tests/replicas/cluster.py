@@ -112,7 +112,14 @@ def round_robin_target(replicas: list[Replica]) -> tuple[str, list[tuple[str, An
     """One client channel over every replica: gRPC's own round_robin over a static list,
     which skips replicas that stop answering."""
     target = "ipv4:" + ",".join(r.address for r in replicas)
-    return target, [("grpc.lb_policy_name", "round_robin")]
+    # A replica that comes back is tried again within half a second (gRPC's default
+    # reconnect backoff grows to two minutes).
+    return target, [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 500),
+    ]
 
 
 def nginx_problem() -> str | None:

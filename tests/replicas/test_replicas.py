@@ -26,7 +26,17 @@ from tests.conftest import require
 from tests.replicas.cluster import Nginx, Replica, nginx_problem, round_robin_target, start_all
 
 LEASE_S = 2.0
-PATIENT = RecoveryPolicy(wait_initial_s=0.2, wait_max_s=1.0, wait_jitter_s=0.1, max_total_s=90)
+# Retries enough to outlast a replica's restart on a loaded machine (a retry reaches
+# another replica at once, unless the one left was killed too).
+PATIENT = RecoveryPolicy(
+    wait_initial_s=0.2,
+    wait_max_s=1.0,
+    wait_jitter_s=0.1,
+    max_total_s=90,
+    max_attempts=40,
+    budget_per_kind=RecoveryPolicy().budget_per_kind
+    | {FailureKind.INFRA_UNAVAILABLE: 30, FailureKind.SANDBOX_CRASH: 30},
+)
 
 
 @pytest.fixture(scope="module")
