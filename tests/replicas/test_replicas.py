@@ -172,9 +172,10 @@ RUNS = int(os.environ.get("SANDBOX_REPLICA_KILL_RUNS", "20"))
 
 class KilledRun:
     """One durable run whose replica (the journal's owner of its key) is SIGKILLed
-    `after_s` after the `at_call`th tool answered, while the code runs on. (Not while a
-    tool is in the client's hands: its answer never reached the journal, so the retry
-    would call it again; the client does not remember answers across attempts.)"""
+    `after_s` after the `at_call`th tool answered and once that answer is journaled,
+    while the code runs on. (Not while a tool is in the client's hands or its answer on
+    the way: that answer never reached the journal, so the retry calls the tool again;
+    the client does not remember answers across attempts.)"""
 
     def __init__(self, cluster: list[Replica], url: str, key: str, at_call: int, after_s: float):
         self.cluster, self.url, self.key = cluster, url, key
@@ -188,12 +189,21 @@ class KilledRun:
         }
 
     def kill_owner(self) -> None:
-        with psycopg.connect(self.url) as conn:
-            row = conn.execute(
-                "SELECT owner, state FROM executions WHERE key = %s", (self.key,)
-            ).fetchone()
-        if row is None or row[1] == "done":
-            return  # too late (a starved timer): this run does not count as killed
+        # The point is after the answer reached the journal (on a loaded machine it may
+        # take longer than the timer), while the code runs on; not after the run ended.
+        deadline = time.monotonic() + 2
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while True:
+                row = conn.execute(
+                    "SELECT e.owner, e.state, (SELECT count(*) FROM tool_answers a"
+                    " WHERE a.key = e.key AND a.seq > 0) FROM executions e WHERE e.key = %s",
+                    (self.key,),
+                ).fetchone()
+                if row is None or row[1] == "done":
+                    return  # too late (a starved timer): this run does not count as killed
+                if row[2] > self.at_call or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
         owner = str(row[0])
         for replica in self.cluster:
             if replica.owner == owner and replica.alive():
