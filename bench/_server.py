@@ -48,7 +48,10 @@ def sandbox_server(*settings: str) -> Iterator[ServerProcess]:
     )
     try:
         assert proc.stderr is not None
-        address = json.loads(proc.stderr.readline())["address"]
+        # The first line with an address says it serves (a journal may log before it).
+        address = ""
+        while not address:
+            address = json.loads(proc.stderr.readline()).get("address", "")
         # Keep reading the server's log, or a full pipe would stall it mid-benchmark.
         threading.Thread(target=proc.stderr.read, daemon=True).start()
         yield ServerProcess(address=address, pid=proc.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from typing import Literal
 
@@ -26,7 +27,7 @@ from sandbox.core.sessions import SessionRegistry
 from sandbox.durable.durability import Durability, build_journal
 from sandbox.edge.calls import Edge
 from sandbox.edge.service import SandboxService, generic_handler
-from sandbox.errors import ConfigError
+from sandbox.errors import ConfigError, Unavailable
 from sandbox.metrics import Metrics
 from sandbox.policy.checker import StaticChecker
 from sandbox.tasks import cancel_and_wait
@@ -48,11 +49,13 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         # The pool's containers are shaped for the default policy's limits.
         containers = ContainerBackend(settings.container, pool_limits=policies.get("").limits())
         backends[Backend.CONTAINER] = containers
+    # Several replicas on one journal keep tenants' quotas there too.
+    shared = journal.shared_quotas() if journal is not None else None
     return Executor(
         policies=policies,
         backends=backends,
         sessions=SessionRegistry(settings.sessions),
-        access=Access(load_tenants(settings.tenants, policies)),
+        access=Access(load_tenants(settings.tenants, policies), shared=shared),
         journal=journal,
         max_message_bytes=settings.server.max_message_bytes,
         checker=StaticChecker(),
@@ -99,6 +102,7 @@ class SandboxServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._expiry: asyncio.Task[None] | None = None
+        self._journal_health: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -111,6 +115,15 @@ class SandboxServer:
         if self.executor.checker is not None:
             await self.executor.checker.start(wait=False)
         await server.start()
+        journal = self.executor.journal
+        if journal is not None and journal.shared is not None:
+            # Sessions live in this process: their ids name it, and other replicas can
+            # tell a caller that reached them where a session lives.
+            self.executor.sessions.replica = journal.owner[:12]
+            self.executor.sessions.locate = journal.shared.replica_address
+            with contextlib.suppress(Unavailable):  # unreachable now: sessions say less
+                address = f"{self.settings.server.host}:{self.port}"
+                journal.shared.register_replica(journal.owner[:12], address)
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -120,8 +133,12 @@ class SandboxServer:
             self.metrics.serve(self.settings.metrics)
         if self.executor.journal is not None:
             self.executor.journal.start()
+            if self.executor.journal.shared is not None:
+                self._journal_health = asyncio.create_task(self._follow_journal())
         backends = sorted(b.value for b in self.executor.backends)
-        log.info("serving", address=f"{self.settings.server.host}:{self.port}", backends=backends)
+        replica = self.executor.journal.owner if self.executor.journal is not None else ""
+        host = self.settings.server.host
+        log.info("serving", address=f"{host}:{self.port}", backends=backends, replica=replica)
         return self.port
 
     def _listener(self) -> grpc.aio.Server:
@@ -147,7 +164,7 @@ class SandboxServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
-        for task in (self._expiry, self._watch):
+        for task in (self._expiry, self._watch, self._journal_health):
             await cancel_and_wait(task)
         if self._server is not None:
             await self._server.stop(grace_s)
@@ -162,6 +179,26 @@ class SandboxServer:
         if self.audit is not None:
             await asyncio.to_thread(self.audit.close)
         log.info("stopped")
+
+    async def _follow_journal(self, every_s: float = 0.5) -> None:
+        """Health follows a shared journal: NOT_SERVING while it does not answer (its own
+        probe decides), so a load balancer sends keyed work to replicas that can take it."""
+        assert self.executor.journal is not None and self.executor.journal.shared is not None
+        shared = self.executor.journal.shared
+        serving = True
+        while True:
+            reachable = shared.reachable()
+            if reachable != serving:
+                serving = reachable
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ("", SERVICE_NAME):
+                    await self._health.set(name, status)
+                log.warning("health follows the journal", serving=serving)
+            await asyncio.sleep(every_s)
 
     async def serve_forever(self) -> None:
         """Runs until SIGINT or SIGTERM, then drains in-flight calls and stops. The

@@ -14,7 +14,8 @@ that uses it:
     [tenants]    file                                                load_tenants, Reloader
     [audit]      dir, fsync, max_file_bytes, key, anchor_file        AuditLog
     [metrics]    port, host                                          Metrics.serve
-    [journal]    enabled, state_dir, path, retention_s, checkpoint   build_journal
+    [journal]    enabled, state_dir, path, url, lease_s, retention_s,
+                 checkpoint                                          build_journal
     [log]        format, level                                       configure_logging
 
 In TOML a section is a table (`[monty]` then `min_workers = 4`); in the environment it is
@@ -46,7 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -199,12 +200,27 @@ class JournalSettings(_Section):
     state_dir: Path = Path.home() / ".local" / "state" / "sandbox"
     # The journal (exactly-once replies, tool-run checkpoints); None: state_dir/journal.sqlite3.
     path: Path | None = None
+    # A PostgreSQL journal several replicas share ("postgresql://user@host/db"), instead
+    # of the SQLite file; every replica then needs the same checkpoint_key. Never logged.
+    url: SecretStr | None = None
+    # How long a replica's claim on an execution it runs outlives its last heartbeat
+    # (PostgreSQL only): another replica takes the execution over only after that.
+    lease_s: float = Field(default=10.0, gt=0, le=3600)
     # How long a finished (or abandoned) execution's record is kept for replays.
     retention_s: float = Field(default=24 * 3600.0, gt=0)
     # The HMAC key checkpoints are signed with (SANDBOX_JOURNAL__CHECKPOINT_KEY), or a file
     # holding it; neither: state_dir/checkpoint.key. Never logged.
     checkpoint_key: SecretStr | None = None
     checkpoint_key_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("a journal url is a PostgreSQL one: postgresql://user@host/db")
+        return url
 
 
 class LogSettings(_Section):

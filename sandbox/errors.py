@@ -9,6 +9,7 @@
         ├── PolicyDenied          PERMISSION_DENIED   POLICY_VIOLATION: more than the policy allows
         ├── Throttled             RESOURCE_EXHAUSTED  THROTTLED: over a quota (retry_after_ms)
         ├── Unavailable           UNAVAILABLE         INFRA_UNAVAILABLE: a backend cannot serve now
+        │   └── LeaseLost         UNAVAILABLE         INFRA_UNAVAILABLE: another replica took over
         ├── CorruptState          DATA_LOSS           CORRUPT_STATE
         └── Cancelled             CANCELLED           CANCELLED: the caller went away
 
@@ -129,6 +130,12 @@ class Throttled(RequestError, kind=_Kind.THROTTLED, status=_Status.RESOURCE_EXHA
 
 class Unavailable(RequestError, kind=_Kind.INFRA_UNAVAILABLE, status=_Status.UNAVAILABLE):
     """A backend or the journal cannot serve now."""
+
+
+class LeaseLost(Unavailable):
+    """This replica's lease on an execution lapsed (it was paused or cut off from the
+    shared journal) and another replica took the execution over: nothing of this
+    replica's is recorded; a retry under the same key gets the successor's outcome."""
 
 
 class CorruptState(RequestError, kind=_Kind.CORRUPT_STATE, status=_Status.DATA_LOSS):

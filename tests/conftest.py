@@ -244,3 +244,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("corpus results")
         for line in REPORTS:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One real PostgreSQL cluster for the whole run (tests/postgres.py); each test that
+    needs isolation takes a fresh database of it (`postgres.database()`)."""
+    from tests.postgres import PostgresServer, postgres_problem
+
+    require(postgres_problem())
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()

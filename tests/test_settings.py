@@ -134,6 +134,8 @@ NEWER_THAN_FLAT_NAMES = {
     ("server", "reuse_port"),
     ("batch", "window"),
     ("batch", "idle_timeout_s"),
+    ("journal", "url"),
+    ("journal", "lease_s"),
 }
 
 
@@ -392,3 +394,12 @@ def test_the_container_runtimes_are_the_engines() -> None:
 
     field = ContainerSettings.model_fields["runtime"].annotation
     assert typing.get_args(field) == typing.get_args(Runtime)
+
+
+def test_a_journal_url_must_be_postgresql_and_is_never_shown() -> None:
+    with pytest.raises(pydantic.ValidationError, match="url"):
+        Settings(journal={"url": "mysql://db/x"})
+    with pytest.raises(pydantic.ValidationError, match="lease_s"):
+        Settings(journal={"lease_s": 0})
+    settings = Settings(journal={"url": "postgresql://u:secret@127.0.0.1/db"})
+    assert settings.journal.url is not None and "secret" not in repr(settings)

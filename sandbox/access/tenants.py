@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -152,6 +153,44 @@ class _Bucket:
     peak: int = 0
 
 
+class SharedQuotas(Protocol):
+    """Quotas kept where every replica sees them (durable/pg_quotas.py): a tenant's rate,
+    burst and concurrency hold for the whole deployment. A slot is leased to the replica
+    holding it, so a replica that dies gives its slots back when the lease lapses."""
+
+    def acquire(self, tenant: str, quota: Tenant, *, token: bool = True) -> int:
+        """Takes a rate token (unless `token` is False) and a concurrency slot; returns
+        the slot. Raises Throttled (over_concurrency / over_rate) or Unavailable (the
+        store does not answer)."""
+        ...
+
+    def take_token(self, tenant: str, quota: Tenant) -> None:
+        """Takes a rate token alone (a batch's item), or raises as acquire() does."""
+        ...
+
+    def release(self, slot: int) -> None:
+        """Gives the slot back; never raises (an unreachable store lets it lapse)."""
+        ...
+
+
+def over_concurrency(tenant: str, config: Tenant) -> Throttled:
+    return Throttled(
+        f"tenant '{tenant}' already runs its maximum of {config.max_concurrent} executions at once",
+        retry_after_ms=CONCURRENCY_RETRY_MS,
+        metadata={"quota": "max_concurrent", "limit_value": str(config.max_concurrent)},
+    )
+
+
+def over_rate(tenant: str, config: Tenant, tokens: float) -> Throttled:
+    wait_ms = max(1, math.ceil((1.0 - tokens) / config.rate_per_s * 1000))
+    return Throttled(
+        f"tenant '{tenant}' is over its rate of {config.rate_per_s:g} requests/s "
+        f"(burst {config.burst})",
+        retry_after_ms=wait_ms,
+        metadata={"quota": "rate_per_s", "limit_value": f"{config.rate_per_s:g}"},
+    )
+
+
 @dataclass
 class Access:
     """Authentication, policy choice and quotas. With no tenants configured every caller
@@ -160,6 +199,9 @@ class Access:
     tenants: TenantRegistry | None = None
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     clock: Callable[[], float] = field(default=time.monotonic)
+    # Several replicas: quotas in the shared store, not in this process.
+    shared: SharedQuotas | None = None
+    _slots: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def required(self) -> bool:
@@ -220,22 +262,20 @@ class Access:
         config = self._tenant(tenant)
         if config is None:
             return
+        if self.shared is not None:
+            self._slots.setdefault(tenant, []).append(self.shared.acquire(tenant, config))
+            return
         bucket = self._bucket(tenant, config)
         if bucket.running >= config.max_concurrent:
-            raise Throttled(
-                f"tenant '{tenant}' already runs its maximum of {config.max_concurrent} "
-                "executions at once",
-                retry_after_ms=CONCURRENCY_RETRY_MS,
-                metadata={"quota": "max_concurrent", "limit_value": str(config.max_concurrent)},
-            )
+            raise over_concurrency(tenant, config)
         if bucket.tokens < 1.0:
-            raise self._over_rate(tenant, config, bucket)
+            raise over_rate(tenant, config, bucket.tokens)
         bucket.tokens -= 1.0
         bucket.running += 1
         bucket.peak = max(bucket.peak, bucket.running)
 
     def _bucket(self, tenant: str, config: Tenant) -> _Bucket:
-        """The tenant's bucket, its tokens refilled to now."""
+        """The tenant's bucket in this process, its tokens refilled to now."""
         now = self._now()
         bucket = self._buckets.get(tenant)
         if bucket is None:
@@ -245,17 +285,12 @@ class Access:
         bucket.stamp = now
         return bucket
 
-    @staticmethod
-    def _over_rate(tenant: str, config: Tenant, bucket: _Bucket) -> Throttled:
-        wait_ms = max(1, math.ceil((1.0 - bucket.tokens) / config.rate_per_s * 1000))
-        return Throttled(
-            f"tenant '{tenant}' is over its rate of {config.rate_per_s:g} requests/s "
-            f"(burst {config.burst})",
-            retry_after_ms=wait_ms,
-            metadata={"quota": "rate_per_s", "limit_value": f"{config.rate_per_s:g}"},
-        )
-
     def release(self, tenant: str, slots: int = 1) -> None:
+        held = self._slots.get(tenant)
+        if self.shared is not None and held:
+            for _ in range(min(slots, len(held))):
+                self.shared.release(held.pop())
+            return
         bucket = self._buckets.get(tenant)
         if bucket is not None:
             bucket.running = max(0, bucket.running - slots)
@@ -267,6 +302,16 @@ class Access:
         config = self._tenant(tenant)
         if config is None:
             return wanted
+        if self.shared is not None:
+            taken = 0
+            while taken < wanted:
+                try:
+                    slot = self.shared.acquire(tenant, config, token=False)
+                except Throttled:
+                    break
+                self._slots.setdefault(tenant, []).append(slot)
+                taken += 1
+            return taken
         bucket = self._bucket(tenant, config)
         taken = max(0, min(wanted, config.max_concurrent - bucket.running))
         bucket.running += taken
@@ -279,9 +324,12 @@ class Access:
         config = self._tenant(tenant)
         if config is None:
             return
+        if self.shared is not None:
+            self.shared.take_token(tenant, config)
+            return
         bucket = self._bucket(tenant, config)
         if bucket.tokens < 1.0:
-            raise self._over_rate(tenant, config, bucket)
+            raise over_rate(tenant, config, bucket.tokens)
         bucket.tokens -= 1.0
 
     def tenant(self, name: str) -> Tenant | None:

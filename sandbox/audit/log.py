@@ -125,6 +125,15 @@ def log_files(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def replica_chains(directory: Path) -> dict[str, Path]:
+    """Several replicas' logs kept under one directory: {replica: its log directory} for
+    each subdirectory holding audit files (each replica writes its own chain, in its own
+    audit.dir, named after the replica); empty when `directory` is one log itself."""
+    if not directory.is_dir() or log_files(directory):
+        return {}
+    return {sub.name: sub for sub in sorted(directory.iterdir()) if sub.is_dir() and log_files(sub)}
+
+
 def read_key(path: Path) -> bytes:
     """A key file as the writer reads it (surrounding whitespace dropped)."""
     key = path.read_bytes().strip()

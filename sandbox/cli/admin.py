@@ -67,7 +67,11 @@ def add_commands(sub: Any) -> None:
         "verify", help="check the chain, its MACs and its anchor; exit 1 at the first problem"
     )
     verify.add_argument(
-        "files", nargs="+", type=existing_path, help="audit files or the log directory"
+        "files",
+        nargs="+",
+        type=existing_path,
+        help="audit files, the log directory, or a directory of replicas' log directories "
+        "(each chain checked on its own and named after its directory)",
     )
     verify.add_argument(
         "--key-file",
@@ -175,8 +179,12 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from sandbox.audit.log import parse_start, read_key, verify
+    from sandbox.audit.log import parse_start, read_key, replica_chains, verify
     from sandbox.errors import ConfigError
+
+    chains = replica_chains(args.files[0]) if len(args.files) == 1 else {}
+    if chains:
+        return _verify_replicas(args, chains)
 
     try:
         key = read_key(args.key_file) if args.key_file else None
@@ -205,10 +213,48 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _query(args: argparse.Namespace) -> int:
-    from sandbox.audit.log import expand, query
+def _verify_replicas(args: argparse.Namespace, chains: dict[str, Path]) -> int:
+    """Each replica's chain on its own (with its own anchor), one line per replica."""
+    from sandbox.audit.log import read_key, verify
+    from sandbox.errors import ConfigError
 
-    if not expand(args.files):
+    if args.anchor or args.start:
+        print(
+            "sandbox: --anchor and --start name one chain; give that replica's directory",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        key = read_key(args.key_file) if args.key_file else None
+    except (OSError, ConfigError) as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for replica, directory in chains.items():
+        report = verify([directory], key=key, check_anchor=not args.no_anchor)
+        for warning in report.warnings:
+            print(f"warning: replica {replica}: {warning}", file=sys.stderr)
+        if not report.ok:
+            failed += 1
+            print(
+                f"replica {replica}: FAILED after {report.records} good record(s): {report.error}"
+            )
+            continue
+        macs = "MACs checked" if report.macs_checked else "MACs NOT checked (no --key-file)"
+        print(
+            f"replica {replica}: OK: {report.records} record(s), seq "
+            f"{report.first_seq}..{report.last_seq}, last hash {report.last_hash}; {macs}"
+        )
+    print(f"{len(chains) - failed} of {len(chains)} replica chain(s) OK")
+    return 1 if failed else 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from sandbox.audit.log import expand, query, replica_chains
+
+    chains = replica_chains(args.files[0]) if len(args.files) == 1 else {}
+    sources = {name: [d] for name, d in chains.items()} if chains else {"": args.files}
+    if not any(expand(paths) for paths in sources.values()):
         print(f"sandbox: no audit files (audit-NNNNNN.jsonl) in {args.files[0]}", file=sys.stderr)
         return 2
     skipped: dict[Path, int] = {}
@@ -216,16 +262,19 @@ def _query(args: argparse.Namespace) -> int:
     def unreadable(path: Path, line: int) -> None:
         skipped[path] = skipped.get(path, 0) + 1
 
-    for record in query(
-        args.files,
-        tenant=args.tenant,
-        kind=args.kind,
-        policy=args.policy,
-        since=args.since,
-        until=args.until,
-        unreadable=unreadable,
-    ):
-        print(json.dumps(record, sort_keys=True))
+    for replica, paths in sources.items():
+        for record in query(
+            paths,
+            tenant=args.tenant,
+            kind=args.kind,
+            policy=args.policy,
+            since=args.since,
+            until=args.until,
+            unreadable=unreadable,
+        ):
+            if replica:
+                record["replica"] = replica  # which chain (replica) it came from
+            print(json.dumps(record, sort_keys=True))
     for path, count in skipped.items():
         print(f"warning: {path}: {count} line(s) are not audit records", file=sys.stderr)
     return 1 if skipped else 0

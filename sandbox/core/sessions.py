@@ -16,6 +16,7 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sandbox.backends.base import BackendSession, ExecutionBackend
@@ -63,6 +64,11 @@ class SessionRegistry:
         self._opening: dict[object, _Held] = {}
         # Lost session id -> the tenant that owned it.
         self._lost: OrderedDict[str, str | None] = OrderedDict()
+        # Several replicas: this one's tag, written into the ids of the sessions it opens,
+        # and where another replica's tag serves (None: unknown), so that a call for a
+        # session that reached the wrong replica is told which one holds it.
+        self.replica = ""
+        self.locate: Callable[[str], str | None] = lambda tag: None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,7 +91,7 @@ class SessionRegistry:
         finally:
             del self._opening[token]
         entry = SessionEntry(
-            id="ses_" + secrets.token_urlsafe(16),
+            id="ses_" + (f"{self.replica}." if self.replica else "") + secrets.token_urlsafe(16),
             backend=backend,
             handle=handle,
             policy=policy,
@@ -181,7 +187,23 @@ class SessionRegistry:
                 "start a new session",
                 field="session_id",
             )
+        self._check_elsewhere(session_id)
         raise NotFound(f"unknown session {session_id!r}", field="session_id")
+
+    def _check_elsewhere(self, session_id: str) -> None:
+        """Raises NotFound naming the replica that holds `session_id`, if another does.
+        (A session lives in its replica's memory: the client routes its calls there.)"""
+        tag, dot, _ = session_id.removeprefix("ses_").partition(".")
+        if not dot or not self.replica or tag == self.replica:
+            return
+        address = self.locate(tag)
+        where = f" at {address}" if address else ""
+        raise NotFound(
+            f"session {session_id!r} lives on replica {tag}{where}, not on this one "
+            f"({self.replica}): a session's calls must reach the replica that created it "
+            "(route them by session, or call that replica's address)",
+            field="session_id",
+        )
 
     def discard_if_dead(self, entry: SessionEntry) -> None:
         if not entry.handle.alive:
@@ -190,6 +212,7 @@ class SessionRegistry:
     async def close(self, session_id: str, *, tenant: str | None = None) -> None:
         entry = self._owned(session_id, tenant)
         if entry is None:
+            self._check_elsewhere(session_id)
             raise NotFound(f"unknown session {session_id!r}", field="session_id")
         del self._entries[session_id]
         await entry.backend.close_session(entry.handle)

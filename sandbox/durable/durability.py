@@ -20,9 +20,13 @@
   (SANDBOX_CRASH, INFRA_UNAVAILABLE) comes back without an execution id: it has not
   ended, and the client keeps an idempotency key only until an execution answers to it.
 
-Only one server process may use a journal file: a `running` entry left by another owner
-is taken to be orphaned by a dead process. A networked store for several replicas would
-need leases instead."""
+With SqliteJournal only one server process may use a journal file: a `running` entry
+left by another owner is taken to be orphaned by a dead process. With a SharedJournalStore
+(PostgreSQL, several replicas) every keyed request is claimed in the store, a plain
+execution too, and an entry another replica runs is waited for (woken by the store) and
+taken over only once its lease lapsed; every write is fenced on the lease's generation,
+so a replica paused past its lease ends its attempt with LeaseLost (INFRA_UNAVAILABLE,
+retryable) and its successor's record stands."""
 
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
+from sandbox.access.tenants import SharedQuotas
 from sandbox.backends.base import Resume
 from sandbox.backends.tools import CheckpointMismatch
 from sandbox.config import JournalSettings
@@ -49,9 +54,15 @@ from sandbox.durable.checkpoints import (
     journal_mac,
     load_checkpoint_key,
 )
-from sandbox.durable.journal import Entry, JournalStore, Pinned, SqliteJournal
+from sandbox.durable.journal import (
+    Entry,
+    JournalStore,
+    Pinned,
+    SharedJournalStore,
+    SqliteJournal,
+)
 from sandbox.durable.tool_host import DEFAULT_MAX_CALL_BYTES, JournalHost, ToolRelay
-from sandbox.errors import CorruptState, InvalidRequest, RequestError
+from sandbox.errors import CorruptState, InvalidRequest, LeaseLost, RequestError, Unavailable
 from sandbox.tasks import cancel_and_wait
 from sandbox_client.protocol.models import ExecutionResult, Failure, FailureKind
 
@@ -86,7 +97,13 @@ def build_journal(settings: JournalSettings) -> Durability | None:
     key = load_checkpoint_key(
         configured, settings.checkpoint_key_file or settings.state_dir / "checkpoint.key"
     )
-    store = SqliteJournal(settings.path or settings.state_dir / "journal.sqlite3")
+    store: JournalStore
+    if settings.url is not None:
+        from sandbox.durable.postgres import PostgresJournal  # psycopg: the postgres extra
+
+        store = PostgresJournal(settings.url.get_secret_value(), lease_s=settings.lease_s)
+    else:
+        store = SqliteJournal(settings.path or settings.state_dir / "journal.sqlite3")
     return Durability(store, checkpoint_key=key, retention_s=settings.retention_s)
 
 
@@ -127,6 +144,7 @@ class Durability:
         self._key = checkpoint_key
         self._clock = clock
         self.owner = uuid.uuid4().hex  # this server process
+        self.shared = store if isinstance(store, SharedJournalStore) else None
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._purger: asyncio.Task[None] | None = None
 
@@ -144,7 +162,8 @@ class Durability:
 
         A plain execution is claimed in memory only (the key's lock) and written once, with
         its result: a `running` row would buy nothing, since a run that dies with its
-        server is run again by the retry either way, and it would cost a write."""
+        server is run again by the retry either way, and it would cost a write. With a
+        shared store it is claimed in the store: the key's lock is only this replica's."""
         tenant, key = request.tenant, request.idempotency_key
         digest = request_digest(request)
         async with self._exclusive(tenant, key):
@@ -158,7 +177,10 @@ class Durability:
                 now=self._clock(),
                 mac=self._entry_mac(tenant, key, digest, pinned),
             )
-            if resumable:
+            if self.shared is not None:
+                entry, created = await self._claim_shared(self.shared, fresh)
+                stored = True
+            elif resumable:
                 entry, created = self.store.claim(fresh)
                 stored = True
             else:
@@ -176,32 +198,70 @@ class Durability:
                 recorded = ExecutionResult.model_validate_json(entry.result_json)
                 log.info("replayed", execution_id=recorded.execution_id)
                 return recorded.model_copy(update={"replayed": True})
-            if not created:
+            if not created and self.shared is None:
                 # Its runner is gone: a dead process, or a stream that was cancelled.
                 log.info("taking over", state=entry.state, checkpoint=entry.checkpoint is not None)
                 self.store.take_over(tenant, key, owner=self.owner, now=self._clock())
             try:
-                result = await run(entry)
-            except asyncio.CancelledError:
-                if stored and not resumable:
-                    self.store.forget(tenant, key)
-                raise
-            except RequestError:
-                # A refusal: this attempt ran nothing. A tool run's entry stays if it holds
-                # answers (from an earlier attempt): forgetting them would call those tools
-                # again.
-                if stored and not (resumable and self._holds_answers(tenant, key)):
-                    self.store.forget(tenant, key)
-                raise
-            except Exception as exc:
-                result = unexpected_failure(exc)  # SANDBOX_CRASH: kept below, if resumable
+                return await self._run_and_settle(entry, run, stored=stored, resumable=resumable)
+            finally:
+                if self.shared is not None:
+                    self.shared.release(tenant, key)  # nothing once finished or forgotten
+
+    async def _run_and_settle(
+        self,
+        entry: Entry,
+        run: Callable[[Entry], Awaitable[ExecutionResult]],
+        *,
+        stored: bool,
+        resumable: bool,
+    ) -> ExecutionResult:
+        tenant, key = entry.tenant, entry.key
+        try:
+            result = await run(entry)
+        except asyncio.CancelledError:
+            if stored and not resumable:
+                self.store.forget(tenant, key)
+            raise
+        except RequestError:
+            # A refusal: this attempt ran nothing. A tool run's entry stays if it holds
+            # answers (from an earlier attempt): forgetting them would call those tools
+            # again.
+            if stored and not (resumable and self._holds_answers(tenant, key)):
+                self.store.forget(tenant, key)
+            raise
+        except Exception as exc:
+            result = unexpected_failure(exc)  # SANDBOX_CRASH: kept below, if resumable
+        try:
+            return self._settle(entry, result, stored=stored, resumable=resumable)
+        except LeaseLost:
+            raise  # another replica's record stands; the retry gets it
+        except Exception:
+            # The result stands; only its record is missing. A tool run's entry still
+            # holds its answers, so a retry resumes it instead of calling tools again.
+            log.exception("the journal could not record a result", state=entry.state)
+            return result
+
+    async def _claim_shared(self, store: SharedJournalStore, fresh: Entry) -> tuple[Entry, bool]:
+        """The entry for fresh's key, claimed or taken over by this replica, or done. An
+        entry another replica holds is waited for: until it is finished or forgotten
+        (the store wakes us) or its lease lapses, whichever is first."""
+        tenant, key = fresh.tenant, fresh.key
+        while True:
+            watch = store.watch(tenant, key)
             try:
-                return self._settle(entry, result, stored=stored, resumable=resumable)
-            except Exception:
-                # The result stands; only its record is missing. A tool run's entry still
-                # holds its answers, so a retry resumes it instead of calling tools again.
-                log.exception("the journal could not record a result", state=entry.state)
-                return result
+                entry, created = store.claim(fresh)
+                if created or entry.state == "done" or entry.digest != fresh.digest:
+                    return entry, created  # a different request is refused by the caller
+                taken = store.try_take_over(tenant, key, owner=self.owner, now=self._clock())
+                if taken is not None:
+                    log.info(
+                        "taking over", state=taken.state, checkpoint=taken.checkpoint is not None
+                    )
+                    return taken, False
+                await watch.wait(store.lease_s)
+            finally:
+                watch.close()
 
     def _settle(
         self, entry: Entry, result: ExecutionResult, *, stored: bool, resumable: bool
@@ -249,6 +309,17 @@ class Durability:
             slot.users -= 1
             if slot.users == 0:
                 del self._slots[scope]
+
+    def shared_quotas(self) -> SharedQuotas | None:
+        """Tenants' quotas in the shared store, for Access.shared; None with SQLite."""
+        if self.shared is None:
+            return None
+        from sandbox.durable.pg_quotas import PostgresQuotas
+        from sandbox.durable.postgres import PostgresJournal
+
+        if not isinstance(self.store, PostgresJournal):
+            return None
+        return PostgresQuotas(self.store, owner=self.owner)
 
     # -- tool runs ---------------------------------------------------------------------
 
@@ -312,7 +383,10 @@ class Durability:
         if hmac.compare_digest(entry.result_mac, self._result_mac(entry, entry.result_json)):
             return
         self._tampered(entry, "its recorded result")
-        self.store.forget(entry.tenant, entry.key)
+        if self.shared is not None:
+            self.shared.forget_done(entry.tenant, entry.key)
+        else:
+            self.store.forget(entry.tenant, entry.key)
         raise CorruptState(
             "the journal's record of this request failed its integrity check, so it was not "
             "replayed; the record was discarded and a retry runs the request afresh"
@@ -343,7 +417,10 @@ class Durability:
 
         async def purge_forever() -> None:
             while True:
-                self.purge()
+                try:
+                    self.purge()
+                except Unavailable:  # a shared journal down: purge on the next round
+                    log.warning("journal purge skipped: the journal is unreachable")
                 await asyncio.sleep(interval)
 
         self._purger = asyncio.create_task(purge_forever())

@@ -3,7 +3,9 @@ request's digest, its state, the result once there is one, and for a suspended r
 last checkpoint and every tool answer received.
 
 `JournalStore` is the seam: `SqliteJournal` (one file, WAL, no server to run) is the
-default, and a networked store can replace it for several replicas. A store only keeps
+default; `SharedJournalStore` is a store several replicas share (durable/postgres.py),
+whose entries being run are leased: an owner, a deadline its heartbeat renews and a
+generation that every write is fenced on. A store only keeps
 records; what they mean (who may run, when to replay) is decided in `durable`.
 
 Everything replayed from a store carries a MAC made in `durable` (checkpoints.journal_mac)
@@ -21,7 +23,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from sandbox.backends.base import Resume
 from sandbox.errors import ConfigError
@@ -146,6 +148,58 @@ class JournalStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Watch(Protocol):
+    """A wake-up for one entry, registered before the caller looks at it (so no change
+    between the look and the wait is missed)."""
+
+    async def wait(self, timeout_s: float) -> None:
+        """Returns when the entry changed (finished, forgotten, released) or after
+        `timeout_s`, whichever is first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SharedJournalStore(JournalStore, Protocol):
+    """A JournalStore several server replicas share. An entry this store inserted
+    (`claim`) or took over is leased to it: its heartbeat renews the lease, and every
+    write to the entry is fenced on the generation it holds, so a replica whose lease
+    lapsed (it was paused, or cut off) raises LeaseLost instead of overwriting its
+    successor. `take_over` takes only an entry whose lease lapsed (or this store's own)."""
+
+    lease_s: float
+
+    def try_take_over(self, tenant: str, key: str, *, owner: str, now: float) -> Entry | None:
+        """The entry, now leased to this store under a new generation, read after the
+        take-over; None while another replica's lease on it is live or it is done."""
+        ...
+
+    def release(self, tenant: str, key: str) -> None:
+        """Gives up this store's lease on the entry (kept for another replica to take
+        over at once) and wakes its waiters; nothing if it holds none. Never raises."""
+        ...
+
+    def forget_done(self, tenant: str, key: str) -> None:
+        """Deletes the entry if it is done (its record failed its MAC). `forget` deletes
+        only an entry this store holds the lease of."""
+        ...
+
+    def watch(self, tenant: str, key: str) -> Watch: ...
+
+    def register_replica(self, tag: str, address: str) -> None:
+        """Records where the replica `tag` serves (for sessions: see core/sessions.py)."""
+        ...
+
+    def replica_address(self, tag: str) -> str | None:
+        """Where the replica `tag` said it serves; None if unknown or unreachable."""
+        ...
+
+    def reachable(self) -> bool:
+        """Whether the store answered its last probe (for the server's health)."""
+        ...
 
 
 _SCHEMA = """
