@@ -120,15 +120,18 @@ class Executor:
 
     async def _run_steps(self, plan: Plan, spec: RunSpec) -> ExecutionResult:
         first, *rest = plan.steps
-        result = await self.backends[first].run(spec)
+        # With a step to follow, the first reports what it may have got wrong as
+        # UNSUPPORTED (Monty: a known divergence's error, a time limit hit being slower).
+        result = await self.backends[first].run(replace(spec, fallback_follows=bool(rest)))
         for step in rest:
             if not _moves_on(result):
                 break
-            log.info("fallback", reason=result.failure.message if result.failure else "")
+            reason = result.failure.message if result.failure else ""
+            log.info("fallback", reason=reason)
             result = await self.backends[step].run(spec)
-            result = result.model_copy(update={"fallback_from": first})
+            result = _moved(result, first, reason)
         if plan.fallback_from is not None:
-            result = result.model_copy(update={"fallback_from": plan.fallback_from})
+            result = _moved(result, plan.fallback_from, plan.fallback_reason)
         return result
 
     # -- Run (tool runs) -------------------------------------------------------------------
@@ -173,11 +176,12 @@ class Executor:
                     # Only code that called no tool moves: a container starts it again.
                     if not _moves_on(result) or host.calls or resume is not None:
                         break
-                    log.info("fallback", reason=result.failure.message if result.failure else "")
+                    reason = result.failure.message if result.failure else ""
+                    log.info("fallback", reason=reason)
                     result = await self.backends[step].run_tools(spec, host)
-                    result = result.model_copy(update={"fallback_from": first})
+                    result = _moved(result, first, reason)
                 if plan.fallback_from is not None:
-                    result = result.model_copy(update={"fallback_from": plan.fallback_from})
+                    result = _moved(result, plan.fallback_from, plan.fallback_reason)
             except CheckpointMismatch as exc:
                 result = _corrupt(str(exc), plan.steps[0])
             except RequestError:
@@ -242,15 +246,21 @@ def _moves_on(result: ExecutionResult) -> bool:
     return result.failure is not None and result.failure.kind is FailureKind.UNSUPPORTED
 
 
+def _moved(result: ExecutionResult, source: Backend, reason: str) -> ExecutionResult:
+    """`result` of a run moved from `source`, saying why."""
+    return result.model_copy(update={"fallback_from": source, "fallback_reason": reason})
+
+
 def _stamped(result: ExecutionResult, plan: Plan, request: Request) -> ExecutionResult:
-    return result.model_copy(
-        update={
-            "execution_id": plan.execution_id,
-            "policy_name": plan.policy.name,
-            "policy_digest": plan.policy.digest,
-            "session_id": request.session_id,
-        }
-    )
+    update: dict[str, object] = {
+        "execution_id": plan.execution_id,
+        "policy_name": plan.policy.name,
+        "policy_digest": plan.policy.digest,
+        "session_id": request.session_id,
+    }
+    if plan.fidelity_warning and not result.fidelity_warning and result.backend is Backend.MONTY:
+        update["fidelity_warning"] = plan.fidelity_warning
+    return result.model_copy(update=update)
 
 
 def _corrupt(message: str, backend: Backend) -> ExecutionResult:
