@@ -93,14 +93,15 @@ TABLE: tuple[Divergence, ...] = (
     ),
     Divergence(
         id="missing-method",
-        construct="methods Monty's types lack (Counter.get, defaultdict.get, ...)",
-        monty="raises AttributeError; the code's `from collections import Counter` hid "
-        "that this was Monty's gap (now UNSUPPORTED, whoever imports the type)",
-        cpython="the method exists",
+        construct="a method of Counter or defaultdict taken as a value (key=counts.get)",
+        monty="raises AttributeError: 'Counter' object has no attribute 'get' (calling "
+        "counts.get(k) works); now UNSUPPORTED even when the code imported the type "
+        "itself, since that import is the real type",
+        cpython="a bound method",
         monty_version="1.4.0",
         detection=("error",),
         kind="spurious error",
-        example="from collections import Counter\nprint(Counter('abca').get('a'))",
+        example="from collections import Counter\nc = Counter('abca')\nprint(max(c, key=c.get))",
     ),
     Divergence(
         id="slower",
@@ -110,7 +111,9 @@ TABLE: tuple[Divergence, ...] = (
         monty_version="1.4.0",
         detection=("timeout",),
         kind="slower",
-        example="print(sum(i % 7 for i in range(30_000_000)))",
+        # About 1 s in CPython, 4 s in Monty on an idle machine (tests give it 2 s).
+        example="def d(n):\n    return sum([f for f in range(1, n) if n % f == 0])\n"
+        "print(sum(n for n in range(2, 4000) if d(d(n)) == n and d(n) != n))",
     ),
 )
 BY_ID = {entry.id: entry for entry in TABLE}
