@@ -153,7 +153,7 @@ def map_monty_outcome(exc: BaseException | None, signals: RunSignals) -> Failure
         entry = divergence.BY_ID["slower"]
         return Failure.of(
             FailureKind.UNSUPPORTED,
-            f"Monty ran out of its share of the time ({failure.message}); CPython is faster",
+            f"Monty ran out of time ({failure.message}); CPython is faster",
             exception_type=failure.exception_type,
             frames=failure.frames,
             details={**failure.details, "divergence": entry.id},

@@ -24,8 +24,8 @@ from sandbox.backends.monty.settings import MontySettings
 from sandbox_client import ExecutionResult, FailureKind
 from tests.conftest import failure_of, limits
 
-# The "slower" example's budget: Monty needs about 4 s on an idle machine, CPython 1 s.
-SLOWER_BUDGET_MS = 2000
+# The "slower" example's budget: Monty needs about 1.7 s on an idle machine, CPython 0.4 s.
+SLOWER_BUDGET_MS = 1000
 
 
 def cpython(code: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
