@@ -18,6 +18,7 @@ import structlog
 from google.protobuf import json_format
 
 from sandbox.cli.admin import add_commands as add_admin_commands
+from sandbox.cli.fidelity import add_commands as add_fidelity_commands
 from sandbox.cli.settings import load_printing_notes, load_with_notes
 from sandbox.config import Settings
 from sandbox.core.request import Request
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=_doctor)
 
     add_admin_commands(sub)
+    add_fidelity_commands(sub)
     return parser
 
 

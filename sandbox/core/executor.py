@@ -26,6 +26,7 @@ from sandbox.core.output import OutputSink
 from sandbox.core.plan import Plan
 from sandbox.core.request import Request
 from sandbox.core.sessions import SessionEntry, SessionRegistry, TenantQuota
+from sandbox.core.shadow import Sample, ShadowChecker
 from sandbox.durable.durability import Durability, unexpected_failure
 from sandbox.durable.journal import Entry
 from sandbox.durable.tool_host import ToolRelay
@@ -67,6 +68,9 @@ class Executor:
         self.max_message_bytes = max_message_bytes
         # The policy's static checks run in its processes; None: on the loop (tests only).
         self.checker = checker
+        # Re-runs a sample of AUTO's Monty successes in a container (set by the server
+        # when it has one; policies choose the rate).
+        self.shadow: ShadowChecker | None = None
         self._available = frozenset(self.backends)
 
     async def plan(self, request: Request, trace: Trace) -> Plan:
@@ -106,6 +110,17 @@ class Executor:
         except Exception as exc:
             result = unexpected_failure(exc)
         result = self._finished(result, plan, request)
+        if self.shadow is not None and _shadowable(request, plan, result):
+            self.shadow.offer(
+                Sample(
+                    spec=replace(spec, on_output=None),
+                    monty=result,
+                    execution_id=result.execution_id,
+                    policy=plan.policy.name,
+                    keep_code=plan.policy.audit_code == "full",
+                ),
+                plan.policy.shadow_sample_rate,
+            )
         # Successes are counted by metrics and the audit log; a log line each would cost
         # more than a short run itself.
         (log.info if result.failure else log.debug)(
@@ -238,6 +253,19 @@ def run_spec(request: Request, plan: Plan, on_output: OutputSink | None) -> RunS
         runtime=policy.container_runtime,
         mounts=tuple((m.host_path, m.guest_path, m.mode == "ro") for m in policy.mounts),
         denied_imports=policy.denied_imports,
+    )
+
+
+def _shadowable(request: Request, plan: Plan, result: ExecutionResult) -> bool:
+    """Whether `result` is one of AUTO's Monty successes a shadow check may re-run: a
+    plain run (not a session's), answered by Monty, under a policy that samples."""
+    return (
+        plan.policy.shadow_sample_rate > 0
+        and result.ok
+        and result.backend is Backend.MONTY
+        and plan.session is None
+        and request.backend in (None, Backend.AUTO)
+        and not result.replayed
     )
 
 

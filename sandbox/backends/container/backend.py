@@ -64,6 +64,10 @@ class _Admission:
         self.limit, self.queue, self.timeout_s = limit, queue, timeout_s
         self.waiting = 0
 
+    def free(self) -> bool:
+        """Whether a run would start now, with nobody waiting before it."""
+        return not self._slots.locked() and self.waiting == 0
+
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self.waiting >= self.queue:
@@ -181,6 +185,10 @@ class ContainerBackend:
         return reaped
 
     # -- runs -----------------------------------------------------------------------
+
+    def has_free_slot(self) -> bool:
+        """Whether a run would get a slot at once (background work waits for this)."""
+        return self._admission.free()
 
     async def run(self, spec: RunSpec, session: BackendSession | None = None) -> ExecutionResult:
         if session is not None:

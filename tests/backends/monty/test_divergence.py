@@ -24,14 +24,23 @@ from sandbox.backends.monty.settings import MontySettings
 from sandbox_client import ExecutionResult, FailureKind
 from tests.conftest import failure_of, limits
 
-# The "slower" example's budget: Monty needs about 1.7 s on an idle machine, CPython 0.4 s.
-SLOWER_BUDGET_MS = 1000
+# How much slower than CPython Monty must be on the "slower" example to keep it in the
+# table (measured: 2.3 to 4 times, with the machine idle or busy).
+SLOWER_AT_LEAST = 1.5
 
 
 def cpython(code: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s
     )
+
+
+def cpython_seconds(code: str) -> float:
+    """How long `code` takes in CPython, the interpreter's start left out."""
+    timed = (
+        f"import time\n_t = time.perf_counter()\nexec({code!r})\nprint(time.perf_counter() - _t)"
+    )
+    return float(cpython(timed).stdout.strip().splitlines()[-1])
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -68,23 +77,27 @@ def test_every_entry_is_complete_and_its_id_unique() -> None:
 async def test_each_example_still_diverges_from_cpython(
     monty: MontyBackend, entry: divergence.Divergence
 ) -> None:
-    budget = SLOWER_BUDGET_MS if entry.id == "slower" else 10_000
     expected = cpython(entry.example)
     assert expected.returncode == 0, expected.stderr
-    result = await run_in_monty(monty, entry.example, wall_time_ms=budget)
+    result = await run_in_monty(monty, entry.example)
+    if entry.kind == "slower":
+        assert result.ok and result.stdout == expected.stdout, result.failure
+        native_s = cpython_seconds(entry.example)
+        assert result.usage.wall_ms / 1000 > SLOWER_AT_LEAST * native_s, (
+            f"{entry.id}: Monty took {result.usage.wall_ms} ms, CPython {native_s:.3f} s"
+        )
+        return
     assert not (result.ok and result.stdout == expected.stdout), (
         f"{entry.id}: pydantic-monty {version('pydantic-monty')} now answers as CPython does "
         "(remove the entry, or give it an example that still diverges)"
     )
     if entry.kind == "silent":
         assert result.ok, result.failure  # a wrong answer, not an error
-    elif entry.kind == "spurious error":
+    else:
         # The code's own error as far as Monty alone can tell, or (a gap Monty's own
         # error names) UNSUPPORTED.
         assert result.failure is not None
         assert result.failure.kind in (FailureKind.RUNTIME_ERROR, FailureKind.UNSUPPORTED)
-    else:
-        failure_of(result, FailureKind.TIMEOUT)
 
 
 @pytest.mark.parametrize("entry", [e for e in TABLE if "static" in e.detection], ids=str)
@@ -144,10 +157,10 @@ async def test_the_same_error_from_code_wrong_in_cpython_too_is_still_the_codes(
 async def test_a_time_limit_is_unsupported_only_when_a_container_follows(
     monty: MontyBackend,
 ) -> None:
-    code = divergence.BY_ID["slower"].example
-    alone = await run_in_monty(monty, code, wall_time_ms=SLOWER_BUDGET_MS)
+    code = "while True:\n    pass"
+    alone = await run_in_monty(monty, code, wall_time_ms=300)
     failure_of(alone, FailureKind.TIMEOUT)
-    moved = await run_in_monty(monty, code, wall_time_ms=SLOWER_BUDGET_MS, fallback_follows=True)
+    moved = await run_in_monty(monty, code, wall_time_ms=300, fallback_follows=True)
     assert failure_of(moved, FailureKind.UNSUPPORTED).details["divergence"] == "slower"
 
 
