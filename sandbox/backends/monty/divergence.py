@@ -202,13 +202,22 @@ class Facts:
         self.nodes: list[ast.AST] = [tree]
         self.functions: dict[str, list[str]] = {}
         self.may_have: set[str] = set()
+        self.by_type: dict[type[ast.AST], list[ast.AST]] = {}
+        self._loads: dict[str, list[ast.Name]] | None = None
         parent = self.parent
         nodes = self.nodes
+        by_type = self.by_type
+        views = set_operators = False  # d.keys() | other is a set
         for node in nodes:  # breadth first, as ast.walk, in one pass
             for child in ast.iter_child_nodes(node):
                 parent[child] = node
                 nodes.append(child)
             kind = type(node)
+            same = by_type.get(kind)
+            if same is None:
+                by_type[kind] = [node]
+            else:
+                same.append(node)
             if kind is ast.Name:
                 name = node.id  # type: ignore[attr-defined]
                 if name in _SET_NAMES:
@@ -216,8 +225,9 @@ class Facts:
                 elif name in _LAZY_CALLS:
                     self.may_have.add("eager-iterator")
             elif kind is ast.Attribute:
-                if node.attr in _VIEW_METHODS:  # type: ignore[attr-defined]
-                    self.may_have.add("set-order")
+                views = views or node.attr in _VIEW_METHODS  # type: ignore[attr-defined]
+            elif kind is ast.BinOp:
+                set_operators = set_operators or isinstance(node.op, _SET_OPS)  # type: ignore[attr-defined]
             elif kind in _SET_NODES:
                 self.may_have.add("set-order")
             elif kind is ast.GeneratorExp:
@@ -230,9 +240,23 @@ class Facts:
                 args = node.args  # type: ignore[attr-defined]
                 params = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
                 self.functions[node.name] = params  # type: ignore[attr-defined]
+        if views and set_operators:
+            self.may_have.add("set-order")
 
     def of_type(self, *types: type[ast.AST]) -> Iterator[ast.AST]:
-        return (node for node in self.nodes if isinstance(node, types))
+        """The nodes of exactly these types (not subclasses), by type, in walk order."""
+        for kind in types:
+            yield from self.by_type.get(kind, ())
+
+    def loads(self) -> dict[str, list[ast.Name]]:
+        """Every read of each name (computed once, when a rule first asks)."""
+        if self._loads is None:
+            self._loads = {}
+            for node in self.of_type(ast.Name):
+                assert isinstance(node, ast.Name)
+                if isinstance(node.ctx, ast.Load):
+                    self._loads.setdefault(node.id, []).append(node)
+        return self._loads
 
     def enclosing_function(self, node: ast.AST) -> str:
         """The name of the function `node` is in ("" at module level, or in a lambda)."""
@@ -273,7 +297,7 @@ def _bound_names(target: ast.AST) -> Iterator[str]:
 
 def _assignments(facts: Facts) -> Iterator[tuple[ast.AST, ast.AST]]:
     """(target, value) of every single-target binding."""
-    for node in facts.nodes:
+    for node in facts.of_type(ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.AugAssign):
         if isinstance(node, ast.Assign):
             for target in node.targets:
                 yield target, node.value
@@ -391,9 +415,23 @@ def _set_order(facts: Facts) -> Iterator[Hit]:
     is not known to ignore order. What it cannot see: a set inside another container
     (a list of sets iterated later) or one made by a library call it does not know."""
     sets = _SetValues(facts)
-    for node in facts.nodes:
-        if isinstance(node, ast.expr) and sets.is_set(node) and not _order_free(node, facts):
+    names = sets.names
+    for node in facts.of_type(ast.Name, ast.Attribute, *_MAY_BE_SETS):
+        kind = type(node)
+        if kind is ast.Name:
+            if node.id not in names:  # type: ignore[attr-defined]
+                continue
+        elif kind is ast.Attribute:
+            if "." + node.attr not in names:  # type: ignore[attr-defined]
+                continue
+        elif kind not in _MAY_BE_SETS:
+            continue
+        if sets.is_set(node) and not _order_free(node, facts):
             yield _hit("set-order", node)
+
+
+# The expressions is_set() can say yes to, besides names and attributes.
+_MAY_BE_SETS = (ast.Set, ast.SetComp, ast.Call, ast.BinOp, ast.IfExp, ast.BoolOp)
 
 
 def _order_free(node: ast.AST, facts: Facts) -> bool:
@@ -598,16 +636,11 @@ def _eager_iterators(facts: Facts) -> Iterator[Hit]:
     or a loop over items without side effects. What it cannot see: a builtin shadowed
     by the code's own function (it flags that conservatively) and side effects hidden in
     a method it believes pure (a `get` of the code's own class)."""
-    loads: dict[str, list[ast.Name]] = {}
-    for node in facts.of_type(ast.Name):
-        assert isinstance(node, ast.Name)
-        if isinstance(node.ctx, ast.Load):
-            loads.setdefault(node.id, []).append(node)
-    for node in facts.nodes:
+    for node in facts.of_type(ast.GeneratorExp, ast.Call):
         if not _is_lazy(node):
             continue
         inner = _outermost_wrapper(node, facts)
-        if inner is None or not _fine_where_used(inner, inner, facts, loads):
+        if inner is None or not _fine_where_used(inner, inner, facts):
             yield _hit("eager-iterator", node)
 
 
@@ -624,9 +657,7 @@ def _outermost_wrapper(node: ast.AST, facts: Facts) -> ast.AST | None:
         return node
 
 
-def _fine_where_used(
-    node: ast.AST, lazy: ast.AST, facts: Facts, loads: dict[str, list[ast.Name]]
-) -> bool:
+def _fine_where_used(node: ast.AST, lazy: ast.AST, facts: Facts) -> bool:
     """Whether the lazy expression `lazy`, evaluated where `node` is (itself, or the one
     load of the name it is bound to), gives the answer an eager list gives."""
     parent = facts.parent.get(node)
@@ -646,9 +677,9 @@ def _fine_where_used(
         target = parent.targets[0]
         if not isinstance(target, ast.Name):
             return False
-        uses = loads.get(target.id, [])
+        uses = facts.loads().get(target.id, [])
         # One pass over a name bound once, used where the expression itself would be.
-        return len(uses) == 1 and _fine_where_used(uses[0], lazy, facts, loads)
+        return len(uses) == 1 and _fine_where_used(uses[0], lazy, facts)
     return False
 
 
