@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	$(BIN)/pip install --quiet -e './client[examples]' -e '.[dev]'
 	touch $(STAMP)
 
+# Containers too when this machine has a Docker engine and the runner image (`make docker`).
 run: setup
-	$(BIN)/sandbox serve $(ARGS)
+	$(BIN)/sandbox serve --containers auto $(ARGS)
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -16,6 +16,8 @@ from sandbox.access.tenants import Access
 from sandbox.audit.log import AuditLog
 from sandbox.backends.base import ExecutionBackend
 from sandbox.backends.container.backend import ContainerBackend
+from sandbox.backends.container.engine import unavailable
+from sandbox.backends.container.settings import ContainerSettings
 from sandbox.backends.monty.backend import MontyBackend
 from sandbox.config import Settings, TlsSettings
 from sandbox.core.executor import Executor
@@ -25,6 +27,7 @@ from sandbox.core.shadow import ShadowChecker
 from sandbox.durable.durability import Durability, build_journal
 from sandbox.edge.calls import Edge
 from sandbox.edge.service import SandboxService, generic_handler
+from sandbox.errors import ConfigError
 from sandbox.metrics import Metrics
 from sandbox.policy.checker import StaticChecker
 from sandbox.tasks import cancel_and_wait
@@ -41,11 +44,11 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         if problem.severity == "error":
             log.error("policy file refused", problem=str(problem))
     backends: dict[Backend, ExecutionBackend] = {Backend.MONTY: MontyBackend(settings.monty)}
-    if settings.container.enabled:
+    containers = None
+    if containers_on(settings.container):
         # The pool's containers are shaped for the default policy's limits.
-        backends[Backend.CONTAINER] = ContainerBackend(
-            settings.container, pool_limits=policies.get("").limits()
-        )
+        containers = ContainerBackend(settings.container, pool_limits=policies.get("").limits())
+        backends[Backend.CONTAINER] = containers
     return Executor(
         policies=policies,
         backends=backends,
@@ -54,7 +57,21 @@ def build_executor(settings: Settings, journal: Durability | None = None) -> Exe
         journal=journal,
         max_message_bytes=settings.server.max_message_bytes,
         checker=StaticChecker(),
+        modules=containers,
     )
+
+
+def containers_on(settings: ContainerSettings) -> bool:
+    """Whether to serve containers: as configured, or for "auto" as this machine allows
+    (an engine that answers, the image there), said in the log either way."""
+    if settings.enabled != "auto":
+        return settings.enabled
+    problem = unavailable(settings.docker_host, settings.image)
+    if problem is None:
+        log.info("container backend on (auto): the engine answers", image=settings.image)
+    else:
+        log.info("container backend off (auto)", reason=problem)
+    return problem is None
 
 
 class SandboxServer:
@@ -80,7 +97,9 @@ class SandboxServer:
                 free_slot=container.has_free_slot,
             )
         settings.check_bind(has_credentials=self.access.required)
-        warn_about_shares(settings, self.access)
+        warn_about_shares(
+            settings, self.access, containers=Backend.CONTAINER in self.executor.backends
+        )
         self.edge = Edge(self.access, Recorder(self.audit, self.metrics))
         self.reloader = Reloader(
             settings.policies, settings.tenants, holder=self.executor, metrics=self.metrics
@@ -92,6 +111,8 @@ class SandboxServer:
         self.port = 0
 
     async def start(self) -> int:
+        # Bound first: a port in use fails the start before any backend has started.
+        server = self._listener()
         if self.audit is not None:
             self.audit.start()
         for backend in self.executor.backends.values():
@@ -100,11 +121,27 @@ class SandboxServer:
             await self.executor.checker.start(wait=False)
         if self.executor.shadow is not None:
             self.executor.shadow.start()
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._expiry = asyncio.create_task(self.executor.sessions.run_expiry())
+        self._watch = asyncio.create_task(self.reloader.watch())
+        if self.settings.metrics.port is not None:
+            self.metrics.serve(self.settings.metrics)
+        if self.executor.journal is not None:
+            self.executor.journal.start()
+        backends = sorted(b.value for b in self.executor.backends)
+        log.info("serving", address=f"{self.settings.server.host}:{self.port}", backends=backends)
+        return self.port
+
+    def _listener(self) -> grpc.aio.Server:
         limit = self.settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", int(self.settings.server.reuse_port)),
             ]
         )
         service = SandboxService(self.executor, self.edge)
@@ -117,19 +154,7 @@ class SandboxServer:
         port = self.settings.server.port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = bind(server, address, self.settings.tls)
-        await server.start()
-        self._server = server
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._expiry = asyncio.create_task(self.executor.sessions.run_expiry())
-        self._watch = asyncio.create_task(self.reloader.watch())
-        if self.settings.metrics.port is not None:
-            self.metrics.serve(self.settings.metrics)
-        if self.executor.journal is not None:
-            self.executor.journal.start()
-        backends = sorted(b.value for b in self.executor.backends)
-        log.info("serving", address=f"{host}:{self.port}", backends=backends)
-        return self.port
+        return server
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
@@ -165,7 +190,7 @@ class SandboxServer:
         await self.stop()
 
 
-def warn_about_shares(settings: Settings, access: Access) -> None:
+def warn_about_shares(settings: Settings, access: Access, *, containers: bool) -> None:
     """Logs each tenant whose quotas let it hold every Monty worker or container slot on
     its own (each execution holds one; each open Monty session holds a worker)."""
     if access.tenants is None:
@@ -173,7 +198,7 @@ def warn_about_shares(settings: Settings, access: Access) -> None:
     workers = settings.monty.max_workers - min(
         settings.monty.warm_sessions, settings.monty.max_workers - 1
     )
-    slots = settings.container.max_concurrency if settings.container.enabled else None
+    slots = settings.container.max_concurrency if containers else None
     for tenant in access.tenants.tenants.values():
         if tenant.max_concurrent + tenant.max_sessions >= workers:
             log.warning(
@@ -204,12 +229,18 @@ def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventL
 def bind(server: grpc.aio.Server, address: str, tls: TlsSettings) -> int:
     """Adds the listening port: TLS when a certificate is configured (mutual TLS when a
     client CA is), plaintext otherwise (loopback only, unless tenants hold API keys)."""
-    if tls.cert_file is None or tls.key_file is None:
-        return server.add_insecure_port(address)
-    ca = tls.client_ca_file
-    credentials = grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=ca.read_bytes() if ca is not None else None,
-        require_client_auth=ca is not None,
-    )
-    return server.add_secure_port(address, credentials)
+    try:
+        if tls.cert_file is None or tls.key_file is None:
+            return server.add_insecure_port(address)
+        ca = tls.client_ca_file
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+            root_certificates=ca.read_bytes() if ca is not None else None,
+            require_client_auth=ca is not None,
+        )
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+        raise ConfigError(
+            f"cannot listen on {address}: the address is in use (another `sandbox serve`?) "
+            f"or not this machine's ({exc})"
+        ) from None

@@ -97,6 +97,9 @@ class ServerSettings(_Section):
     # configured in [tenants] file.
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
+    # Share the port with other processes (SO_REUSEPORT). Off: a second server on a port
+    # in use fails to start instead of silently taking half the calls.
+    reuse_port: bool = False
     # Largest request or response on the wire.
     max_message_bytes: int = Field(default=8 * MiB, gt=0)
     # uvloop: libuv's event loop, measurably cheaper per request (bench/monty_roundtrip.py)

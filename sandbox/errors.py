@@ -110,6 +110,11 @@ class NotFound(InvalidRequest, status=_Status.NOT_FOUND):
     """An unknown policy or session (another tenant's session is unknown too)."""
 
 
+class NotEnabled(InvalidRequest, status=_Status.FAILED_PRECONDITION):
+    """Something this server is not configured to offer (a backend): retrying changes
+    nothing; the message says how an operator enables it."""
+
+
 class Unauthenticated(InvalidRequest, status=_Status.UNAUTHENTICATED):
     """No credentials, or credentials that name no tenant."""
 

@@ -33,9 +33,9 @@ class Metrics:
         )
         self.refused = Counter(
             "sandbox_requests_refused",
-            "Requests refused before anything ran, by failure kind and tenant "
-            "(THROTTLED, POLICY_VIOLATION, INVALID_REQUEST, UNAUTHENTICATED, ...)",
-            ("kind", "tenant"),
+            "Requests refused before anything ran, by failure kind (THROTTLED, "
+            "POLICY_VIOLATION, INVALID_REQUEST, ...), gRPC status and tenant",
+            ("kind", "grpc_code", "tenant"),
             registry=r,
         )
         self.inflight = Gauge("sandbox_executions_in_flight", "Executions running now", registry=r)

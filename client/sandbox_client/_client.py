@@ -74,13 +74,17 @@ class BaseClient(Generic[ChannelT]):
         channel_options: ChannelOptions = (),
         api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        wait_for_ready: bool = False,
     ) -> None:
         """`timeout_s` is each call's deadline unless the call gives its own. `api_key`
         is sent as `authorization: Bearer KEY` on every call; `credentials` (e.g.
         grpc.ssl_channel_credentials, with a client certificate for mutual TLS) make the
-        channel TLS."""
+        channel TLS. `wait_for_ready`: a call made while the server cannot be reached
+        waits for it, up to the call's deadline, instead of failing UNAVAILABLE at once
+        (gRPC's wait-for-ready; for a server that is being restarted)."""
         self.target = target
         self.timeout_s = timeout_s
+        self._ready = True if wait_for_ready else None
         self._channel: ChannelT = self._connect(
             target, channel_options, api_key=api_key, credentials=credentials
         )
@@ -140,7 +144,9 @@ class SandboxClient(BaseClient[grpc.Channel]):
         """Runs `code` once and returns what happened."""
         request = execute_request(code, **options)
         try:
-            response = self._stub.Execute(request, timeout=self._deadline(options))
+            response = self._stub.Execute(
+                request, timeout=self._deadline(options), wait_for_ready=self._ready
+            )
         except grpc.RpcError as error:
             return failed_result(error)
         return result_from_proto(response.result)
@@ -155,7 +161,9 @@ class SandboxClient(BaseClient[grpc.Channel]):
         self, request: sandbox_pb2.ExecuteStreamRequest, deadline_s: float | None
     ) -> Iterator[OutputChunk | ExecutionResult]:
         try:
-            for msg in self._stub.ExecuteStream(request, timeout=deadline_s):
+            for msg in self._stub.ExecuteStream(
+                request, timeout=deadline_s, wait_for_ready=self._ready
+            ):
                 yield stream_event(msg)
         except grpc.RpcError as error:
             yield failed_result(error)
@@ -176,7 +184,9 @@ class SandboxClient(BaseClient[grpc.Channel]):
                 yield msg
 
         try:
-            for msg in self._stub.Run(requests(), timeout=self._deadline(options)):
+            for msg in self._stub.Run(
+                requests(), timeout=self._deadline(options), wait_for_ready=self._ready
+            ):
                 event = event_of(msg)
                 if isinstance(event, ExecutionResult):
                     return event
@@ -223,7 +233,9 @@ class SandboxClient(BaseClient[grpc.Channel]):
         """Raises RequestRefused when the server refuses (e.g. over the session quota)."""
         request = session_request(backend, policy, limits)
         try:
-            response = self._stub.CreateSession(request, timeout=self.timeout_s)
+            response = self._stub.CreateSession(
+                request, timeout=self.timeout_s, wait_for_ready=self._ready
+            )
         except grpc.RpcError as error:
             raise refused(error) from None
         return session_from_proto(response)
@@ -232,7 +244,7 @@ class SandboxClient(BaseClient[grpc.Channel]):
         """Raises RequestRefused when the server refuses (e.g. an unknown session)."""
         request = sandbox_pb2.CloseSessionRequest(session_id=session_id)
         try:
-            self._stub.CloseSession(request, timeout=self.timeout_s)
+            self._stub.CloseSession(request, timeout=self.timeout_s, wait_for_ready=self._ready)
         except grpc.RpcError as error:
             raise refused(error) from None
 
@@ -260,7 +272,9 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
     async def execute(self, code: str, **options: Unpack[ExecuteOptions]) -> ExecutionResult:
         request = execute_request(code, **options)
         try:
-            response = await self._stub.Execute(request, timeout=self._deadline(options))
+            response = await self._stub.Execute(
+                request, timeout=self._deadline(options), wait_for_ready=self._ready
+            )
         except grpc.RpcError as error:
             return failed_result(error)
         return result_from_proto(response.result)
@@ -275,7 +289,9 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
         self, request: sandbox_pb2.ExecuteStreamRequest, deadline_s: float | None
     ) -> AsyncIterator[OutputChunk | ExecutionResult]:
         try:
-            async for msg in self._stub.ExecuteStream(request, timeout=deadline_s):
+            async for msg in self._stub.ExecuteStream(
+                request, timeout=deadline_s, wait_for_ready=self._ready
+            ):
                 yield stream_event(msg)
         except grpc.RpcError as error:
             yield failed_result(error)
@@ -286,7 +302,7 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
         """As SandboxClient.run_tools; tools may be coroutine functions (the code then
         awaits them), and calls the code gathers are answered concurrently. A blocking
         tool runs in a worker thread, so it does not stall the others."""
-        call = self._stub.Run(timeout=self._deadline(options))
+        call = self._stub.Run(timeout=self._deadline(options), wait_for_ready=self._ready)
         writing = asyncio.Lock()
         answering: set[asyncio.Task[None]] = set()
 
@@ -338,7 +354,9 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
     ) -> Session:
         request = session_request(backend, policy, limits)
         try:
-            response = await self._stub.CreateSession(request, timeout=self.timeout_s)
+            response = await self._stub.CreateSession(
+                request, timeout=self.timeout_s, wait_for_ready=self._ready
+            )
         except grpc.RpcError as error:
             raise refused(error) from None
         return session_from_proto(response)
@@ -346,6 +364,8 @@ class AsyncSandboxClient(BaseClient[grpc.aio.Channel]):
     async def close_session(self, session_id: str) -> None:
         request = sandbox_pb2.CloseSessionRequest(session_id=session_id)
         try:
-            await self._stub.CloseSession(request, timeout=self.timeout_s)
+            await self._stub.CloseSession(
+                request, timeout=self.timeout_s, wait_for_ready=self._ready
+            )
         except grpc.RpcError as error:
             raise refused(error) from None

@@ -1,5 +1,5 @@
-"""A kit for testing code that uses sandbox_client, as stamina's `set_testing()` and
-temporalio's `testing` package are for theirs:
+"""A kit for testing code that uses sandbox_client, as temporalio's `testing` package is
+for code that uses temporalio:
 
 - `fast_recovery(**overrides)`: a RecoveryPolicy with the default budgets and no backoff
   sleeps between retries.
@@ -39,7 +39,7 @@ def fast_recovery(**overrides: Any) -> RecoveryPolicy:
     """A RecoveryPolicy that does not sleep between retries (RETRY's backoff is zero), with
     the default budgets, actions and bounds; `overrides` are RecoveryPolicy's fields. A
     server's retry_after_ms (THROTTLED's WAIT) is still waited for: that is the
-    server's word, not the policy's; `stamina.set_testing(True)` skips those waits too."""
+    server's word, not the policy's."""
     values: dict[str, Any] = {"wait_initial_s": 0.0, "wait_max_s": 0.0, "wait_jitter_s": 0.0}
     return RecoveryPolicy(**{**values, **overrides})
 

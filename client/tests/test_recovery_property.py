@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import stamina
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_recovery_unit import Script
@@ -114,6 +113,9 @@ def test_no_code_is_rerun_after_failing_for_its_own_reason(
         max_attempts=max_attempts,
         budget_per_kind={k: budget for k in FailureKind},
         max_escalations=3,
+        wait_initial_s=0,  # no sleeping in here
+        wait_max_s=0,
+        wait_jitter_s=0,
     )
     state = RunState(
         "code start",
@@ -121,14 +123,11 @@ def test_no_code_is_rerun_after_failing_for_its_own_reason(
         options={"backend": backend, "limits": limits, "timeout_s": 5},
         can_repair=with_repair,
     )
-    with stamina.set_testing(True, attempts=100, cap=True):  # no sleeping in here
-        try:
-            outcome = run_sync(
-                script, state, repair=repair if with_repair else None, escalate=escalate
-            )
-            attempts = outcome.attempts
-        except EscalationRequired as raised:
-            attempts = raised.escalation.attempts
+    try:
+        outcome = run_sync(script, state, repair=repair if with_repair else None, escalate=escalate)
+        attempts = outcome.attempts
+    except EscalationRequired as raised:
+        attempts = raised.escalation.attempts
 
     calls = script.calls
     assert len(attempts) == len(calls)

@@ -106,14 +106,29 @@ def test_throttled_answer_waits_at_least_retry_after_ms(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
-def test_unsupported_falls_back_to_the_container(container_server: ServerThread) -> None:
+def test_auto_falls_back_to_the_container_on_the_server(container_server: ServerThread) -> None:
     with SandboxClient(container_server.address, timeout_s=60) as c:
-        outcome = c.run("import sqlite3\nsqlite3.sqlite_version", backend="monty", recovery=FAST)
+        outcome = c.run("import sqlite3\nsqlite3.sqlite_version", recovery=FAST)
     assert outcome.ok, outcome.attempts
-    assert actions(outcome.attempts) == [(K.UNSUPPORTED, A.FALLBACK), (None, None)]
-    assert outcome.attempts[1].backend is Backend.CONTAINER
+    assert actions(outcome.attempts) == [(None, None)]  # one call: the server moved it
     assert outcome.result.backend is Backend.CONTAINER
+    assert outcome.result.fallback_from is Backend.MONTY
     assert outcome.result.result.count(".") == 2  # a version like "3.40.1"
+
+
+@pytest.mark.docker
+def test_a_backend_the_caller_named_is_never_left(container_server: ServerThread) -> None:
+    with SandboxClient(container_server.address, timeout_s=60) as c:
+        outcome = c.run(
+            "import sqlite3\nsqlite3.sqlite_version",
+            backend="monty",
+            escalate=lambda e: Abort(note="stays in Monty"),
+            recovery=FAST,
+        )
+    assert outcome.status == "aborted"
+    assert [a.backend for a in outcome.attempts] == [Backend.MONTY]
+    assert outcome.escalations[0].reason.startswith("no recovery is left for UNSUPPORTED")
+    assert "FALLBACK: the caller chose backend monty" in outcome.escalations[0].reason
 
 
 def test_fallback_the_server_cannot_serve_goes_on_to_repair(
@@ -126,15 +141,16 @@ def test_fallback_the_server_cannot_serve_goes_on_to_repair(
         seen.append(failure)
         return "import math\nmath.sqrt(16)"
 
-    outcome = client.run("import sqlite3\n1", backend="monty", repair=rewrite, recovery=FAST)
+    outcome = client.run("import sqlite3\n1", repair=rewrite, recovery=FAST)
     assert outcome.result.result == 4.0
     kinds = actions(outcome.attempts)
     assert kinds[0] == (K.UNSUPPORTED, A.FALLBACK)
-    assert kinds[1] == (K.INFRA_UNAVAILABLE, A.REPAIR)  # "container backend not enabled"
+    assert kinds[1] == (K.INVALID_REQUEST, A.REPAIR)  # "container backend not enabled"
+    assert outcome.attempts[1].grpc_code == "FAILED_PRECONDITION"
     assert "refused backend" in outcome.attempts[1].note
     # The repair function sees why the code failed, not the server's refusal.
     assert [f.kind for f in seen] == [K.UNSUPPORTED]
-    assert outcome.attempts[2].backend is Backend.MONTY
+    assert outcome.attempts[2].backend is Backend.AUTO
 
 
 # -- REPAIR ------------------------------------------------------------------------
@@ -282,7 +298,7 @@ def test_escalation_handler_can_approve_another_policy(client: SandboxClient) ->
 
 def test_escalation_handler_can_abort(client: SandboxClient) -> None:
     outcome = client.run("open('/etc/shadow')", escalate=lambda e: Abort(note="no"), recovery=FAST)
-    assert outcome.status == "escalated"
+    assert outcome.status == "aborted"
     assert outcome.failure is not None and outcome.failure.kind is K.POLICY_VIOLATION
 
 

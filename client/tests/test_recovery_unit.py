@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-import stamina
 from pydantic import ValidationError
 
 from sandbox_client import (
@@ -156,15 +155,55 @@ def test_resize_uses_the_limit_the_server_reports_and_the_client_cap() -> None:
     assert [a.action for a in outcome.attempts] == [A.RESIZE, A.RESIZE, A.REPAIR, None]
 
 
-def test_stamina_deactivated_turns_retries_off_but_not_repairs() -> None:
-    stamina.set_active(False)
+def test_the_time_budget_bounds_the_sleeps_too() -> None:
+    # Every retry's backoff is 1 s; a 2.5 s budget would have slept past itself.
+    slow = RecoveryPolicy(
+        max_total_s=2.5, wait_initial_s=1.0, wait_max_s=1.0, wait_jitter_s=0.0, wait_exp_base=1
+    )
+    started = time.monotonic()
+    with pytest.raises(EscalationRequired) as raised:
+        run(Script([failed(K.SANDBOX_CRASH)] * 10), recovery=slow)
+    took = time.monotonic() - started
+    assert took < 2.5, took
+    assert len(raised.value.escalation.attempts) == 3  # sleeps of 1 s after the 1st and 2nd
+    assert "the wait would outlast the time budget" in raised.value.escalation.reason
+
+
+def test_backoff_grows_exponentially_up_to_its_cap() -> None:
+    sleeps: list[float] = []
+    recovery = RecoveryPolicy(wait_initial_s=0.1, wait_max_s=0.3, wait_jitter_s=0.0)
+    script = Script([failed(K.SANDBOX_CRASH)] * 3)  # the default budget: 3 retries
+    options = {"backend": Backend.AUTO, "timeout_s": 10.0}
+    state = RunState("x", recovery=recovery, options=options, can_repair=False)
+    import sandbox_client.recovery._run as driver
+
+    real_sleep = driver.time.sleep
+    driver.time.sleep = sleeps.append  # type: ignore[assignment]
     try:
-        with pytest.raises(EscalationRequired):
-            run(Script([failed(K.SANDBOX_CRASH)]))
-        outcome = run(Script([failed(K.RUNTIME_ERROR)]), repair=lambda c, f: "fixed")
-        assert outcome.ok
+        assert run_sync(script, state, repair=None, escalate=None).ok
     finally:
-        stamina.set_active(True)
+        driver.time.sleep = real_sleep
+    assert sleeps == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_retries_are_logged_quietly(capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("sandbox_client.recovery")
+    assert run(Script([failed(K.SANDBOX_CRASH)])).ok
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")  # nothing on the console when logging is not configured
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert run(Script([failed(K.SANDBOX_CRASH)])).ok
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert [r.getMessage().split(" in ")[0] for r in records] == ["retrying after SANDBOX_CRASH"]
 
 
 def test_an_approval_of_already_failed_code_aborts() -> None:
@@ -178,7 +217,7 @@ def test_escalations_are_bounded() -> None:
     codes = iter(f"v{i}" for i in range(10))
     recovery = QUICK.model_copy(update={"max_escalations": 2})
     outcome = run(script, recovery=recovery, escalate=lambda e: ApproveCode(code=next(codes)))
-    assert outcome.status == "aborted"
+    assert outcome.status == "escalated"
     assert len(outcome.escalations) == 2 and len(script.calls) == 3
     assert outcome.attempts[-1].action is A.ABORT
 

@@ -49,7 +49,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -735,17 +735,22 @@ def _start_problem(
     )
 
 
-def records(paths: Sequence[Path]) -> Iterator[dict[str, Any]]:
-    """Every whole, parsable record in `paths`, in order."""
+def records(
+    paths: Sequence[Path], unreadable: Callable[[Path, int], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every whole, parsable record in `paths`, in order; `unreadable(path, line)` hears
+    of each whole line that is not one (a torn last line, cut by a crash, is not told)."""
     for path in expand(paths):
         lines, _ = _lines(path)
-        for raw in lines:
+        for number, raw in enumerate(lines, 1):
             try:
                 record = json.loads(raw)
             except ValueError:
-                continue
+                record = None
             if isinstance(record, dict):
                 yield record
+            elif unreadable is not None:
+                unreadable(path, number)
 
 
 def _instant(text: str) -> dt.datetime:
@@ -761,12 +766,13 @@ def query(
     policy: str | None = None,
     since: str | None = None,
     until: str | None = None,
+    unreadable: Callable[[Path, int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Request records matching every filter given (rotation records are not requests);
     times are ISO 8601 (UTC unless stated)."""
     start = _instant(since) if since else None
     end = _instant(until) if until else None
-    for record in records(paths):
+    for record in records(paths, unreadable):
         if "rotation" in record:
             continue
         if tenant is not None and record.get("tenant") != tenant:

@@ -3,6 +3,9 @@ backend produced it."""
 
 from __future__ import annotations
 
+import errno
+import re
+
 from sandbox.core.limits import EffectiveLimits
 from sandbox_client.protocol.models import KIND_DEFAULTS, Failure, FailureKind, Frame
 
@@ -48,16 +51,44 @@ def runtime_error_failure(
     details: dict[str, str] | None = None,
 ) -> Failure:
     """RUNTIME_ERROR for an exception the code left uncaught (nothing more specific
-    explains it). A RecursionError names the depth cap it hit."""
-    if type_name == "RecursionError":
-        details = {"limit": "max_recursion_depth", "limit_value": str(limits.max_recursion_depth)}
+    explains it). One a cap explains (recursion depth, processes, disk) names that cap,
+    in the message and in `details`, as memory and time do."""
+    said = f"{type_name}: {message}" if message else type_name
+    cap = _cap_hit(type_name, message, limits)
+    if cap is not None:
+        name, value, why = cap
+        details = {**(details or {}), "limit": name, "limit_value": str(value)}
+        said = f"{said} ({why})"
     return Failure.of(
         FailureKind.RUNTIME_ERROR,
-        one_line(f"{type_name}: {message}" if message else type_name, frames),
+        one_line(said, frames),
         exception_type=type_name,
         frames=frames,
         details=details or {},
     )
+
+
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
+
+
+def _cap_hit(type_name: str, message: str, limits: EffectiveLimits) -> tuple[str, int, str] | None:
+    """The limit behind an error, when its type and errno say which: a fork or thread
+    refused (EAGAIN) under the pids cap, a write refused on a full disk (ENOSPC, or
+    EFBIG from a capped tmpfs)."""
+    if type_name == "RecursionError":
+        depth = limits.max_recursion_depth
+        return "max_recursion_depth", depth, f"the recursion depth limit is {depth}"
+    found = _ERRNO.match(message)
+    code = int(found.group(1)) if found else None
+    if limits.pids and (
+        (type_name == "BlockingIOError" and code == errno.EAGAIN)
+        or (type_name == "RuntimeError" and message.startswith("can't start new thread"))
+    ):
+        return "pids", limits.pids, f"the limit of {limits.pids} processes and threads was reached"
+    if limits.disk_bytes and type_name == "OSError" and code in (errno.ENOSPC, errno.EFBIG):
+        disk = limits.disk_bytes
+        return "disk_bytes", disk, f"the disk limit of {disk} bytes was reached"
+    return None
 
 
 def tool_failure(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import time
@@ -12,6 +13,29 @@ from typing import Any
 
 from sandbox.cli.settings import load_printing_notes
 from sandbox.config import Settings
+from sandbox_client import FailureKind
+
+# What an audit record's `kind` can be: OK, or one of the taxonomy's kinds.
+RECORD_KINDS = ("OK", *(kind.value for kind in FailureKind))
+
+
+def existing_path(text: str) -> Path:
+    """An argparse type: a path that exists (a one-line error and exit 2 otherwise)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+    return path
+
+
+def iso_time(text: str) -> str:
+    """An argparse type: an ISO 8601 time such as 2026-12-01 or 2026-12-01T10:00:00Z."""
+    try:
+        dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-12-01 or 2026-12-01T10:00:00Z)"
+        ) from None
+    return text
 
 
 def add_commands(sub: Any) -> None:
@@ -28,13 +52,13 @@ def add_commands(sub: Any) -> None:
         p = psub.add_parser(name, help=helptext)
         p.add_argument("policy", help="a policy name, or a policy file")
         p.add_argument("--config", type=Path, help="server settings ([policies] dir)")
-        p.add_argument("--dir", type=Path, help="policy directory (overrides --config)")
+        p.add_argument("--dir", type=existing_path, help="policy directory (overrides --config)")
         p.set_defaults(func=func)
     diff = psub.add_parser("diff", help="what one policy permits that the other does not")
     diff.add_argument("a")
     diff.add_argument("b")
     diff.add_argument("--config", type=Path, help="server settings ([policies] dir)")
-    diff.add_argument("--dir", type=Path, help="policy directory (overrides --config)")
+    diff.add_argument("--dir", type=existing_path, help="policy directory (overrides --config)")
     diff.set_defaults(func=_diff)
 
     audit = sub.add_parser("audit", help="verify and query the audit log")
@@ -42,7 +66,9 @@ def add_commands(sub: Any) -> None:
     verify = asub.add_parser(
         "verify", help="check the chain, its MACs and its anchor; exit 1 at the first problem"
     )
-    verify.add_argument("files", nargs="+", type=Path, help="audit files or the log directory")
+    verify.add_argument(
+        "files", nargs="+", type=existing_path, help="audit files or the log directory"
+    )
     verify.add_argument(
         "--key-file",
         type=Path,
@@ -66,12 +92,22 @@ def add_commands(sub: Any) -> None:
     )
     verify.set_defaults(func=_verify)
     query = asub.add_parser("query", help="print matching records as JSON lines")
-    query.add_argument("files", nargs="+", type=Path, help="audit files or the log directory")
+    query.add_argument(
+        "files", nargs="+", type=existing_path, help="audit files or the log directory"
+    )
     query.add_argument("--tenant")
-    query.add_argument("--kind", help="OK, or a failure kind such as TIMEOUT or THROTTLED")
+    query.add_argument(
+        "--kind",
+        type=str.upper,
+        choices=RECORD_KINDS,
+        metavar="KIND",
+        help="OK, or a failure kind such as TIMEOUT or THROTTLED",
+    )
     query.add_argument("--policy")
-    query.add_argument("--since", help="ISO 8601 time, inclusive (UTC unless stated)")
-    query.add_argument("--until", help="ISO 8601 time, exclusive")
+    query.add_argument(
+        "--since", type=iso_time, help="ISO 8601 time, inclusive (UTC unless stated)"
+    )
+    query.add_argument("--until", type=iso_time, help="ISO 8601 time, exclusive")
     query.set_defaults(func=_query)
 
     tenant = sub.add_parser("tenant", help="tenant credentials")
@@ -170,7 +206,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from sandbox.audit.log import query
+    from sandbox.audit.log import expand, query
+
+    if not expand(args.files):
+        print(f"sandbox: no audit files (audit-NNNNNN.jsonl) in {args.files[0]}", file=sys.stderr)
+        return 2
+    skipped: dict[Path, int] = {}
+
+    def unreadable(path: Path, line: int) -> None:
+        skipped[path] = skipped.get(path, 0) + 1
 
     for record in query(
         args.files,
@@ -179,9 +223,12 @@ def _query(args: argparse.Namespace) -> int:
         policy=args.policy,
         since=args.since,
         until=args.until,
+        unreadable=unreadable,
     ):
         print(json.dumps(record, sort_keys=True))
-    return 0
+    for path, count in skipped.items():
+        print(f"warning: {path}: {count} line(s) are not audit records", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 def _new_key(args: argparse.Namespace) -> int:

@@ -1,15 +1,22 @@
-"""`sandbox doctor`: what works on this machine, checked for real."""
+"""`sandbox doctor`: what works on this machine, checked for real, and whether the
+configuration given (policies, tenants, journal and audit directories, the images its
+policies need) holds. A required check that fails makes it exit 1."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from sandbox.access.reload import load_policies, load_tenants
 from sandbox.backends.base import RunSpec
 from sandbox.backends.container.doctor import check_runtimes
 from sandbox.backends.monty.backend import MontyBackend
 from sandbox.config import ContainerSettings, MontySettings, Settings
+from sandbox.errors import ConfigError
 from sandbox.policy.model import DEFAULT_POLICY
 
 
@@ -23,13 +30,81 @@ class Check:
 
 async def run_checks(settings: Settings) -> list[Check]:
     checks = [await _monty()]
-    engine = await asyncio.to_thread(_docker, settings.container)
+    configured = _configuration(settings)
+    checks += configured.checks
+    engine = await asyncio.to_thread(_docker, settings.container, configured.images)
     checks += engine
     if all(check.ok for check in engine):
         # Through the real backend, hardening and runner included: what "works" means.
         for probe in await check_runtimes(settings.container):
             checks.append(Check(f"runtime {probe.runtime}", probe.works, probe.detail))
     return checks
+
+
+@dataclass
+class _Configured:
+    checks: list[Check]
+    images: dict[str, list[str]]  # image -> the policies that run in it
+
+
+def _configuration(settings: Settings) -> _Configured:
+    """The settings' own files and directories: policies, tenants, journal, audit log;
+    and which images the policies need."""
+    checks: list[Check] = []
+    images: dict[str, list[str]] = {settings.container.image: ["the server's default"]}
+    try:
+        policies, problems = load_policies(settings.policies)
+    except ConfigError as exc:
+        return _Configured([Check("policies", False, str(exc), required=True)], images)
+    errors = [str(p) for p in problems if p.severity == "error"]
+    where = f" from {settings.policies.dir}" if settings.policies.dir else " (built-in only)"
+    names = ", ".join(policies.names())
+    if errors:
+        checks.append(Check("policies", False, f"{len(errors)} refused: {errors[0]}", True))
+    else:
+        checks.append(Check("policies", True, f"{names}{where}", True))
+    for name in policies.names():
+        image = policies.get(name).container_image
+        if image:
+            images.setdefault(image, []).append(name)
+    if settings.tenants.file is not None:
+        try:
+            tenants = load_tenants(settings.tenants, policies)
+        except ConfigError as exc:
+            checks.append(Check("tenants", False, str(exc), True))
+        else:
+            count = len(tenants.tenants) if tenants is not None else 0
+            checks.append(Check("tenants", True, f"{count} in {settings.tenants.file}", True))
+    if settings.journal.enabled:
+        journal = settings.journal.path or settings.journal.state_dir / "journal.sqlite3"
+        checks.append(_writable("journal", journal.parent, _holder(journal)))
+    if settings.audit.dir is not None:
+        checks.append(_writable("audit log", settings.audit.dir, ""))
+    return _Configured(checks, images)
+
+
+def _writable(name: str, directory: Path, note: str) -> Check:
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # created on first start, if its parent lets us
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return Check(name, False, f"{directory}: not writable by this user", True)
+    return Check(name, True, f"{directory}{note}", True)
+
+
+def _holder(journal: Path) -> str:
+    """ ", in use by process N" when a server holds the journal's lock."""
+    lock = journal.with_name(journal.name + ".lock")
+    try:
+        with open(lock, "rb+") as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f", in use by process {held.read(32).decode(errors='replace').strip()}"
+            fcntl.flock(held, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return ""
 
 
 async def _monty() -> Check:
@@ -48,7 +123,7 @@ async def _monty() -> Check:
     return Check("monty", True, f"1 + 1 = 2 in {elapsed_ms:.1f} ms", required=True)
 
 
-def _docker(settings: ContainerSettings) -> list[Check]:
+def _docker(settings: ContainerSettings, images: dict[str, list[str]]) -> list[Check]:
     import docker
     import docker.errors
 
@@ -64,13 +139,13 @@ def _docker(settings: ContainerSettings) -> list[Check]:
     checks = [
         Check("docker engine", True, f"API {version.get('ApiVersion')}, {version.get('Version')}")
     ]
-    image = settings.image
-    try:
-        client.images.get(image)
-    except docker.errors.DockerException:
-        checks.append(Check(f"image {image}", False, "missing: run `make image`"))
-        client.close()
-        return checks
-    checks.append(Check(f"image {image}", True, "present"))
+    for image, users in images.items():
+        try:
+            client.images.get(image)
+        except docker.errors.DockerException:
+            missing = f"missing: run `make image` (used by {', '.join(users)})"
+            checks.append(Check(f"image {image}", False, missing))
+        else:
+            checks.append(Check(f"image {image}", True, f"present (used by {', '.join(users)})"))
     client.close()
     return checks

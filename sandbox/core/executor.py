@@ -22,6 +22,7 @@ from sandbox.access.tenants import Access
 from sandbox.backends.base import ExecutionBackend, RunSpec
 from sandbox.backends.tools import CheckpointMismatch
 from sandbox.core import plan as planning
+from sandbox.core.advice import ModuleCatalog, with_module_advice
 from sandbox.core.output import OutputSink
 from sandbox.core.plan import Plan
 from sandbox.core.request import Request
@@ -59,6 +60,7 @@ class Executor:
         journal: Durability | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         checker: StaticChecker | None = None,
+        modules: ModuleCatalog | None = None,
     ) -> None:
         self.policies = policies  # replaced whole by the reloader
         self.backends = dict(backends)
@@ -68,6 +70,8 @@ class Executor:
         self.max_message_bytes = max_message_bytes
         # The policy's static checks run in its processes; None: on the loop (tests only).
         self.checker = checker
+        # The container images' contents, for advice on a module the code lacks.
+        self.modules = modules
         # Re-runs a sample of AUTO's Monty successes in a container (set by the server
         # when it has one; policies choose the rate).
         self.shadow: ShadowChecker | None = None
@@ -109,7 +113,7 @@ class Executor:
             raise
         except Exception as exc:
             result = unexpected_failure(exc)
-        result = self._finished(result, plan, request)
+        result = self._finished(await self._advised(result, plan, request), plan, request)
         if self.shadow is not None and _shadowable(request, plan, result):
             self.shadow.offer(
                 Sample(
@@ -204,7 +208,7 @@ class Executor:
             except Exception as exc:
                 # The entry keeps its answers (Durability.once): the retry resumes.
                 result = unexpected_failure(exc)
-            return self._finished(result, plan, request)
+            return self._finished(await self._advised(result, plan, request), plan, request)
 
         return await journal.once(request, run, resumable=True)
 
@@ -234,6 +238,20 @@ class Executor:
 
     async def close_session(self, session_id: str, tenant: str) -> None:
         await self.sessions.close(session_id, tenant=tenant)
+
+    async def _advised(
+        self, result: ExecutionResult, plan: Plan, request: Request
+    ) -> ExecutionResult:
+        if self.modules is None or result.failure is None:
+            return result
+        return await with_module_advice(
+            result,
+            tenant=request.tenant,
+            policy=plan.policy,
+            policies=self.policies,
+            access=self.access,
+            catalog=self.modules,
+        )
 
     def _finished(self, result: ExecutionResult, plan: Plan, request: Request) -> ExecutionResult:
         """Every result on its way out: stamped, and bounded to the wire."""

@@ -26,7 +26,7 @@ from sandbox.backends.monty import divergence
 from sandbox.core.limits import EffectiveLimits
 from sandbox.core.request import Request, ToolDecl
 from sandbox.core.sessions import SessionEntry, SessionRegistry
-from sandbox.errors import InvalidRequest, PolicyDenied, Throttled, Unavailable
+from sandbox.errors import InvalidRequest, NotEnabled, PolicyDenied, Throttled
 from sandbox.policy.checker import CheckerFailed, CheckersBusy, CheckOverBudget, StaticChecker
 from sandbox.policy.model import Policy, PolicyRegistry
 from sandbox.policy.static_check import Violation, divergences, findings, first_violation
@@ -155,11 +155,15 @@ def backend_allowed(requested: Backend, policy: Policy, available: frozenset[Bac
         )
     needed = Backend.MONTY if requested is Backend.AUTO else requested
     if needed not in available:
-        raise Unavailable(
-            f"the {needed.value} backend is not enabled on this server",
-            field="backend",
-            retry_after_ms=0,
-        )
+        raise NotEnabled(f"the {needed.value} backend {_HOW_TO_ENABLE[needed]}", field="backend")
+
+
+_HOW_TO_ENABLE = {
+    Backend.CONTAINER: "is not enabled on this server: its operator starts it with "
+    "[container] enabled = true (see examples/containers.toml) and a Docker engine "
+    "(`sandbox doctor` says what is missing); send backend AUTO or MONTY meanwhile",
+    Backend.MONTY: "is not enabled on this server; send backend CONTAINER",
+}
 
 
 def _steps(

@@ -13,16 +13,12 @@ from typing import Any
 from sandbox.audit.log import AuditLog, now_iso
 from sandbox.core.plan import Plan
 from sandbox.core.request import Request
-from sandbox.errors import RequestError, Unauthenticated
+from sandbox.errors import RequestError
 from sandbox.metrics import Metrics
 from sandbox_client.protocol.models import ExecutionResult
 
 # A failure message in the log is for humans skimming it; the kind is what queries use.
 _MESSAGE_CHARS = 500
-
-
-def error_kind(error: RequestError) -> str:
-    return "UNAUTHENTICATED" if isinstance(error, Unauthenticated) else error.kind.value
 
 
 class Recorder:
@@ -51,7 +47,7 @@ class Recorder:
                 kind = result.failure.kind.value if result.failure else "OK"
                 self.metrics.executed(backend, kind, tenant, result.usage.wall_ms / 1000)
             elif error is not None:
-                self.metrics.refused.labels(error_kind(error), tenant).inc()
+                self.metrics.refused.labels(error.kind.value, error.status.name, tenant).inc()
         if self.audit is None:
             return None
         policy = plan.policy if plan is not None else None
@@ -92,11 +88,15 @@ class Recorder:
         else:
             record.update(
                 backend=plan.steps[0].value if plan is not None and error is None else "",
-                kind=error_kind(error) if error is not None else "OK",
+                kind=error.kind.value if error is not None else "OK",
                 message=error.message[:_MESSAGE_CHARS] if error is not None else "",
             )
-            if error is not None and request is not None:
-                record["field"] = error.field
+            if error is not None:
+                # The taxonomy's kind, and the gRPC status that tells refusals of one
+                # kind apart (UNAUTHENTICATED, NOT_FOUND, FAILED_PRECONDITION, ...).
+                record["grpc_code"] = error.status.name
+                if request is not None:
+                    record["field"] = error.field
         if self.metrics is not None:
             self.metrics.audit_records.inc()
         return self.audit.submit(record)

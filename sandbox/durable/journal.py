@@ -14,7 +14,9 @@ sign and hands them back as stored; a field without one reads as b"" (never genu
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field, fields
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from sandbox.backends.base import Resume
+from sandbox.errors import ConfigError
 
 State = Literal["running", "suspended", "done"]
 
@@ -196,8 +199,10 @@ class SqliteJournal:
     Calls are short and made from the event loop; a lock serialises the connection."""
 
     def __init__(self, path: Path | str) -> None:
+        self._owner_lock: int | None = None
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._owner_lock = _lock_for_this_process(Path(path))
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -389,10 +394,32 @@ class SqliteJournal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._owner_lock is not None:
+            os.close(self._owner_lock)  # releases the lock
+            self._owner_lock = None
 
     def _write(self, sql: str, params: tuple[object, ...]) -> None:
         with self._lock:
             self._db.execute(sql, params)
+
+
+def _lock_for_this_process(path: Path) -> int:
+    """Takes `path`'s owner lock (beside it, `<name>.lock`) or raises ConfigError: a
+    journal file has one owner, and a second server on it would run keys twice."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            f"the journal {path} is in use by process {holder}: one server per journal "
+            "(give this one its own [journal] state_dir)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 def _blob(value: bytes | None) -> bytes:

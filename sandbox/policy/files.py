@@ -103,10 +103,32 @@ def load_policy_file(path: Path, maximums: ServerMaximums | None = None) -> Load
             )
             for err in exc.errors()
         ]
-        return LoadResult(None, problems)
+        # The checks beyond types, on the keys that are well typed, so one lint shows
+        # every problem rather than the rest only once the type errors are fixed.
+        wrong = {err["loc"][0] for err in exc.errors() if err["loc"]}
+        problems += _checked_without(data, wrong, maximums, name, lines, path.stem)
+        return LoadResult(None, sorted(problems, key=lambda p: p.line))
     problems = check_policy(policy, maximums, file=name, lines=lines, stem=path.stem)
     ok = not any(p.severity == "error" for p in problems)
-    return LoadResult(policy if ok else None, problems)
+    return LoadResult(policy if ok else None, sorted(problems, key=lambda p: p.line))
+
+
+def _checked_without(
+    data: dict[str, Any],
+    wrong: set[str | int],
+    maximums: ServerMaximums,
+    name: str,
+    lines: Mapping[tuple[str | int, ...], int],
+    stem: str,
+) -> list[Problem]:
+    """check_policy's problems for the policy `data` makes without its `wrong` keys
+    (their defaults in their place); none when even that does not validate."""
+    try:
+        partial = Policy.model_validate({k: v for k, v in data.items() if k not in wrong})
+    except ValidationError:
+        return []
+    found = check_policy(partial, maximums, file=name, lines=lines, stem=stem)
+    return [p for p in found if p.field.split(".")[0] not in wrong]
 
 
 def check_policy(

@@ -68,14 +68,14 @@ def test_a_valid_key_names_its_tenant() -> None:
 def test_a_tenant_whose_quotas_cover_every_worker_is_logged_at_start() -> None:
     settings = Settings(
         monty={"max_workers": 8, "warm_sessions": 1},
-        container={"enabled": True, "max_concurrency": 4},
+        container={"max_concurrency": 4},
     )
     tenants = [
         Tenant(name="modest", max_concurrent=2, max_sessions=3),
         Tenant(name="greedy", max_concurrent=4, max_sessions=3),
     ]
     with capture_logs() as logs:
-        warn_about_shares(settings, Access(TenantRegistry(tenants)))
+        warn_about_shares(settings, Access(TenantRegistry(tenants)), containers=True)
     assert [(e["event"], e["tenant"]) for e in logs] == [
         ("a tenant's quotas cover every Monty worker", "greedy"),
         ("a tenant's quotas cover every container slot", "greedy"),

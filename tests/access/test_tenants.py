@@ -248,7 +248,10 @@ def test_metrics_endpoint_counts_by_backend_kind_and_tenant(tserver: ServerThrea
     assert 'sandbox_executions_total{backend="monty",kind="OK",tenant="b"}' in text
     assert 'sandbox_executions_total{backend="monty",kind="RUNTIME_ERROR",tenant="b"}' in text
     assert "sandbox_execution_duration_seconds_bucket" in text
-    assert 'sandbox_requests_refused_total{kind="UNAUTHENTICATED",tenant=""}' in text
+    assert (
+        'sandbox_requests_refused_total{grpc_code="UNAUTHENTICATED",kind="INVALID_REQUEST",'
+        'tenant=""}'
+    ) in text
 
 
 def test_non_loopback_bind_is_refused_without_credentials(tmp_path: Path) -> None:

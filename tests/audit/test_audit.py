@@ -174,6 +174,40 @@ def test_digest_only_policy_keeps_the_code_out(tmp_path: Path) -> None:
     assert b"hunter2" not in b"".join(p.read_bytes() for p in log_files(tmp_path / "log"))
 
 
+def test_refusals_are_recorded_in_the_taxonomy_with_the_code_they_refused(
+    tmp_path: Path,
+) -> None:
+    from sandbox.access.tenants import new_api_key
+    from sandbox_client import FailureKind
+
+    key, digest = new_api_key()
+    (tmp_path / "tenants.toml").write_text(f'[tenants.t]\napi_key_sha256 = ["{digest}"]\n')
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "other.toml").write_text("memory_bytes = 67_108_864\n")
+    with running_server(
+        audit={"dir": tmp_path / "log"},
+        tenants={"file": tmp_path / "tenants.toml"},
+        policies={"dir": policies},
+    ) as srv:
+        with SandboxClient(srv.address, timeout_s=60) as anonymous:
+            assert anonymous.execute("1").failure is not None
+        with SandboxClient(srv.address, timeout_s=60, api_key=key) as c:
+            refused = c.execute("print('x')", policy="other", idempotency_key="k-1")
+            assert refused.failure is not None
+            assert refused.failure.kind is FailureKind.POLICY_VIOLATION
+        assert srv.server.audit is not None
+        srv.server.audit.flush()
+    unauthenticated, not_allowed = list(query([tmp_path / "log"]))
+    kinds = {k.value for k in FailureKind} | {"OK"}
+    assert unauthenticated["kind"] == "INVALID_REQUEST" in kinds
+    assert unauthenticated["grpc_code"] == "UNAUTHENTICATED"
+    assert not_allowed["kind"] == "POLICY_VIOLATION"
+    assert not_allowed["grpc_code"] == "PERMISSION_DENIED"
+    assert not_allowed["idempotency_key"] == "k-1"
+    assert not_allowed["code_sha256"].startswith("sha256:") and not_allowed["tenant"] == "t"
+
+
 def _serve(audit_dir: Path) -> tuple[subprocess.Popen[str], str]:
     env = {
         **os.environ,

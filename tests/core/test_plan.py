@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import grpc
 import pytest
 
 from sandbox.access.tenants import Access, Tenant, TenantRegistry
@@ -11,7 +12,7 @@ from sandbox.config import SessionSettings
 from sandbox.core.plan import MAX_TOOLS, Context, plan
 from sandbox.core.request import Request, ToolDecl
 from sandbox.core.sessions import SessionEntry, SessionRegistry
-from sandbox.errors import InvalidRequest, NotFound, PolicyDenied, Unavailable
+from sandbox.errors import InvalidRequest, NotEnabled, NotFound, PolicyDenied
 from sandbox.policy.model import Policy, PolicyRegistry
 from sandbox_client.protocol.models import Backend, FailureKind, Limits
 
@@ -59,8 +60,12 @@ async def test_a_backend_the_policy_does_not_allow_is_refused_before_one_the_ser
     with pytest.raises(PolicyDenied) as denied:
         await plan(Request(code="1", policy="p", backend=Backend.CONTAINER), context(monty_only))
     assert denied.value.field == "backend"
-    with pytest.raises(Unavailable):
+    with pytest.raises(NotEnabled) as lacking:
         await plan(Request(code="1", backend=Backend.CONTAINER), context(available=MONTY_ONLY))
+    # A configuration fact, not a passing outage: not retryable, and it says how to enable.
+    assert lacking.value.status is grpc.StatusCode.FAILED_PRECONDITION
+    assert lacking.value.kind is FailureKind.INVALID_REQUEST
+    assert "[container] enabled = true" in str(lacking.value)
 
 
 async def test_code_denied_in_monty_only_moves_to_the_container() -> None:

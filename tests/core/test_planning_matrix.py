@@ -135,7 +135,6 @@ def test_the_matrix_covers_refusals_and_runs(server: ServerThread) -> None:
     assert {
         ("refused", "POLICY_VIOLATION"),
         ("refused", "INVALID_REQUEST"),
-        ("refused", "INFRA_UNAVAILABLE"),
         ("ran", "OK"),
         ("ran", "POLICY_VIOLATION"),
         ("ran", "UNSUPPORTED"),

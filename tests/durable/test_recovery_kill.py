@@ -39,7 +39,11 @@ TOOL_PART = ("first", "second", "third")
 
 class Server:
     """`sandbox serve` as a child process, restartable on the same port and state dir; as
-    a context manager, started and then stopped."""
+    a context manager, started and then stopped. Every process it starts is stopped on
+    the way out, one started by a restart in another thread included, and a start waits
+    for the server's "serving" line (its readiness), never for a fixed time."""
+
+    READY_TIMEOUT_S = 120.0  # a loaded CI machine starting a container pool
 
     def __init__(self, tmp: Path) -> None:
         with socket.socket() as probe:
@@ -53,6 +57,9 @@ class Server:
         )
         self.proc: subprocess.Popen[str] | None = None
         self.address = f"127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._started: list[subprocess.Popen[str]] = []
+        self._restarts: list[threading.Thread] = []
 
     def start(self) -> None:
         proc = subprocess.Popen(
@@ -60,13 +67,21 @@ class Server:
             stderr=subprocess.PIPE,
             text=True,
         )
-        assert proc.stderr is not None
-        for line in proc.stderr:  # reaping leftovers may be logged before "serving"
-            if json.loads(line).get("address", "").endswith(f":{self.port}"):
-                break
-        else:
-            raise AssertionError("the server did not start")
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        with self._lock:
+            self._started.append(proc)  # stopped on the way out, ready or not
+        ready = threading.Event()
+
+        def read_log() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # reaping leftovers may be logged before "serving"
+                if line.startswith("{") and json.loads(line).get("event") == "serving":
+                    ready.set()
+
+        threading.Thread(target=read_log, daemon=True).start()
+        if not ready.wait(self.READY_TIMEOUT_S):
+            raise AssertionError(
+                f"the server did not say it was serving in {self.READY_TIMEOUT_S} s"
+            )
         self.proc = proc
 
     def kill(self) -> None:
@@ -76,12 +91,17 @@ class Server:
 
     def restart(self) -> None:
         """Kills the server (SIGKILL: nothing is cleaned up) and starts it again."""
+        with self._lock:
+            self._restarts.append(threading.current_thread())
         self.kill()
         self.start()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            terminate(self.proc)
+        for thread in self._restarts:
+            if thread is not threading.current_thread():
+                thread.join(timeout=self.READY_TIMEOUT_S)
+        for proc in self._started:
+            terminate(proc)
 
     def __enter__(self) -> Self:
         self.start()
@@ -124,7 +144,9 @@ def survives_server_kill(server: Server, key: str, **options: Any) -> Outcome:
     answer, and checks what the module docstring promises; `options` are run()'s, for
     the interrupted run and the uninterrupted one it is compared with."""
     calls: dict[str, int] = {}
-    with SandboxClient(server.address, timeout_s=60) as client:
+    # Its retries wait for the restarted server to listen (gRPC wait-for-ready), however
+    # long a loaded machine takes to start it, rather than spending their budget on it.
+    with SandboxClient(server.address, timeout_s=120, wait_for_ready=True) as client:
         outcome = client.run(
             CODE,
             tools=tools(calls, after_second=server.restart),

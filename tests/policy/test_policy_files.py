@@ -97,6 +97,24 @@ def test_each_lint_error_names_file_line_and_field(
     assert load_policy_file(path).policy is None
 
 
+def test_one_lint_reports_type_and_semantic_errors_together_by_line(tmp_path: Path) -> None:
+    body = (
+        'wall_time_ms = "fast"\n'  # a type error
+        "memory_bytes = 999_999_999_999\n"  # above the server maximum: a semantic one
+        'backends = ["gpu"]\n'  # a type error
+        'mounts = [{host_path = "/etc", guest_path = "/x", mode = "rw"}]\n'  # semantic
+    )
+    path = write(tmp_path, "p", body)
+    problems = load_policy_file(path).problems
+    errors = [(p.line, p.field.split(".")[0]) for p in problems if p.severity == "error"]
+    assert errors == [
+        (1, "wall_time_ms"),
+        (2, "memory_bytes"),
+        (3, "backends"),
+        (4, "mounts"),
+    ]
+
+
 def test_duplicate_policy_names_across_files(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -105,7 +105,7 @@ class RecoveryPolicy(BaseModel):
     # Escalation answers accepted per run before the run aborts, so a handler that keeps
     # approving cannot loop forever.
     max_escalations: int = Field(default=3, ge=0)
-    # RETRY backoff (stamina's parameters): min(wait_max_s, wait_initial_s *
+    # RETRY backoff for the n-th retry in a row: min(wait_max_s, wait_initial_s *
     # wait_exp_base ** (n - 1) + random(0, wait_jitter_s)). A server's retry_after_ms
     # replaces it when set.
     wait_initial_s: float = Field(default=0.1, ge=0)
@@ -213,7 +213,7 @@ class ApprovePolicy(BaseModel):
 
 
 class Abort(BaseModel):
-    """Stop; `run()` returns an Outcome with status "escalated"."""
+    """Stop; `run()` returns an Outcome with status "aborted"."""
 
     model_config = ConfigDict(frozen=True)
     kind: Literal["abort"] = "abort"
@@ -229,8 +229,8 @@ class Outcome(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     # succeeded: the last attempt ran to completion. aborted: an ABORT kind
-    # (INVALID_REQUEST, CANCELLED) or too many escalations. escalated: the escalation
-    # handler answered Abort.
+    # (INVALID_REQUEST, CANCELLED), or the escalation handler answered Abort.
+    # escalated: the run needs a person again after max_escalations answers.
     status: Literal["succeeded", "aborted", "escalated"]
     result: ExecutionResult
     code: str  # the code that produced `result` (after any repairs)

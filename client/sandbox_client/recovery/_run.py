@@ -1,19 +1,24 @@
-"""The I/O twins of `run()`: they execute, sleep (through stamina), call the repair
-function and the escalation handler, and do whatever RunState decides. Nothing here
-decides anything, and what the twins share (settling an attempt, calling the repair
-function) is written once."""
+"""The I/O twins of `run()`: they execute, sleep, call the repair function and the
+escalation handler, and do whatever RunState decides. Nothing here decides anything, and
+what the twins share (calling the repair function, telling of a retry) is written once.
+
+Retries are logged through `logging` ("sandbox_client.recovery", INFO), silent unless the
+application configures logging; every attempt is also in the Outcome. (stamina's retry
+loop announced each retry through its global hooks, on the user's console by default,
+and could sleep past the run's time budget.)"""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import stamina
-
 from ..protocol.models import ExecutionResult, Failure
 from ._models import Escalation, Outcome, Resolution, raise_escalation
-from ._state import Request, RunState, Step
+from ._state import RunState, Step
 
 # A repair function gets the code and why it failed, and returns new code (None: give
 # up). With AsyncSandboxClient it may also be a coroutine function.
@@ -29,24 +34,19 @@ _Execute = Callable[..., ExecutionResult]
 _AsyncExecute = Callable[..., Awaitable[ExecutionResult]]
 
 
-class _Again(Exception):
-    """Raised inside a stamina attempt to ask for the same request again."""
-
-    def __init__(self, step: Step) -> None:
-        super().__init__(step.next)
-        self.step = step
+log = logging.getLogger("sandbox_client.recovery")
 
 
-def _backoff_hook(exc: Exception) -> bool | float:
-    # Only our own signal is retried; anything else is a bug and propagates.
-    return exc.step.backoff if isinstance(exc, _Again) else False
-
-
-def _settle(state: RunState, request: Request, result: ExecutionResult) -> Step:
-    step = state.record(request, result)
-    if step.next == "retry":
-        raise _Again(step)  # stamina backs off and opens the next attempt
-    return step
+def _told(state: RunState, step: Step) -> float:
+    """Logs a retry about to happen; its sleep."""
+    failure = step.failure
+    log.info(
+        "retrying after %s in %.2f s (attempt %d)",
+        failure.kind.value if failure is not None else "a transport error",
+        step.backoff,
+        len(state.attempts) + 1,
+    )
+    return step.backoff
 
 
 def _repair_answer(
@@ -71,16 +71,12 @@ def run_sync(
     handler = escalate or raise_escalation
 
     def attempt_until_settled() -> Step:
-        try:
-            for attempt in stamina.retry_context(on=_backoff_hook, **state.retry_window()):
-                with attempt:
-                    request = state.next_request()
-                    if request is None:
-                        return state.out_of_budget()
-                    return _settle(state, request, execute(request.code, **request.options))
-        except _Again:
-            return state.retries_stopped()
-        raise AssertionError("stamina yielded no attempt")
+        while (request := state.next_request()) is not None:
+            step = state.record(request, execute(request.code, **request.options))
+            if step.next != "retry":
+                return step
+            time.sleep(_told(state, step))
+        return state.out_of_budget()
 
     step = attempt_until_settled()
     while step.next != "done":
@@ -103,17 +99,13 @@ async def run_async(
     handler = escalate or raise_escalation
 
     async def attempt_until_settled() -> Step:
-        try:
-            async for attempt in stamina.retry_context(on=_backoff_hook, **state.retry_window()):
-                with attempt:
-                    request = state.next_request()
-                    if request is None:
-                        return state.out_of_budget()
-                    result = await execute(request.code, **request.options)
-                    return _settle(state, request, result)
-        except _Again:
-            return state.retries_stopped()
-        raise AssertionError("stamina yielded no attempt")
+        while (request := state.next_request()) is not None:
+            result = await execute(request.code, **request.options)
+            step = state.record(request, result)
+            if step.next != "retry":
+                return step
+            await asyncio.sleep(_told(state, step))
+        return state.out_of_budget()
 
     step = await attempt_until_settled()
     while step.next != "done":

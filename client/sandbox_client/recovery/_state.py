@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from .._request import ExecuteOptions, complete, grpc_code
 from ..protocol.models import Backend, ExecutionResult, Failure, FailureKind, Limits
@@ -37,12 +37,12 @@ Next = Literal["execute", "retry", "repair", "escalate", "done"]
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """What the driver does next. `backoff` (for "retry") is what stamina's backoff hook
-    returns: True for its jittered exponential backoff, a float for an exact wait."""
+    """What the driver does next. `backoff` (for "retry") is how long to sleep first,
+    always within the run's time budget."""
 
     next: Next
     failure: Failure | None = None
-    backoff: bool | float = False
+    backoff: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +114,8 @@ class RunState:
         self.recovery = recovery
         self.code = code
         self.backend = Backend(given["backend"])
+        # A backend the caller named is a choice; only AUTO (or no choice) may move.
+        self.backend_chosen = self.backend is not Backend.AUTO
         self.policy = given["policy"]
         self.limits = given["limits"]
         self.session_id = given["session_id"]
@@ -142,23 +144,28 @@ class RunState:
         self._keep_key = True
         self._last_end = 0.0
         self._deadline_cut = False
+        self._wait_s = 0.0  # the next retry's sleep, once _why_not has allowed it
 
     # -- budgets -------------------------------------------------------------------
 
     def remaining_s(self) -> float:
         return self.recovery.max_total_s - (self._clock() - self._budget_start)
 
-    def retry_window(self) -> dict[str, Any]:
-        """stamina.retry_context() bounds for the next stretch of same-request retries."""
+    def _wait_for(self, failure: Failure) -> float:
+        """The sleep before retrying the same request. The server's retry-after wins (a
+        little jitter above it spreads a herd); otherwise jittered exponential backoff,
+        min(wait_max_s, wait_initial_s * wait_exp_base ** (n - 1) + U(0, wait_jitter_s))
+        for the n-th retry in a row."""
+        if failure.retry_after_ms > 0:
+            return failure.retry_after_ms / 1000 * (1 + random.uniform(0, 0.1))
         r = self.recovery
-        return {
-            "attempts": max(1, r.max_attempts - (len(self.attempts) - self._attempts_budget_from)),
-            "timeout": max(self.remaining_s(), 0.001),
-            "wait_initial": r.wait_initial_s,
-            "wait_max": r.wait_max_s,
-            "wait_jitter": r.wait_jitter_s,
-            "wait_exp_base": r.wait_exp_base,
-        }
+        in_a_row = 1
+        for attempt in reversed(self.attempts[:-1]):
+            if attempt.action not in (A.RETRY, A.WAIT):
+                break
+            in_a_row += 1
+        exponential = r.wait_initial_s * r.wait_exp_base ** (in_a_row - 1)
+        return min(r.wait_max_s, exponential + random.uniform(0, r.wait_jitter_s))
 
     def _out_of_budget(self) -> str:
         if len(self.attempts) - self._attempts_budget_from >= self.recovery.max_attempts:
@@ -305,15 +312,17 @@ class RunState:
                 return "the failure is the code's own"
             if failure.kind is FailureKind.CORRUPT_STATE and self.session_id:
                 return "the session's state is gone; a fresh session is the caller's call"
-            wait_s = failure.retry_after_ms / 1000
-            if wait_s > self.recovery.max_wait_s:
+            if failure.retry_after_ms / 1000 > self.recovery.max_wait_s:
                 return f"retry_after_ms={failure.retry_after_ms} exceeds max_wait_s"
-            if wait_s >= self.remaining_s():
+            self._wait_s = self._wait_for(failure)
+            if self._wait_s >= self.remaining_s():
                 return "the wait would outlast the time budget"
             return ""
         if action is A.FALLBACK:
             if self.session_id:
                 return "a session is bound to its backend"
+            if self.backend_chosen:
+                return f"the caller chose backend {self.backend.value}"
             if self.backend is self.recovery.fallback_backend:
                 return f"already on {self.backend.value}"
             fallback = self.recovery.fallback_backend
@@ -363,11 +372,7 @@ class RunState:
 
     def _apply(self, action: RecoveryAction, failure: Failure) -> Step:
         if action in (A.RETRY, A.WAIT):
-            if failure.retry_after_ms > 0:
-                # The server's retry-after wins; a little jitter above it spreads a herd.
-                wait = failure.retry_after_ms / 1000
-                return Step("retry", failure, wait * (1 + random.uniform(0, 0.1)))
-            return Step("retry", failure, True)
+            return Step("retry", failure, self._wait_s)  # as _why_not worked it out
         if action is A.FALLBACK:
             self._change = _Change(action, "backend", failure, self.backend, self.limits)
             self.backend = self.recovery.fallback_backend
@@ -381,15 +386,6 @@ class RunState:
             return Step("execute", failure)
         assert action is A.REPAIR
         return Step("repair", failure)
-
-    def retries_stopped(self) -> Step:
-        """stamina stopped retrying (its attempts or timeout bound): escalate."""
-        failure = self._last_failure
-        reason = self._out_of_budget() or "the retries ran out of budget"
-        step, action, _ = self._escalate(reason, failure, exhausted=True)
-        if self.attempts:
-            self.attempts[-1] = self.attempts[-1].model_copy(update={"action": action})
-        return step
 
     def out_of_budget(self) -> Step:
         step, action, _ = self._escalate(self._out_of_budget(), self._last_failure, exhausted=True)
@@ -433,7 +429,7 @@ class RunState:
         self._escalation_reason = reason
         self._budget_gone = exhausted
         if len(self.escalations) >= self.recovery.max_escalations:
-            self.status = "aborted"
+            self.status = "escalated"  # it needs a person, and may ask no more
             return Step("done", failure), A.ABORT, f"{reason}; no escalations left"
         return Step("escalate", failure), A.ESCALATE, reason
 
@@ -459,7 +455,7 @@ class RunState:
         """Takes the escalation handler's answer. An approval starts a fresh budget: a
         person has looked at it. Approving something that already failed aborts."""
         if isinstance(resolution, Abort):
-            self.status = "escalated"
+            self.status = "aborted"
             return Step("done")
         if isinstance(resolution, ApproveCode):
             if self.signature(code=resolution.code) in self._failed:

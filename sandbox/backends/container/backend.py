@@ -22,6 +22,7 @@ from sandbox.backends.container import conversation
 from sandbox.backends.container.conversation import Container
 from sandbox.backends.container.engine import (
     INSTANCE_LABEL,
+    MODULES_LABEL,
     OWNER,
     OWNER_LABEL,
     SCOPE_LABEL,
@@ -112,6 +113,7 @@ class ContainerBackend:
         image, runtime = settings.image, settings.runtime
         pool_size, max_concurrency = settings.pool_size, settings.max_concurrency
         self.image = image
+        self._image_modules: dict[str, frozenset[str]] = {}
         self.runtime: Runtime = runtime
         self.instance = secrets.token_hex(8)
         labels = {
@@ -405,6 +407,18 @@ class ContainerBackend:
         task = asyncio.get_running_loop().create_task(self._call(remove))
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
+
+    @property
+    def default_image(self) -> str:
+        return self.image
+
+    async def provided_modules(self, image: str) -> frozenset[str]:
+        """The modules `image` adds to the standard library, as its label says (read
+        once per image; an image without the label, or an engine error, adds none)."""
+        if image not in self._image_modules:
+            labels = await self._call(self._engine.image_labels, image)
+            self._image_modules[image] = frozenset(labels.get(MODULES_LABEL, "").split())
+        return self._image_modules[image]
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

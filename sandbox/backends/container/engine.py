@@ -9,12 +9,14 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import docker
 import docker.errors as de
 from docker.types import LogConfig, Ulimit
 
+from sandbox.backends.outcome_parts import first_line
 from sandbox.core.limits import EffectiveLimits
 
 Runtime = Literal["runc", "runsc"]
@@ -107,11 +109,38 @@ def host_config_args(shape: Shape) -> dict[str, Any]:
     }
 
 
-# 128 + SIGKILL; how long to wait for a late OOMKilled flag on such an exit (2 s: dockerd
-# under load took past 0.5 s to record a runsc OOM kill, which then read as SANDBOX_CRASH).
+# 128 + SIGKILL. dockerd can record a runsc OOM kill after the exit and then leave the
+# container's OOMKilled flag unset (seen under load: "die" before "oom", flag false for
+# good), so such an exit asks the engine's event log, waiting this long for the event.
 _SIGKILLED = 137
-_OOM_REPORT_POLLS = 20
-_OOM_REPORT_WAIT_S = 0.1
+_OOM_EVENT_WAIT_S = 2.0
+
+
+# An image says which modules it adds to the standard library in this label, space
+# separated (images/Dockerfile.datascience).
+MODULES_LABEL = "dev.sandbox.python-modules"
+
+
+def unavailable(docker_host: str | None, image: str) -> str | None:
+    """Why containers cannot be served from `image` on this engine now; None if they can."""
+    try:
+        client = (
+            docker.DockerClient(base_url=docker_host, timeout=5)
+            if docker_host
+            else docker.from_env(timeout=5)
+        )
+    except de.DockerException as exc:
+        return f"no Docker engine answers ({first_line(str(exc))})"
+    try:
+        client.ping()
+        client.images.get(image)
+    except de.ImageNotFound:
+        return f"the image {image} is missing (build it with `make image`)"
+    except (de.DockerException, OSError) as exc:
+        return f"no Docker engine answers ({first_line(str(exc))})"
+    finally:
+        client.close()
+    return None
 
 
 class Engine:
@@ -150,6 +179,15 @@ class Engine:
             return False
         return True
 
+    def image_labels(self, image: str) -> dict[str, str]:
+        """The image's labels; empty when it has none, is not there, or the engine fails."""
+        api: Any = self.client().api
+        try:
+            labels = api.inspect_image(image)["Config"].get("Labels")
+        except (de.DockerException, OSError):
+            return {}
+        return dict(labels or {})
+
     def create(self, shape: Shape) -> str:
         """A new container of `shape`, not started, its stdin open; its id."""
         api = self.client().api
@@ -186,19 +224,34 @@ class Engine:
             return None
         except (de.APIError, OSError):
             self.kill(container_id)  # still running after closing its output: stop it
-        for _ in range(_OOM_REPORT_POLLS + 1):
-            try:
-                state = api.inspect_container(container_id)["State"]
-            except de.NotFound:
-                return None
-            exit_code = None if state.get("Running") else int(state.get("ExitCode", 0))
-            oom_killed = bool(state.get("OOMKilled"))
-            if oom_killed or exit_code != _SIGKILLED:
-                break
-            # The engine learns of an OOM kill from an event that can come after the exit
-            # (gVisor's runsc reports it late): a SIGKILL nobody sent may still be one.
-            time.sleep(_OOM_REPORT_WAIT_S)
+        try:
+            state = api.inspect_container(container_id)["State"]
+        except de.NotFound:
+            return None
+        exit_code = None if state.get("Running") else int(state.get("ExitCode", 0))
+        oom_killed = bool(state.get("OOMKilled"))
+        if not oom_killed and exit_code == _SIGKILLED:
+            oom_killed = self._oom_event(container_id, state.get("StartedAt"))
         return ExitState(oom_killed=oom_killed, exit_code=exit_code)
+
+    def _oom_event(self, container_id: str, started_at: object) -> bool:
+        """Whether the engine's event log holds an OOM kill of this container."""
+        since = _epoch(started_at)
+        if since is None or since <= 0:  # never started, or a zero time: the last hour
+            since = time.time() - 3600
+        try:
+            events = self.client().api.events(
+                since=int(since),
+                until=int(time.time() + _OOM_EVENT_WAIT_S) + 1,
+                filters={"container": container_id, "event": "oom"},
+                decode=True,
+            )
+            try:
+                return any(True for _ in events)
+            finally:
+                events.close()
+        except (de.APIError, OSError, ValueError):
+            return False
 
     def pause(self, container_id: str) -> None:
         """Freezes every process in the container (the cgroup freezer; gVisor's own
@@ -228,3 +281,14 @@ class Engine:
         labels = [f"{OWNER_LABEL}={OWNER}", f"{SCOPE_LABEL}={self.labels[SCOPE_LABEL]}"]
         found = self.client().api.containers(all=True, filters={"label": labels})
         return [(c["Id"], c.get("Labels") or {}) for c in found]
+
+
+def _epoch(docker_time: object) -> float | None:
+    """Seconds since the epoch of an engine timestamp ("2026-12-01T23:59:58.123456789Z")."""
+    if not isinstance(docker_time, str) or not docker_time:
+        return None
+    whole = docker_time.split(".")[0].removesuffix("Z")
+    try:
+        return datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None

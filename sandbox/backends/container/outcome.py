@@ -325,7 +325,11 @@ def _from_frame(frame: dict[str, Any], signals: ContainerSignals) -> Failure | N
             frames=frames,
             details={"attempted": "; ".join(blocked[:5])},
         )
-    details = {"exit_code": str(frame.get("exit_code", 1))} if type_name == "SystemExit" else None
+    details = None
+    if type_name == "SystemExit":
+        status = frame.get("exit_code", 1)
+        details = {"exit_code": str(status)}
+        message = f"exit status {status}" + (f": {message}" if message else "")
     return runtime_error_failure(limits, type_name, message, frames, details)
 
 

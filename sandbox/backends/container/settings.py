@@ -14,9 +14,10 @@ class ContainerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Off by default: it needs an engine and `make image`. (Read by the server, which
-    # builds the backend only when it is on.)
-    enabled: bool = False
+    # Off by default: it needs an engine and `make image`. "auto": on when the engine
+    # answers and `image` is there, said at start-up (`make run` serves so). (Read by the
+    # server, which builds the backend only when it is on.)
+    enabled: bool | Literal["auto"] = False
     # Image the runner ships in (images/Dockerfile, built by `make image`).
     image: str = "sandbox-runner:latest"
     # OCI runtime: runc, or gVisor's runsc (a user-space kernel; register it with dockerd).

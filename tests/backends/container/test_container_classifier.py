@@ -194,6 +194,37 @@ def test_recursion_error_names_the_limit() -> None:
     assert failure.details["limit"] == "max_recursion_depth"
 
 
+@pytest.mark.parametrize(
+    ("type_name", "message", "limit"),
+    [
+        ("BlockingIOError", "[Errno 11] Resource temporarily unavailable", "pids"),
+        ("RuntimeError", "can't start new thread", "pids"),
+        ("OSError", "[Errno 28] No space left on device", "disk_bytes"),
+        ("OSError", "[Errno 27] File too large", "disk_bytes"),
+    ],
+)
+def test_an_error_a_cap_explains_names_the_cap(type_name: str, message: str, limit: str) -> None:
+    frame = error_frame(type_name, message=message)
+    failure = map_container_outcome(None, signals(frame=frame))
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR
+    assert failure.details["limit"] == limit
+    assert failure.details["limit_value"] == str(getattr(LIMITS, limit))
+    assert f"limit of {getattr(LIMITS, limit)} " in failure.message
+
+
+@pytest.mark.parametrize(
+    ("type_name", "message"),
+    [
+        ("OSError", "[Errno 2] No such file or directory"),
+        ("BlockingIOError", "[Errno 115] Operation now in progress"),
+        ("ValueError", "[Errno 28] No space left on device"),  # not an OSError
+    ],
+)
+def test_an_error_no_cap_explains_names_none(type_name: str, message: str) -> None:
+    failure = map_container_outcome(None, signals(frame=error_frame(type_name, message=message)))
+    assert failure is not None and "limit" not in failure.details
+
+
 def test_system_exit_frame() -> None:
     frame = error_frame("SystemExit")
     frame["exit_code"] = 4

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import docker
 import pytest
 
 from sandbox.policy.model import DEFAULT_POLICY
-from sandbox_client import FailureKind
+from sandbox_client import FailureKind, SandboxClient
 from tests.backends.container.conftest import (
     DS_IMAGE,
+    IMAGE,
+    SCOPE,
     MiB,
     assert_healthy,
     make_backend,
     require,
     run,
 )
+from tests.conftest import REPO, running_server
 
 pytestmark = pytest.mark.docker
 
@@ -54,3 +59,31 @@ fig.savefig(png, format="png")
         await assert_healthy(backend)
     finally:
         await backend.stop()
+
+
+def test_numpy_on_the_plain_image_names_the_policy_that_has_it(
+    engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    """`import numpy` under the default policy (the plain image) fails as the code's own
+    error, and says which policy's image has numpy: the repository's data-analysis."""
+    try:
+        engine.images.get(DS_IMAGE)
+    except docker.errors.ImageNotFound:
+        require(f"the image {DS_IMAGE} is missing; build it with `make image`")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    shipped = (REPO / "policies" / "data-analysis.toml").read_text()
+    (policies / "data-analysis.toml").write_text(
+        shipped.replace("sandbox-runner-datascience:latest", DS_IMAGE)
+    )
+    container = {"enabled": True, "image": IMAGE, "pool_size": 0, "scope": SCOPE}
+    with (
+        running_server(container=container, policies={"dir": str(policies)}) as server,
+        SandboxClient(server.address, timeout_s=120) as client,
+    ):
+        result = client.execute("import numpy\nnumpy.zeros(3)", backend="container")
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == "ModuleNotFoundError"
+    assert failure.details["provided_by_policies"] == "data-analysis"
+    assert "send policy='data-analysis'" in failure.message

@@ -11,17 +11,22 @@ import docker
 import pytest
 
 from sandbox.backends.container.backend import ContainerBackend
+from sandbox.backends.container.engine import SCOPE_LABEL, Engine
 from sandbox.config import ContainerSettings
 from sandbox_client import Failure, FailureKind, SuggestedAction
 from tests.backends.container.conftest import (
+    IMAGE,
     LIMITS,
     SCOPE,
+    MiB,
     assert_healthy,
     make_backend,
     run,
+    runtime_problem,
     signal_on_output,
     started,
 )
+from tests.conftest import require
 
 pytestmark = pytest.mark.docker
 
@@ -88,6 +93,62 @@ async def test_oom_is_memory_limit(backend: ContainerBackend) -> None:
     assert result.failure is not None, result
     assert result.failure.kind is FailureKind.MEMORY_LIMIT, result.failure
     await assert_healthy(backend)
+
+
+async def test_the_pids_cap_is_named_when_a_fork_is_refused(backend: ContainerBackend) -> None:
+    code = "import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(30)"
+    result = await run(backend, code, pids=32, memory_bytes=1024 * MiB)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.exception_type == "BlockingIOError"
+    assert (failure.details["limit"], failure.details["limit_value"]) == ("pids", "32")
+    assert failure.frames[-1].line == 3
+    await assert_healthy(backend)
+
+
+async def test_the_disk_cap_is_named_when_a_write_is_refused(backend: ContainerBackend) -> None:
+    code = "with open('fill', 'wb') as f:\n    while True:\n        f.write(b'x' * 2**20)"
+    result = await run(backend, code)
+    failure = result.failure
+    assert failure is not None and failure.kind is FailureKind.RUNTIME_ERROR, failure
+    assert failure.details["limit"] == "disk_bytes", failure
+    assert failure.details["limit_value"] == str(LIMITS.disk_bytes)
+    await assert_healthy(backend)
+
+
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+def test_an_oom_kill_is_found_in_the_engines_event_log(
+    engine: docker.DockerClient, runtime: str
+) -> None:
+    """dockerd can leave a runsc container's OOMKilled flag unset when it learns of the
+    kill after the exit; its event log still has it, and a kill from outside is not one."""
+    require(runtime_problem(engine, runtime))
+    ours = Engine(docker_host=None, labels={}, max_pool=1)
+    eater = ["python3", "-c", "b = []\nwhile True: b.append(b'x' * 2**24)"]
+    common: dict[str, object] = {
+        "entrypoint": [],
+        "runtime": runtime,
+        "network_mode": "none",
+        "detach": True,
+        "mem_limit": 128 * MiB,
+        "memswap_limit": 128 * MiB,
+        "labels": {SCOPE_LABEL: SCOPE},
+    }
+    oomed = engine.containers.run(IMAGE, eater, **common)
+    killed = engine.containers.run(IMAGE, ["sleep", "60"], **common)
+    try:
+        oomed.wait(timeout=60)
+        killed.kill()
+        killed.wait(timeout=60)
+        for container, was_oom in ((oomed, True), (killed, False)):
+            container.reload()
+            state = container.attrs["State"]
+            assert state["ExitCode"] == 137
+            assert ours._oom_event(container.id, state["StartedAt"]) is was_oom
+    finally:
+        oomed.remove(force=True)
+        killed.remove(force=True)
+        ours.close()
 
 
 @pytest.mark.parametrize(
@@ -282,7 +343,7 @@ async def test_any_exit_code_is_reported_as_the_status_cpython_gives(
     assert failure.exception_type == "SystemExit" and not failure.retryable
     assert result.exit_code == status
     assert failure.details == {"exit_code": str(status)}
-    shown = f"SystemExit: {message}" if message else "SystemExit"
+    shown = f"SystemExit: exit status {status}" + (f": {message}" if message else "")
     assert (
         failure.message.startswith(shown[:60]) and "(line 1: raise SystemExit(" in failure.message
     )
