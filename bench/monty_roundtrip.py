@@ -4,6 +4,9 @@
 
 Prints ratios, since these machines are noisy:
 - Execute p50 vs a grpc.health.v1.Health/Check round trip to the same server (target <= 2x);
+- AUTO's Execute p50 with the divergence routing on vs off (a policy with
+  fidelity_routing = false), on code that stays in Monty: '1+1' and a program of the
+  correctness corpus's size (target: within noise, ratio ~1.00);
 - Execute vs calling the Monty library directly (checkout + feed_run);
 - throughput at concurrency 16 vs the raw AsyncMonty library (target >= 0.5x);
 - server RSS after 100 and after 10,000 executions (target: within 10%).
@@ -17,8 +20,10 @@ import contextlib
 import gc
 import itertools
 import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pydantic_monty as pm
@@ -33,6 +38,34 @@ from ._server import floor_server, percentiles, sandbox_server
 
 CONCURRENCY = 16
 REQUEST = sandbox_pb2.ExecuteRequest(code="1+1", backend=sandbox_pb2.MONTY)
+# A program like the correctness corpus's (about 400 bytes: parsed on the server's loop,
+# below the checker processes' 512), with no construct Monty is known to get wrong.
+PROGRAM = """
+def running_max(values):
+    best, out = None, []
+    for v in values:
+        if best is None or v > best:
+            best = v
+        out.append(best)
+    return out
+
+
+def histogram(words):
+    counts = {}
+    for w in words:
+        counts[w] = counts.get(w, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+assert running_max([3, 1, 4, 1, 5]) == [3, 3, 4, 4, 5]
+assert histogram("a b a c b a".split())[0] == ("a", 3)
+print("OK", sum(len(w) for w in "x yy zzz".split()))
+"""
+UNROUTED_POLICY = 'name = "unrouted"\nfidelity_routing = false\n'
+
+
+def auto(code: str, policy: str = "") -> sandbox_pb2.ExecuteRequest:
+    return sandbox_pb2.ExecuteRequest(code=code, backend=sandbox_pb2.AUTO, policy=policy)
 
 
 def keyed(key: str) -> sandbox_pb2.ExecuteRequest:
@@ -141,9 +174,21 @@ def main() -> None:
     # own speed cancels out of the ratios.
     loop_kind = Settings().server.event_loop
     runner = asyncio.Runner(loop_factory=lambda: new_event_loop(loop_kind))
+    scratch = tempfile.TemporaryDirectory(prefix="bench-")
+    policies = Path(scratch.name) / "policies"
+    policies.mkdir()
+    (policies / "unrouted.toml").write_text(UNROUTED_POLICY)
     with (
+        scratch,
         runner,
-        sandbox_server(f"monty.min_workers={workers}", f"monty.max_workers={workers}") as server,
+        sandbox_server(
+            f"monty.min_workers={workers}",
+            f"monty.max_workers={workers}",
+            f"policies.dir={policies}",
+            # A journal of its own: keys of an earlier run (or another server's) would
+            # be replays, or fail their integrity check under another key.
+            f"journal.state_dir={scratch.name}",
+        ) as server,
         floor_server(loop_kind, workers) if args.floor else contextlib.nullcontext() as floor,
     ):
         floor_execute: list[Callable[[], object]] = []
@@ -166,6 +211,16 @@ def main() -> None:
                 *floor_execute,
                 n=args.n,
             )
+            routing: dict[str, tuple[list[float], list[float]]] = {}
+            for label, code in (("'1+1'", "1+1"), ("a program", PROGRAM)):
+                routed, unrouted = auto(code), auto(code, "unrouted")
+                for request in (routed, unrouted):
+                    reply = execute(request)
+                    assert reply.result.ok and not reply.result.fidelity_warning, reply
+                on, off = time_calls(
+                    lambda r=routed: execute(r), lambda r=unrouted: execute(r), n=args.n
+                )
+                routing[label] = (on, off)
 
             rss_100 = server.rss_bytes()  # after warm-up: well past 100 executions
             for _ in range(args.rss_n):
@@ -190,6 +245,13 @@ def main() -> None:
     if floor_samples:
         f50, f99 = percentiles(floor_samples[0])
         print(f"floor server      p50 {f50:7.3f} ms  p99 {f99:7.3f} ms  (gRPC + AsyncMonty only)")
+    for label, (on, off) in routing.items():
+        on50, _ = percentiles(on)
+        off50, _ = percentiles(off)
+        print(
+            f"AUTO {label:<10} p50 routing on {on50:7.3f} ms, off {off50:7.3f} ms: "
+            f"ratio {on50 / off50:4.2f}  (target: within noise)"
+        )
     print(f"ratio Execute/health p50   {e50 / h50:5.2f}x   (target <= 2.0, aim 1.5)")
     print(f"ratio Execute/library p50  {e50 / l50:5.2f}x")
     print(

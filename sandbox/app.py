@@ -24,6 +24,7 @@ from sandbox.config import Settings, TlsSettings
 from sandbox.core.executor import Executor
 from sandbox.core.recorder import Recorder
 from sandbox.core.sessions import SessionRegistry
+from sandbox.core.shadow import ShadowChecker
 from sandbox.durable.durability import Durability, build_journal
 from sandbox.edge.calls import Edge
 from sandbox.edge.service import SandboxService, generic_handler
@@ -90,6 +91,14 @@ class SandboxServer:
         )
         self.executor = build_executor(settings, journal=build_journal(settings.journal))
         self.access = self.executor.access
+        container = self.executor.backends.get(Backend.CONTAINER)
+        if isinstance(container, ContainerBackend):
+            self.executor.shadow = ShadowChecker(
+                container,
+                state_dir=settings.journal.state_dir,
+                count=self.metrics.shadowed,
+                free_slot=container.has_free_slot,
+            )
         settings.check_bind(has_credentials=self.access.required)
         warn_about_shares(
             settings, self.access, containers=Backend.CONTAINER in self.executor.backends
@@ -114,6 +123,8 @@ class SandboxServer:
             await backend.start()
         if self.executor.checker is not None:
             await self.executor.checker.start(wait=False)
+        if self.executor.shadow is not None:
+            self.executor.shadow.start()
         await server.start()
         journal = self.executor.journal
         if journal is not None and journal.shared is not None:
@@ -169,6 +180,8 @@ class SandboxServer:
         if self._server is not None:
             await self._server.stop(grace_s)
         await self.executor.sessions.close_all()
+        if self.executor.shadow is not None:
+            await self.executor.shadow.stop()
         for backend in self.executor.backends.values():
             await backend.stop()
         if self.executor.checker is not None:

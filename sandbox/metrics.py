@@ -48,6 +48,13 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        self.shadow_runs = Counter(
+            "sandbox_fidelity_shadow_runs",
+            "AUTO's Monty successes sampled for a container re-run, by outcome: matched, "
+            "mismatched (Monty and CPython answered differently), inconclusive, dropped",
+            ("outcome",),
+            registry=r,
+        )
         self._http: Any = None
         self.port = 0
         self._executed: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -62,6 +69,10 @@ class Metrics:
             self._executed[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def shadowed(self, outcome: str) -> None:
+        """Counts one shadow check's outcome (sandbox/core/shadow.py)."""
+        self.shadow_runs.labels(outcome).inc()
 
     def serve(self, settings: MetricsSettings) -> int:
         """Starts the /metrics HTTP endpoint (`settings.port` must be set; 0 picks a free

@@ -43,6 +43,10 @@ class RunSpec:
     # Modules the policy denies; a container's runner refuses to load them for the code
     # (Monty checks them before it runs). Default: none.
     denied_imports: frozenset[str] = frozenset()
+    # AUTO: another backend runs the code if this one says UNSUPPORTED. Monty then
+    # reports what it may have got wrong where CPython would not (an error of a known
+    # divergence, a time limit it hit being slower) as UNSUPPORTED, not as the code's.
+    fallback_follows: bool = False
     # Tool runs only (ExecutionBackend.run_tools): the tools the code may call (name ->
     # is_async), `random`'s seed (pinned by the journal, so a resumed or replayed run
     # draws the same numbers), and where to resume, if anywhere.

@@ -19,6 +19,7 @@ import structlog
 from google.protobuf import json_format
 
 from sandbox.cli.admin import add_commands as add_admin_commands
+from sandbox.cli.fidelity import add_commands as add_fidelity_commands
 from sandbox.cli.mcp import add_command as add_mcp_command
 from sandbox.cli.settings import API_KEY_VARIABLE, load_printing_notes, load_with_notes
 from sandbox.config import Settings
@@ -106,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_mcp_command(sub)
     add_admin_commands(sub)
+    add_fidelity_commands(sub)
     return parser
 
 

@@ -28,6 +28,7 @@ from sandbox.core.output import OutputSink
 from sandbox.core.plan import Plan
 from sandbox.core.request import Request
 from sandbox.core.sessions import SessionEntry, SessionRegistry, TenantQuota
+from sandbox.core.shadow import Sample, ShadowChecker
 from sandbox.durable.durability import Durability, unexpected_failure
 from sandbox.durable.journal import Entry
 from sandbox.durable.tool_host import ToolRelay
@@ -72,6 +73,9 @@ class Executor:
         self.checker = checker
         # The container images' contents, for advice on a module the code lacks.
         self.modules = modules
+        # Re-runs a sample of AUTO's Monty successes in a container (set by the server
+        # when it has one; policies choose the rate).
+        self.shadow: ShadowChecker | None = None
         self._available = frozenset(self.backends)
 
     async def plan(self, request: Request, trace: Trace) -> Plan:
@@ -111,6 +115,17 @@ class Executor:
         except Exception as exc:
             result = unexpected_failure(exc)
         result = self._finished(await self._advised(result, plan, request), plan, request)
+        if self.shadow is not None and _shadowable(request, plan, result):
+            self.shadow.offer(
+                Sample(
+                    spec=replace(spec, on_output=None),
+                    monty=result,
+                    execution_id=result.execution_id,
+                    policy=plan.policy.name,
+                    keep_code=plan.policy.audit_code == "full",
+                ),
+                plan.policy.shadow_sample_rate,
+            )
         # Successes are counted by metrics and the audit log; a log line each would cost
         # more than a short run itself.
         (log.info if result.failure else log.debug)(
@@ -125,15 +140,18 @@ class Executor:
 
     async def _run_steps(self, plan: Plan, spec: RunSpec) -> ExecutionResult:
         first, *rest = plan.steps
-        result = await self.backends[first].run(spec)
+        # With a step to follow, the first reports what it may have got wrong as
+        # UNSUPPORTED (Monty: a known divergence's error, a time limit hit being slower).
+        result = await self.backends[first].run(replace(spec, fallback_follows=bool(rest)))
         for step in rest:
             if not _moves_on(result):
                 break
-            log.info("fallback", reason=result.failure.message if result.failure else "")
+            reason = result.failure.message if result.failure else ""
+            log.info("fallback", reason=reason)
             result = await self.backends[step].run(spec)
-            result = result.model_copy(update={"fallback_from": first})
+            result = _moved(result, first, reason)
         if plan.fallback_from is not None:
-            result = result.model_copy(update={"fallback_from": plan.fallback_from})
+            result = _moved(result, plan.fallback_from, plan.fallback_reason)
         return result
 
     # -- Run (tool runs) -------------------------------------------------------------------
@@ -178,11 +196,12 @@ class Executor:
                     # Only code that called no tool moves: a container starts it again.
                     if not _moves_on(result) or host.calls or resume is not None:
                         break
-                    log.info("fallback", reason=result.failure.message if result.failure else "")
+                    reason = result.failure.message if result.failure else ""
+                    log.info("fallback", reason=reason)
                     result = await self.backends[step].run_tools(spec, host)
-                    result = result.model_copy(update={"fallback_from": first})
+                    result = _moved(result, first, reason)
                 if plan.fallback_from is not None:
-                    result = result.model_copy(update={"fallback_from": plan.fallback_from})
+                    result = _moved(result, plan.fallback_from, plan.fallback_reason)
             except CheckpointMismatch as exc:
                 result = _corrupt(str(exc), plan.steps[0])
             except RequestError:
@@ -256,21 +275,40 @@ def run_spec(request: Request, plan: Plan, on_output: OutputSink | None) -> RunS
     )
 
 
+def _shadowable(request: Request, plan: Plan, result: ExecutionResult) -> bool:
+    """Whether `result` is one of AUTO's Monty successes a shadow check may re-run: a
+    plain run (not a session's), answered by Monty, under a policy that samples."""
+    return (
+        plan.policy.shadow_sample_rate > 0
+        and result.ok
+        and result.backend is Backend.MONTY
+        and plan.session is None
+        and request.backend in (None, Backend.AUTO)
+        and not result.replayed
+    )
+
+
 def _moves_on(result: ExecutionResult) -> bool:
     """Whether the next planned backend gets the code: only when this one cannot run it."""
     return result.failure is not None and result.failure.kind is FailureKind.UNSUPPORTED
 
 
+def _moved(result: ExecutionResult, source: Backend, reason: str) -> ExecutionResult:
+    """`result` of a run moved from `source`, saying why."""
+    return result.model_copy(update={"fallback_from": source, "fallback_reason": reason})
+
+
 def _stamped(result: ExecutionResult, plan: Plan, request: Request) -> ExecutionResult:
-    return result.model_copy(
-        update={
-            "execution_id": plan.execution_id,
-            "policy_name": plan.policy.name,
-            "policy_digest": plan.policy.digest,
-            "session_id": request.session_id,
-            "failure": _named(result.failure, request.filename),
-        }
-    )
+    update: dict[str, object] = {
+        "execution_id": plan.execution_id,
+        "policy_name": plan.policy.name,
+        "policy_digest": plan.policy.digest,
+        "session_id": request.session_id,
+        "failure": _named(result.failure, request.filename),
+    }
+    if plan.fidelity_warning and not result.fidelity_warning and result.backend is Backend.MONTY:
+        update["fidelity_warning"] = plan.fidelity_warning
+    return result.model_copy(update=update)
 
 
 def _named(failure: Failure | None, filename: str) -> Failure | None:

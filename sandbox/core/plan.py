@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 
 from sandbox.access.tenants import Access
 from sandbox.backends.container.minimums import below_container_minimums
+from sandbox.backends.monty import divergence
 from sandbox.core.limits import EffectiveLimits
 from sandbox.core.request import Request, ToolDecl
 from sandbox.core.sessions import SessionEntry, SessionRegistry
 from sandbox.errors import InvalidRequest, NotEnabled, PolicyDenied, Throttled
 from sandbox.policy.checker import CheckerFailed, CheckersBusy, CheckOverBudget, StaticChecker
 from sandbox.policy.model import Policy, PolicyRegistry
-from sandbox.policy.static_check import Violation, findings, first_violation
+from sandbox.policy.static_check import Violation, divergences, findings, first_violation
 from sandbox_client.protocol.convert import NO_LIMITS_ASKED
 from sandbox_client.protocol.models import Backend, ExecutionResult, Failure, FailureKind, Frame
 
@@ -47,6 +48,11 @@ class Plan:
     # Set when the first step is not the backend the request asked for (AUTO's Monty
     # step dropped because the policy denies the code there but not in a container).
     fallback_from: Backend | None = None
+    # Why the first step is not the one asked for (set with fallback_from).
+    fallback_reason: str = ""
+    # Monty runs code of a known divergence, with nowhere to move it (MONTY asked for,
+    # or AUTO without a container): the result says so.
+    fidelity_warning: str = ""
     session: SessionEntry | None = None
     # The answer when the policy's static rules forbid the code: nothing runs.
     refusal: ExecutionResult | None = None
@@ -88,7 +94,7 @@ async def plan(request: Request, context: Context) -> Plan:
     else:
         limits = policy.limits(request.limits)
         steps = _steps(request.backend or Backend.AUTO, policy, context.available)
-    fallback_from = None
+    fallback_from, fallback_reason, warning = None, "", ""
     found = await static_findings(request, policy, context.checker)
     refusal = violation(request.code, found, policy, steps[0])
     if (
@@ -97,6 +103,8 @@ async def plan(request: Request, context: Context) -> Plan:
         and violation(request.code, found, policy, steps[1]) is None
     ):
         # Denied in Monty only (e.g. `import os`): the container may still run it.
+        assert refusal.failure is not None
+        fallback_reason = f"denied in Monty: {refusal.failure.message}"
         fallback_from, steps, refusal = steps[0], steps[1:], None
     if steps[0] is Backend.CONTAINER:
         check_container_minimums(limits)
@@ -104,12 +112,25 @@ async def plan(request: Request, context: Context) -> Plan:
         # AUTO's fallback cannot run under these limits: Monty alone (what it cannot run
         # is UNSUPPORTED, and asking for the container says why).
         steps = tuple(step for step in steps if step is not Backend.CONTAINER)
+    diverging = divergences(found) if policy.fidelity_routing else ()
+    if diverging and refusal is None and steps[0] is Backend.MONTY:
+        first = diverging[0]
+        if len(steps) > 1:
+            # Monty would answer, perhaps wrongly: the container answers as CPython does.
+            fallback_reason = "Monty diverges from CPython: " + divergence.reason(
+                first.target, first.line
+            )
+            fallback_from, steps = steps[0], steps[1:]
+        else:
+            warning = divergence.warning(first.target, first.line)
     return Plan(
         execution_id=new_execution_id(),
         policy=policy,
         limits=limits,
         steps=steps,
         fallback_from=fallback_from,
+        fallback_reason=fallback_reason,
+        fidelity_warning=warning,
         session=session,
         refusal=refusal,
     )
@@ -210,11 +231,14 @@ async def static_findings(
     """What the policy's static rules need of the request's code, checked within the
     policy's budget. Raises INVALID_REQUEST (field `code`) for code that cannot be checked
     in time, THROTTLED when every checker stays busy that long."""
+    fidelity = policy.fidelity_routing
     if checker is None:
-        return findings(request.code)
+        return findings(request.code, fidelity=fidelity)
     budget_s = policy.static_check_ms / 1000
     try:
-        return await checker.findings(request.code, budget_s=budget_s, tenant=request.tenant)
+        return await checker.findings(
+            request.code, budget_s=budget_s, tenant=request.tenant, fidelity=fidelity
+        )
     except CheckOverBudget:
         raise InvalidRequest(
             f"code is too complex to check within {budget_s:g} s (policy '{policy.name}' "

@@ -100,11 +100,13 @@ class _Process:
         self.stdin: IO[bytes] = proc.stdin
         self.stdout: IO[bytes] = proc.stdout
 
-    def check(self, data: bytes, budget_ms: int) -> tuple[tuple[Violation, ...], bool]:
+    def check(
+        self, data: bytes, budget_ms: int, fidelity: bool
+    ) -> tuple[tuple[Violation, ...], bool]:
         """One request and its reply (blocks; a checker thread only). Raises
         _OutOfTime when the process used up the budget's CPU time."""
         try:
-            self.stdin.write(REQUEST_HEADER.pack(len(data), budget_ms) + data)
+            self.stdin.write(REQUEST_HEADER.pack(len(data), budget_ms, fidelity) + data)
             self.stdin.flush()
             (size,) = REPLY_HEADER.unpack(_read_exactly(self.stdout, REPLY_HEADER.size))
             body = _read_exactly(self.stdout, size)
@@ -194,15 +196,15 @@ class StaticChecker:
         self._threads.shutdown(wait=False)
 
     async def findings(
-        self, code: str, *, budget_s: float, tenant: str = ""
+        self, code: str, *, budget_s: float, tenant: str = "", fidelity: bool = True
     ) -> tuple[Violation, ...]:
-        """static_check.findings(code), within `budget_s` of waiting for a process and
-        `budget_s` of its CPU time checking. Raises CheckOverBudget, CheckersBusy or
-        CheckerFailed."""
+        """static_check.findings(code, fidelity=fidelity), within `budget_s` of waiting
+        for a process and `budget_s` of its CPU time checking. Raises CheckOverBudget,
+        CheckersBusy or CheckerFailed."""
         data = code.encode("utf-8", "surrogatepass")
         if len(data) <= self.inline_max_bytes:
-            return _inline_findings(code)
-        digest = hashlib.sha256(data).digest()
+            return _inline_findings(code, fidelity=fidelity)
+        digest = hashlib.sha256(data + (b"\x01" if fidelity else b"\x00")).digest()
         cached = self._cache.get(digest)
         if isinstance(cached, tuple):
             self._cache.move_to_end(digest)
@@ -212,7 +214,7 @@ class StaticChecker:
         for attempt in (1, 2):
             process = await self._take(tenant, budget_s * static_check.WALL_FACTOR)
             try:
-                found = await self._check(process, data, budget_s)
+                found = await self._check(process, data, budget_s, fidelity)
             except CheckOverBudget:
                 self._remember(digest, float(budget_s))
                 log.warning("static check over budget", bytes=len(data), budget_s=budget_s)
@@ -231,7 +233,7 @@ class StaticChecker:
         raise AssertionError("unreachable")
 
     async def _check(
-        self, process: _Process, data: bytes, budget_s: float
+        self, process: _Process, data: bytes, budget_s: float, fidelity: bool
     ) -> tuple[Violation, ...]:
         """One check on `process`, which goes back to the pool after it, or is killed
         and replaced (over budget, cancelled, dead, or retiring)."""
@@ -239,7 +241,7 @@ class StaticChecker:
         try:
             async with asyncio.timeout(budget_s * static_check.WALL_FACTOR):
                 found, retire = await self._in_thread(
-                    process.check, data, max(1, round(budget_s * 1000))
+                    process.check, data, max(1, round(budget_s * 1000)), fidelity
                 )
         except (TimeoutError, _OutOfTime):
             self.killed += 1
@@ -357,7 +359,7 @@ class StaticChecker:
         try:
             # Ready once it answers: a check never waits for a process's imports.
             async with asyncio.timeout(_SPAWN_TIMEOUT_S):
-                await self._in_thread(process.check, b"", 1000)
+                await self._in_thread(process.check, b"", 1000, False)
         except (TimeoutError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             log.error("a checker process did not start", error=repr(exc))
             await self._in_thread(process.kill)

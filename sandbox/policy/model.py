@@ -48,6 +48,15 @@ class Policy(BaseModel):
     backends: frozenset[Backend] = frozenset({Backend.AUTO, Backend.MONTY, Backend.CONTAINER})
     # Whether AUTO may re-run code Monty cannot run in a container. Default: yes.
     allow_fallback: bool = True
+    # Whether code using a construct Monty is known to answer differently from CPython
+    # (sandbox/backends/monty/divergence.py) goes straight to a container under AUTO
+    # (when it may fall back), and Monty's answers to it carry `fidelity_warning`.
+    # Default: yes (off, Monty may give a wrong answer that nobody sees).
+    fidelity_routing: bool = True
+    # The share of AUTO's successful Monty runs re-run in a container off the request
+    # path, their stdout and value compared (sandbox/core/shadow.py; needs the container
+    # backend). Default: 0, off (each sample costs a container run).
+    shadow_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     # Wall-clock budget per execution. Default: 10 s.
     wall_time_ms: int = Field(default=10_000, gt=0)
     # Heap (Monty) or memory+swap (container). Default: 256 MiB.

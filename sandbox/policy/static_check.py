@@ -25,6 +25,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from sandbox.backends.monty import divergence
+
 # Attributes that lead from an ordinary object to frames, globals, builtins or the class
 # graph: the classic sandbox-escape routes.
 ESCAPE_ATTRIBUTES = frozenset(
@@ -73,9 +75,14 @@ ESCAPE_NAMES = frozenset(
 )
 
 
+# Not a rule: a construct Monty answers differently from CPython (backends/monty/
+# divergence.py), found on the same parse; its target is the divergence's id.
+DIVERGENCE = "divergence"
+
+
 @dataclass(frozen=True)
 class Violation:
-    rule: str  # "import", "attribute" or "name"
+    rule: str  # "import", "attribute" or "name"; or DIVERGENCE, which breaks no rule
     target: str  # the module, attribute or name
     line: int
     column: int  # 1-based
@@ -95,44 +102,60 @@ def first_violation(
 ) -> Violation | None:
     """The first of `found` (in source order) that breaks the rules with `denied_imports`."""
     for finding in found:
+        if finding.rule == DIVERGENCE:
+            continue
         if finding.rule != "import" or _denied(finding.target, denied_imports):
             return finding
     return None
 
 
-def findings(code: str) -> tuple[Violation, ...]:
+def divergences(found: Iterable[Violation]) -> tuple[Violation, ...]:
+    """The Monty divergences among `found` (their targets are divergence ids)."""
+    return tuple(finding for finding in found if finding.rule == DIVERGENCE)
+
+
+def findings(code: str, *, fidelity: bool = True) -> tuple[Violation, ...]:
     """What any set of rules needs to know of `code`, in source order: the first escape
     route (an attribute or a name, forbidden whatever the policy) and, before it, the
-    first import of each module. first_violation() on these is first_violation() on
-    every finding, and their number is bounded by the distinct modules imported, not by
-    the size of the source."""
+    first import of each module; then, with `fidelity`, the first place of each Monty
+    divergence the source shows. first_violation() on these is first_violation() on
+    every finding, and their number is bounded by the distinct modules imported (and
+    the table's size), not by the size of the source."""
     compact: list[Violation] = []
     imported: set[str] = set()
-    for finding in _all_findings(code):
+    found, diverging = _all_findings(code, fidelity=fidelity)
+    for finding in found:
         if finding.rule != "import":
             compact.append(finding)
             break
         if finding.target not in imported:
             imported.add(finding.target)
             compact.append(finding)
-    return tuple(compact)
+    return (*compact, *diverging)
 
 
-def _all_findings(code: str) -> list[Violation]:
-    """Every import and escape route in `code`, in source order."""
+def _all_findings(code: str, *, fidelity: bool = False) -> tuple[list[Violation], list[Violation]]:
+    """Every import and escape route in `code`, in source order; and, with `fidelity`,
+    the first place of each divergence."""
     try:
         with warnings.catch_warnings():
             # Invalid escapes and the like are the backend's to report, not the host log's.
             warnings.simplefilter("ignore")
             tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError):
-        return []
+        return [], []
+    facts = divergence.Facts(tree)
     found = [
         Violation(rule, target, getattr(node, "lineno", 0), getattr(node, "col_offset", -1) + 1)
-        for node in ast.walk(tree)
+        for node in facts.nodes
         for rule, target in _check(node)
     ]
-    return sorted(found, key=lambda v: (v.line, v.column))
+    diverging = (
+        [Violation(DIVERGENCE, hit.id, hit.line, hit.column) for hit in divergence.detect(facts)]
+        if fidelity
+        else []
+    )
+    return sorted(found, key=lambda v: (v.line, v.column)), diverging
 
 
 def _check(node: ast.AST) -> list[tuple[str, str]]:
@@ -157,11 +180,12 @@ def _denied(module: str, denied: Collection[str]) -> bool:
 
 # -- the checker process -------------------------------------------------------------------
 
-# A request: the source's length in bytes and the budget in milliseconds, then the source
-# (UTF-8, lone surrogates passed through). A reply: its length, then a JSON object:
+# A request: the source's length in bytes, the budget in milliseconds and whether to
+# look for Monty divergences (0 or 1), then the source (UTF-8, lone surrogates passed
+# through). A reply: its length, then a JSON object:
 # {"found": [[rule, target, line, column], ...]} or {"error": "memory"}, and "retire":
 # true when the process is done (it exits, and the server starts another).
-REQUEST_HEADER = struct.Struct("<QI")
+REQUEST_HEADER = struct.Struct("<QI?")
 REPLY_HEADER = struct.Struct("<Q")
 # Checker processes yield the CPU to the server and its sandboxes.
 NICENESS = 10
@@ -191,7 +215,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         header = stdin.read(REQUEST_HEADER.size)
         if len(header) < REQUEST_HEADER.size:
             return
-        size, budget_ms = REQUEST_HEADER.unpack(header)
+        size, budget_ms, fidelity = REQUEST_HEADER.unpack(header)
         data = stdin.read(size)
         if len(data) < size:
             return
@@ -199,7 +223,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         signal.setitimer(signal.ITIMER_PROF, budget_ms / 1000)
         reply: dict[str, object]
         try:
-            found = findings(data.decode("utf-8", "surrogatepass"))
+            found = findings(data.decode("utf-8", "surrogatepass"), fidelity=fidelity)
             reply = {"found": [[v.rule, v.target, v.line, v.column] for v in found]}
         except MemoryError:
             reply = {"error": "memory"}

@@ -48,7 +48,7 @@ async def checker() -> AsyncIterator[StaticChecker]:
 
 
 def all_findings_violation(code: str, denied: frozenset[str]) -> static_check.Violation | None:
-    for finding in static_check._all_findings(code):
+    for finding in static_check._all_findings(code)[0]:
         if finding.rule != "import" or static_check._denied(finding.target, denied):
             return finding
     return None

@@ -141,6 +141,11 @@ class ExecutionResult(BaseModel):
     execution_id: str = ""
     backend: Backend | None = None
     fallback_from: Backend | None = None
+    # Why AUTO moved to `backend` (set with fallback_from).
+    fallback_reason: str = ""
+    # Monty ran code it is known to answer differently from CPython (MONTY, or AUTO with
+    # nowhere to move): the result may not be what CPython gives.
+    fidelity_warning: str = ""
     stdout: str = ""
     stdout_truncated: bool = False
     stderr: str = ""

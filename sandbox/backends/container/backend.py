@@ -87,6 +87,10 @@ class _Admission:
         wait_ms = (self.waiting + 1) / per_s * 1000
         return int(min(max(wait_ms, INFRA_RETRY_AFTER_MS), _MAX_RETRY_AFTER_MS))
 
+    def free(self) -> bool:
+        """Whether a run would start now, with nobody waiting before it."""
+        return not self._slots.locked() and self.waiting == 0
+
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self.waiting >= self.queue:
@@ -208,6 +212,10 @@ class ContainerBackend:
         return reaped
 
     # -- runs -----------------------------------------------------------------------
+
+    def has_free_slot(self) -> bool:
+        """Whether a run would get a slot at once (background work waits for this)."""
+        return self._admission.free()
 
     async def run(self, spec: RunSpec, session: BackendSession | None = None) -> ExecutionResult:
         if session is not None:

@@ -238,7 +238,12 @@ class MontyBackend:
             )
         capture = OutputCapture(spec.limits.output_bytes, spec.on_output)
         recorder = _OsCallRecorder()
-        signals = RunSignals(limits=spec.limits, sealed=checked_out.sealed, code=spec.code)
+        signals = RunSignals(
+            limits=spec.limits,
+            sealed=checked_out.sealed,
+            code=spec.code,
+            fallback_follows=spec.fallback_follows,
+        )
         started = time.monotonic()
         error: pm.MontyError | None = None
         value: Any = None

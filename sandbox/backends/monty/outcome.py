@@ -21,6 +21,7 @@ from typing import Any
 
 import pydantic_monty as pm
 
+from sandbox.backends.monty import divergence
 from sandbox.backends.monty.sealed import SealedLimits
 from sandbox.backends.outcome_parts import (
     CODE_FILENAME,
@@ -112,6 +113,8 @@ class RunSignals:
     elapsed_s: float = 0.0
     denied: DeniedCalls = field(default_factory=DeniedCalls)
     tool_errors: list[InjectedToolError] = field(default_factory=list)  # in call order
+    # A container runs the code if this run is UNSUPPORTED (RunSpec.fallback_follows).
+    fallback_follows: bool = False
 
 
 # Exceptions a denied OS call surfaces as inside Monty.
@@ -143,7 +146,23 @@ ERROR_CLASS_KINDS: dict[type[pm.MontyError], FailureKind | None] = {
 
 
 def map_monty_outcome(exc: BaseException | None, signals: RunSignals) -> Failure | None:
-    """The failure for a run that raised `exc` (None: it completed), given `signals`."""
+    """The failure for a run that raised `exc` (None: it completed), given `signals`.
+    With a container to follow, a time limit is UNSUPPORTED: Monty is slower than
+    CPython (divergence "slower"), and the container is given the whole budget."""
+    failure = _map(exc, signals)
+    if signals.fallback_follows and failure is not None and failure.kind is FailureKind.TIMEOUT:
+        entry = divergence.BY_ID["slower"]
+        return Failure.of(
+            FailureKind.UNSUPPORTED,
+            f"Monty ran out of time ({failure.message}); CPython is faster",
+            exception_type=failure.exception_type,
+            frames=failure.frames,
+            details={**failure.details, "divergence": entry.id},
+        )
+    return failure
+
+
+def _map(exc: BaseException | None, signals: RunSignals) -> Failure | None:
     limits = signals.limits
     if signals.output_exceeded:
         return output_limit_failure(limits)
@@ -251,6 +270,15 @@ def _runtime(exc: pm.MontyRuntimeError, signals: RunSignals) -> Failure:
             "e.g. by batching them"
         )
         return raised(FailureKind.RUNTIME_ERROR, text, limit="host_calls", limit_value=cap)
+    entry = divergence.spurious_error(type_name, message, frames[-1].source_line if frames else "")
+    if entry is not None:
+        if signals.fallback_follows:
+            text = f"Monty may be wrong here ({entry.construct}): {type_name}: {message}"
+            return raised(FailureKind.UNSUPPORTED, text, divergence=entry.id)
+        # Monty's own answer, as asked; the doubt is in the details (and the result).
+        return runtime_error_failure(
+            limits, type_name, message, frames, details={"divergence": entry.id}
+        )
     return runtime_error_failure(limits, type_name, message, frames)
 
 
@@ -332,8 +360,10 @@ def _raised_by_the_code(frames: tuple[Frame, ...], code: str) -> bool:
 
 
 def _binds(code: str, name: str) -> bool:
-    """Whether `code` binds `name` itself (a class of its own named like a builtin type)."""
-    pattern = rf"\b(?:class|def|as|for|import|global|nonlocal)\s+{name}\b|\b{name}\s*(?::=|=(?!=))"
+    """Whether `code` binds `name` itself (a class of its own named like a builtin type).
+    `from collections import Counter` does not count: in Monty that is the real type,
+    whose missing method is Monty's gap (divergence "missing-method")."""
+    pattern = rf"\b(?:class|def|as|for|global|nonlocal)\s+{name}\b|\b{name}\s*(?::=|=(?!=))"
     return re.search(pattern, code) is not None
 
 
@@ -412,9 +442,11 @@ def monty_result(
         if len(result_json.encode()) > limits.output_bytes:
             result_json = None
             failure = result_too_large_failure(limits)
+    doubt = failure.details.get("divergence") if failure is not None else None
     return ExecutionResult(
         ok=failure is None,
         backend=Backend.MONTY,
+        fidelity_warning=divergence.warning(doubt) if doubt else "",
         stdout=stdout,
         stdout_truncated=stdout_truncated,
         stderr=stderr,

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from sandbox_client import AsyncSandboxClient, Backend, ExecutionResult, SandboxClient
-from tests.conftest import ServerThread
+from tests.backends.container.conftest import CONTAINER
+from tests.conftest import ServerThread, running_server
 from tests.corpus import read_jsonl, report
 
 pytestmark = pytest.mark.docker
@@ -50,8 +53,16 @@ def test_explicit_container_backend_through_the_server(both_backends: ServerThre
         assert client.execute("print(1)").ok
 
 
+# As in test_container_correctness.py: speed is not what the corpus checks, and a shared
+# 2-core machine can take far longer than the corpus's 10 s promise (MBPP/123 takes 4 s
+# of an idle CPython): the corpus server's default policy is the built-in one but for a
+# 30 s budget.
+CONCURRENCY = 2
+CORPUS_POLICY = 'name = "corpus"\nwall_time_ms = 30_000\n'
+
+
 async def _run_all(address: str, cases: list[dict[str, Any]]) -> list[ExecutionResult]:
-    limit = asyncio.Semaphore(4)
+    limit = asyncio.Semaphore(CONCURRENCY)
     async with AsyncSandboxClient(address, timeout_s=120) as client:
 
         async def one(case: dict[str, Any]) -> ExecutionResult:
@@ -61,30 +72,59 @@ async def _run_all(address: str, cases: list[dict[str, Any]]) -> list[ExecutionR
         return await asyncio.gather(*(one(c) for c in cases))
 
 
+# The one case AUTO may fail: HumanEval/160 calls eval(), which the default policy forbids
+# (POLICY_VIOLATION, before anything runs). Every other case prints what CPython prints
+# (the container backend passes all 1,565: test_container_correctness.py).
+MAY_FAIL = {"HumanEval/160"}
+
+
 @pytest.mark.corpus
 @pytest.mark.timeout(1800)
-def test_correctness_corpus_with_auto(both_backends: ServerThread) -> None:
+def test_correctness_corpus_with_auto(engine: docker.DockerClient, tmp_path: Path) -> None:
     cases = read_jsonl("correctness/cases.jsonl")
-    results = asyncio.run(_run_all(both_backends.address, cases))
+    (tmp_path / "corpus.toml").write_text(CORPUS_POLICY)
+    with running_server(
+        container={"enabled": True, **CONTAINER},
+        policies={"dir": str(tmp_path), "default": "corpus"},
+    ) as server:
+        results = asyncio.run(_run_all(server.address, cases))
     where: Counter[str] = Counter()
     failed_in_monty: Counter[str] = Counter()
-    fallback_failures = []
+    moved_why: Counter[str] = Counter()
+    wrong = {}
+    passed_total = 0
     for case, result in zip(cases, results, strict=True):
         passed = result.ok and result.stdout == case["expected_stdout"]
+        passed_total += passed
+        if not passed and case["id"] not in MAY_FAIL:
+            wrong[case["id"]] = result.failure.message if result.failure else result.stdout
         if result.fallback_from is Backend.MONTY:
             where["fell back"] += 1
-            if not passed:
-                fallback_failures.append((case["id"], result.failure))
+            assert result.fallback_reason, case["id"]
+            moved_why[_why(result.fallback_reason)] += 1
         else:
             where["Monty"] += 1
             if not passed:
                 assert result.failure is not None, case["id"]
                 failed_in_monty[result.failure.kind.value] += 1
     report(
-        f"correctness (AUTO): {where['Monty']} ran in Monty "
-        f"({where['Monty'] - sum(failed_in_monty.values())} passed; failed there: "
-        f"{dict(failed_in_monty)}), {where['fell back']} fell back to a container "
-        f"({where['fell back'] - len(fallback_failures)} passed)"
+        f"correctness (AUTO): {passed_total}/{len(cases)} passed; {where['Monty']} ran in "
+        f"Monty (failed there: {dict(failed_in_monty)}), {where['fell back']} fell back to "
+        f"a container ({dict(moved_why.most_common())})"
     )
-    assert not fallback_failures, fallback_failures[:5]
+    assert not wrong, dict(list(wrong.items())[:10])
     assert where["fell back"] > 0
+
+
+def _why(reason: str) -> str:
+    """A fallback reason's kind, for the report."""
+    for prefix in (
+        "Monty diverges",
+        "Monty may be wrong",
+        "Monty ran out of time",
+        "denied in Monty",
+        "Monty cannot run this",
+    ):
+        if reason.startswith(prefix):
+            return prefix
+    return "other"

@@ -144,11 +144,13 @@ class OutputChunk(_message.Message):
     def __init__(self, stream: _Optional[_Union[Stream, str]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ExecutionResult(_message.Message):
-    __slots__ = ("ok", "execution_id", "backend", "fallback_from", "stdout", "stdout_truncated", "stderr", "stderr_truncated", "result_json", "exit_code", "failure", "usage", "policy_name", "policy_digest", "session_id", "replayed")
+    __slots__ = ("ok", "execution_id", "backend", "fallback_from", "fallback_reason", "fidelity_warning", "stdout", "stdout_truncated", "stderr", "stderr_truncated", "result_json", "exit_code", "failure", "usage", "policy_name", "policy_digest", "session_id", "replayed")
     OK_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FROM_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    FIDELITY_WARNING_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDOUT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +167,8 @@ class ExecutionResult(_message.Message):
     execution_id: str
     backend: Backend
     fallback_from: Backend
+    fallback_reason: str
+    fidelity_warning: str
     stdout: str
     stdout_truncated: bool
     stderr: str
@@ -177,7 +181,7 @@ class ExecutionResult(_message.Message):
     policy_digest: str
     session_id: str
     replayed: bool
-    def __init__(self, ok: _Optional[bool] = ..., execution_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., fallback_from: _Optional[_Union[Backend, str]] = ..., stdout: _Optional[str] = ..., stdout_truncated: _Optional[bool] = ..., stderr: _Optional[str] = ..., stderr_truncated: _Optional[bool] = ..., result_json: _Optional[str] = ..., exit_code: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., policy_name: _Optional[str] = ..., policy_digest: _Optional[str] = ..., session_id: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, ok: _Optional[bool] = ..., execution_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., fallback_from: _Optional[_Union[Backend, str]] = ..., fallback_reason: _Optional[str] = ..., fidelity_warning: _Optional[str] = ..., stdout: _Optional[str] = ..., stdout_truncated: _Optional[bool] = ..., stderr: _Optional[str] = ..., stderr_truncated: _Optional[bool] = ..., result_json: _Optional[str] = ..., exit_code: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., policy_name: _Optional[str] = ..., policy_digest: _Optional[str] = ..., session_id: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("kind", "retryable", "suggested_action", "retry_after_ms", "message", "exception_type", "frames", "details")
