@@ -87,15 +87,19 @@ class Answers:
         self._given: OrderedDict[str, sandbox_pb2.RunRequest] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> sandbox_pb2.RunRequest | None:
+    def given(self, inv: ToolInvocation) -> sandbox_pb2.RunRequest | None:
+        """The answer already given to `inv`'s call, if any (None without a run key)."""
         with self._lock:
-            return self._given.get(key)
+            return self._given.get(inv.call.call_key) if inv.run_key else None
 
-    def put(self, key: str, answer: sandbox_pb2.RunRequest) -> None:
-        with self._lock:
-            self._given[key] = answer
-            while len(self._given) > self._keep:
-                self._given.popitem(last=False)
+    def keep(self, inv: ToolInvocation, answer: sandbox_pb2.RunRequest) -> sandbox_pb2.RunRequest:
+        """Remembers `answer` to `inv`'s call, and returns it."""
+        if inv.run_key:
+            with self._lock:
+                self._given[inv.call.call_key] = answer
+                while len(self._given) > self._keep:
+                    self._given.popitem(last=False)
+        return answer
 
 
 def answer_value(call_id: int, value: Any) -> sandbox_pb2.RunRequest:
@@ -148,32 +152,27 @@ def event_of(
 
 
 def call_tool_sync(inv: ToolInvocation, answers: Answers | None = None) -> sandbox_pb2.RunRequest:
-    call = inv.call
-    if answers is not None and inv.run_key and (given := answers.get(call.call_key)):
+    if answers is not None and (given := answers.given(inv)):
         return given
-    token = _CURRENT.set(call)
+    token = _CURRENT.set(inv.call)
     try:
         value = inv.tool(*inv.args, **inv.kwargs)
         if inspect.iscoroutine(value):
             value = asyncio.run(value)
+        answer = answer_value(inv.call_id, value)
     except Exception as error:  # the tool's failure is the code's to handle
         answer = answer_error(inv.call_id, error)
-    else:
-        answer = answer_value(inv.call_id, value)
     finally:
         _CURRENT.reset(token)
-    if answers is not None and inv.run_key:
-        answers.put(call.call_key, answer)
-    return answer
+    return answers.keep(inv, answer) if answers is not None else answer
 
 
 async def call_tool_async(
     inv: ToolInvocation, answers: Answers | None = None
 ) -> sandbox_pb2.RunRequest:
-    call = inv.call
-    if answers is not None and inv.run_key and (given := answers.get(call.call_key)):
+    if answers is not None and (given := answers.given(inv)):
         return given
-    token = _CURRENT.set(call)  # each answer runs in a task of its own: its own context
+    token = _CURRENT.set(inv.call)  # each answer runs in a task of its own: its own context
     try:
         if is_async_tool(inv.tool):
             value = await inv.tool(*inv.args, **inv.kwargs)
@@ -181,15 +180,12 @@ async def call_tool_async(
             # A blocking tool must not stall the other tools' answers (to_thread carries
             # this context, and so the current call, into the thread).
             value = await asyncio.to_thread(inv.tool, *inv.args, **inv.kwargs)
+        answer = answer_value(inv.call_id, value)
     except Exception as error:
         answer = answer_error(inv.call_id, error)
-    else:
-        answer = answer_value(inv.call_id, value)
     finally:
         _CURRENT.reset(token)
-    if answers is not None and inv.run_key:
-        answers.put(call.call_key, answer)
-    return answer
+    return answers.keep(inv, answer) if answers is not None else answer
 
 
 def no_result() -> ExecutionResult:

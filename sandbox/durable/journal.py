@@ -413,19 +413,7 @@ class SqliteJournal:
             "INSERT OR REPLACE INTO executions (tenant, key, digest, state, owner,"
             " pinned_time, pinned_seed, result_json, created_at, updated_at, entry_mac,"
             " result_mac) VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                entry.tenant,
-                entry.key,
-                entry.digest,
-                entry.owner,
-                entry.pinned.time_iso,
-                entry.pinned.seed,
-                result_json,
-                entry.created_at,
-                now,
-                entry.mac,
-                mac,
-            ),
+            done_row(entry, result_json=result_json, now=now, mac=mac),
         )
 
     def forget(self, tenant: str, key: str) -> None:
@@ -474,6 +462,25 @@ def _lock_for_this_process(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def done_row(entry: Entry, *, result_json: str, now: float, mac: bytes) -> tuple[object, ...]:
+    """An executions row for `entry` finished with `result_json`, in the column order both
+    stores insert it: tenant, key, digest, owner, pinned_time, pinned_seed, result_json,
+    created_at, updated_at, entry_mac, result_mac."""
+    return (
+        entry.tenant,
+        entry.key,
+        entry.digest,
+        entry.owner,
+        entry.pinned.time_iso,
+        entry.pinned.seed,
+        result_json,
+        entry.created_at,
+        now,
+        entry.mac,
+        mac,
+    )
 
 
 def _blob(value: bytes | None) -> bytes:

@@ -34,7 +34,7 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from sandbox.durable.journal import Checkpoint, Entry, Pinned, ToolAnswer
+from sandbox.durable.journal import Checkpoint, Entry, Pinned, ToolAnswer, done_row
 from sandbox.durable.pg_schema import migrate
 from sandbox.errors import LeaseLost, Unavailable
 
@@ -489,19 +489,7 @@ class PostgresJournal:
                     " pinned_seed, result_json, created_at, updated_at, entry_mac, result_mac)"
                     " VALUES (%s, %s, %s, 'done', %s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (tenant, key) DO NOTHING",
-                    (
-                        entry.tenant,
-                        entry.key,
-                        entry.digest,
-                        entry.owner,
-                        entry.pinned.time_iso,
-                        entry.pinned.seed,
-                        result_json,
-                        entry.created_at,
-                        now,
-                        entry.mac,
-                        mac,
-                    ),
+                    done_row(entry, result_json=result_json, now=now, mac=mac),
                 )
                 _notify(conn, entry.tenant, entry.key)
 
