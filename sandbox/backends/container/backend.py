@@ -347,7 +347,20 @@ class ContainerBackend:
             return ExecutionResult.failed(failure, backend=Backend.CONTAINER)
 
     async def _launch(self, shape: Shape) -> Container:
-        return await self._call(conversation.launch, self._engine, shape)
+        future = asyncio.get_running_loop().run_in_executor(
+            self._threads, conversation.launch, self._engine, shape
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The engine's thread goes on starting it: discard it once it is up, or it
+            # stays running until the server stops (a request whose deadline passed).
+            future.add_done_callback(self._discard_launched)
+            raise
+
+    def _discard_launched(self, future: asyncio.Future[Container]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._discard(future.result())
 
     async def _execute(
         self,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -499,3 +500,24 @@ async def test_a_pool_container_killed_while_idle_is_not_handed_out(
         result = await run(backend, "print(1)")
         assert result.ok, result.failure
         assert result.stdout == "1\n"
+
+
+async def test_a_launch_cancelled_midway_leaves_no_container(engine: docker.DockerClient) -> None:
+    """A request whose deadline passes while its fresh container starts: the container,
+    once up, is removed, not left running until the server stops."""
+    from sandbox.backends.container.engine import INSTANCE_LABEL
+
+    async with started(make_backend(pool_size=0)) as backend:
+        ours = {"label": f"{INSTANCE_LABEL}={backend.instance}"}
+        for _ in range(3):
+            task = asyncio.create_task(run(backend, "print(1)"))
+            await asyncio.sleep(0.08)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for _ in range(120):  # each launch ends within the engine's own time; then gone
+            left = engine.containers.list(all=True, filters=ours)
+            if not left:
+                break
+            await asyncio.sleep(0.5)
+        assert left == []
