@@ -5,7 +5,6 @@ policies need) holds. A required check that fails makes it exit 1."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from sandbox.backends.base import RunSpec
 from sandbox.backends.container.doctor import check_runtimes
 from sandbox.backends.monty.backend import MontyBackend
 from sandbox.config import ContainerSettings, MontySettings, Settings
+from sandbox.durable.journal import journal_holder
 from sandbox.errors import ConfigError
 from sandbox.policy.model import DEFAULT_POLICY
 
@@ -77,7 +77,9 @@ def _configuration(settings: Settings) -> _Configured:
             checks.append(Check("tenants", True, f"{count} in {settings.tenants.file}", True))
     if settings.journal.enabled:
         journal = settings.journal.path or settings.journal.state_dir / "journal.sqlite3"
-        checks.append(_writable("journal", journal.parent, _holder(journal)))
+        holder = journal_holder(journal)
+        note = f", in use by process {holder}" if holder else ""
+        checks.append(_writable("journal", journal.parent, note))
     if settings.audit.dir is not None:
         checks.append(_writable("audit log", settings.audit.dir, ""))
     return _Configured(checks, images)
@@ -90,21 +92,6 @@ def _writable(name: str, directory: Path, note: str) -> Check:
     if not os.access(existing, os.W_OK | os.X_OK):
         return Check(name, False, f"{directory}: not writable by this user", True)
     return Check(name, True, f"{directory}{note}", True)
-
-
-def _holder(journal: Path) -> str:
-    """ ", in use by process N" when a server holds the journal's lock."""
-    lock = journal.with_name(journal.name + ".lock")
-    try:
-        with open(lock, "rb+") as held:
-            try:
-                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return f", in use by process {held.read(32).decode(errors='replace').strip()}"
-            fcntl.flock(held, fcntl.LOCK_UN)
-    except OSError:
-        pass
-    return ""
 
 
 async def _monty() -> Check:

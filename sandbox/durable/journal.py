@@ -362,17 +362,7 @@ class SqliteJournal:
             self._db.execute(
                 "INSERT OR REPLACE INTO tool_answers (tenant, key, seq, name, args_json,"
                 " kwargs_json, answer_json, answered_at, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    tenant,
-                    key,
-                    answer.seq,
-                    answer.name,
-                    answer.args_json,
-                    answer.kwargs_json,
-                    answer.answer_json,
-                    now,
-                    answer.mac,
-                ),
+                answer_row(tenant, key, answer, now=now),
             )
             self._db.execute(
                 "UPDATE executions SET updated_at = ? WHERE tenant = ? AND key = ?",
@@ -448,8 +438,7 @@ class SqliteJournal:
 def _lock_for_this_process(path: Path) -> int:
     """Takes `path`'s owner lock (beside it, `<name>.lock`) or raises ConfigError: a
     journal file has one owner, and a second server on it would run keys twice."""
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -481,6 +470,42 @@ def done_row(entry: Entry, *, result_json: str, now: float, mac: bytes) -> tuple
         entry.mac,
         mac,
     )
+
+
+def answer_row(tenant: str, key: str, answer: ToolAnswer, *, now: float) -> tuple[object, ...]:
+    """A tool_answers row, in the column order both stores insert it: tenant, key, seq,
+    name, args_json, kwargs_json, answer_json, answered_at, mac."""
+    return (
+        tenant,
+        key,
+        answer.seq,
+        answer.name,
+        answer.args_json,
+        answer.kwargs_json,
+        answer.answer_json,
+        now,
+        answer.mac,
+    )
+
+
+def journal_holder(path: Path) -> str:
+    """The pid written in `path`'s owner lock by the server holding it; "" when no
+    process holds it (or it cannot be read)."""
+    try:
+        fd = os.open(_lock_path(path), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # also lets go of the lock, if we took it
+    return ""
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
 
 
 def _blob(value: bytes | None) -> bytes:

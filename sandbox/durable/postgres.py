@@ -34,7 +34,14 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from sandbox.durable.journal import Checkpoint, Entry, Pinned, ToolAnswer, done_row
+from sandbox.durable.journal import (
+    Checkpoint,
+    Entry,
+    Pinned,
+    ToolAnswer,
+    answer_row,
+    done_row,
+)
 from sandbox.durable.pg_schema import migrate
 from sandbox.errors import LeaseLost, Unavailable
 
@@ -404,17 +411,7 @@ class PostgresJournal:
                     " args_json = excluded.args_json, kwargs_json = excluded.kwargs_json,"
                     " answer_json = excluded.answer_json, answered_at = excluded.answered_at,"
                     " mac = excluded.mac",
-                    (
-                        tenant,
-                        key,
-                        answer.seq,
-                        answer.name,
-                        answer.args_json,
-                        answer.kwargs_json,
-                        answer.answer_json,
-                        now,
-                        answer.mac,
-                    ),
+                    answer_row(tenant, key, answer, now=now),
                 )
                 return True
 
